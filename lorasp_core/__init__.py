@@ -1,0 +1,62 @@
+"""lorasp_core: the LoRA-SP engine (adapters, training, datasets, base models, serving).
+
+Pure PyTorch + transformers. Public names are imported lazily so that `import lorasp_core`
+stays cheap and a submodule can be used on its own.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS: dict[str, str] = {
+    # adapter
+    "LoraSPConfig": "lorasp_core.config",
+    "DEFAULT_TARGET_MODULES": "lorasp_core.config",
+    "LoraSPLinear": "lorasp_core.layers",
+    "apply_lorasp": "lorasp_core.adapters",
+    "trainable_parameters": "lorasp_core.adapters",
+    "save_adapter": "lorasp_core.adapters",
+    "load_adapter": "lorasp_core.adapters",
+    "read_adapter_metadata": "lorasp_core.adapters",
+    "AdapterMetadata": "lorasp_core.adapters",
+    # training
+    "TrainConfig": "lorasp_core.train",
+    "TrainCallback": "lorasp_core.train",
+    "ProgressEvent": "lorasp_core.train",
+    "TrainResult": "lorasp_core.train",
+    "train": "lorasp_core.train",
+    "evaluate": "lorasp_core.train",
+    # data
+    "DatasetFormat": "lorasp_core.data",
+    "DatasetReport": "lorasp_core.data",
+    "DatasetProblem": "lorasp_core.data",
+    "DatasetError": "lorasp_core.data",
+    "ChatExample": "lorasp_core.data",
+    "CompletionExample": "lorasp_core.data",
+    "ClassificationExample": "lorasp_core.data",
+    "validate_dataset": "lorasp_core.data",
+    "read_examples": "lorasp_core.data",
+    "label_names_for": "lorasp_core.data",
+    # base models
+    "CATALOG": "lorasp_core.models",
+    "CatalogEntry": "lorasp_core.models",
+    "LoadedModel": "lorasp_core.models",
+    "load_base_model": "lorasp_core.models",
+    "ModelUnavailableError": "lorasp_core.models",
+    "make_tiny_tokenizer": "lorasp_core.models",
+    # serving
+    "ServingEngine": "lorasp_core.serving",
+    "AdapterLoadError": "lorasp_core.serving",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _EXPORTS.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'lorasp_core' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module_name), name)
+    globals()[name] = value
+    return value
