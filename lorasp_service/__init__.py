@@ -1,0 +1,1 @@
+"""The service layer shared by `api` and `worker`: settings, database, ORM, blob storage."""

@@ -1,0 +1,75 @@
+"""One settings object for the API, the worker and the CLI (environment variables `LORASP_*`)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LORASP_", env_file=".env", extra="ignore")
+
+    # Everything the embedded default writes lives under home: SQLite DB, broker folder, blobs.
+    home: Path = Path("var")
+    database_url: str = ""  # default: sqlite:///<home>/lorasp.db
+    broker_url: str = ""  # default: filesystem:// (a broker that needs no server)
+    storage_dir: Path | None = None  # default: <home>/storage
+    model_cache_dir: Path | None = None  # default: $LORASP_MODEL_CACHE or ~/.cache/lorasp/models
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    max_upload_bytes: int = 512 * 1024 * 1024
+    # Base models offered by GET /v1/models; None = the whole catalog.
+    enabled_models: list[str] | None = None
+    # Embedded default: a key created at first start and printed (None in production).
+    default_tenant: str = "default"
+
+    # Jobs
+    job_time_limit_seconds: int = 6 * 3600
+    checkpoint_every_steps: int = 50
+    max_example_tokens: int = 2048
+
+    # Serving (adapter cache)
+    serving_max_adapters: int = 8
+    serving_max_adapter_bytes: int | None = None
+    serving_max_rank: int = 64
+
+    @model_validator(mode="after")
+    def _fill_defaults(self) -> Settings:
+        self.home = self.home.expanduser()
+        if not self.database_url:
+            self.database_url = f"sqlite:///{(self.home / 'lorasp.db').as_posix()}"
+        if not self.broker_url:
+            self.broker_url = "filesystem://"
+        if self.storage_dir is None:
+            self.storage_dir = self.home / "storage"
+        return self
+
+    @property
+    def blob_dir(self) -> Path:
+        assert self.storage_dir is not None
+        return self.storage_dir
+
+    @property
+    def broker_dir(self) -> Path:
+        """Folder of the filesystem broker used by the embedded default."""
+        return self.home / "broker"
+
+    @property
+    def embedded(self) -> bool:
+        """True when running without servers: filesystem broker (and usually SQLite)."""
+        return self.broker_url.startswith("filesystem://")
+
+    @property
+    def visibility_timeout_seconds(self) -> int:
+        # Longer than the longest job, so a long job's unacked message is not redelivered mid-run.
+        return self.job_time_limit_seconds + 3600
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

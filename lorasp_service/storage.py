@@ -1,0 +1,118 @@
+"""Blob storage in a local directory. Every write is atomic: temp file/dir, fsync, rename."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tarfile
+import tempfile
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+
+
+class BlobTooLargeError(ValueError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"upload exceeds the limit of {limit} bytes")
+        self.limit = limit
+
+
+class BlobStorage:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / ".tmp").mkdir(exist_ok=True)
+
+    def path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if self.root.resolve() not in path.parents:
+            raise ValueError(f"storage key escapes the storage root: {key!r}")
+        return path
+
+    def _tmp(self, suffix: str = "") -> Path:
+        fd, name = tempfile.mkstemp(dir=self.root / ".tmp", suffix=suffix)
+        os.close(fd)
+        return Path(name)
+
+    def _commit(self, tmp: Path, key: str) -> Path:
+        target = self.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, target)
+        return target
+
+    async def write_stream(self, key: str, chunks: AsyncIterator[bytes], max_bytes: int) -> tuple[int, str]:
+        """Stream chunks to `key` in constant memory; returns (size, sha256). Nothing is left on error."""
+        tmp = self._tmp()
+        digest, size = hashlib.sha256(), 0
+        try:
+            with tmp.open("wb") as out:
+                async for chunk in chunks:
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise BlobTooLargeError(max_bytes)
+                    digest.update(chunk)
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            self._commit(tmp, key)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return size, digest.hexdigest()
+
+    def write_bytes(self, key: str, data: bytes | Iterable[bytes]) -> tuple[int, str]:
+        tmp = self._tmp()
+        digest, size = hashlib.sha256(), 0
+        try:
+            with tmp.open("wb") as out:
+                for chunk in [data] if isinstance(data, bytes) else data:
+                    size += len(chunk)
+                    digest.update(chunk)
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            self._commit(tmp, key)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return size, digest.hexdigest()
+
+    def put_dir(self, key: str, source: Path) -> Path:
+        """Copy a directory in under `key` atomically (copy to a temp dir, then rename)."""
+        tmp = Path(tempfile.mkdtemp(dir=self.root / ".tmp"))
+        try:
+            shutil.copytree(source, tmp, dirs_exist_ok=True)
+            target = self.path(key)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+            return target
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def archive_dir(self, dir_key: str, archive_key: str) -> tuple[int, str]:
+        """Write `dir_key` as a .tar.gz at `archive_key` (files at the archive root)."""
+        source = self.path(dir_key)
+        tmp = self._tmp(".tar.gz")
+        try:
+            with tarfile.open(tmp, "w:gz") as tar:
+                for item in sorted(source.iterdir()):
+                    tar.add(item, arcname=item.name)
+            with tmp.open("rb") as handle:
+                return self.write_bytes(archive_key, iter(lambda: handle.read(1 << 20), b""))
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def delete(self, key: str) -> None:
+        path = self.path(key)
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
