@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-29 01:24:04.942548
+Create Date: 2026-11-29 01:24:40.080782
 """
 
 from collections.abc import Sequence
@@ -81,6 +81,8 @@ def upgrade() -> None:
         sa.Column("trained_tokens", sa.BigInteger(), nullable=True),
         sa.Column("cancel_requested", sa.Boolean(), nullable=False),
         sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("worker_id", sa.String(length=128), nullable=True),
+        sa.Column("heartbeat_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("started_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
