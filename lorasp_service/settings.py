@@ -32,6 +32,16 @@ class Settings(BaseSettings):
     job_time_limit_seconds: int = 6 * 3600
     checkpoint_every_steps: int = 50
     max_example_tokens: int = 2048
+    # Queue and worker (Celery). A dedicated queue name lets test sessions share one Redis.
+    queue_name: str = "lorasp"
+    worker_concurrency: int = 1
+    # Lease of a running job: refreshed every heartbeat interval; a redelivered task takes a job over
+    # only once its heartbeat is older than the stale threshold (its worker died).
+    heartbeat_interval_seconds: float = 5.0
+    heartbeat_stale_seconds: float = 60.0
+    max_job_attempts: int = 3
+    # None: job_time_limit_seconds + 1 h. Only tests that simulate a dead worker set it lower.
+    broker_visibility_timeout_seconds: int | None = None
 
     # Serving (adapter cache)
     serving_max_adapters: int = 8
@@ -67,6 +77,8 @@ class Settings(BaseSettings):
     @property
     def visibility_timeout_seconds(self) -> int:
         # Longer than the longest job, so a long job's unacked message is not redelivered mid-run.
+        if self.broker_visibility_timeout_seconds is not None:
+            return self.broker_visibility_timeout_seconds
         return self.job_time_limit_seconds + 3600
 
 
