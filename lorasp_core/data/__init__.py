@@ -1,0 +1,53 @@
+"""Datasets: streaming readers and validation, tokenization with loss masks, batching and collation.
+
+Formats: chat JSONL (OpenAI fine-tuning format), prompt/completion JSONL, and classification as
+JSONL `{"text", "label"}` or CSV/TSV with a header row (`text,label` or `sentence\\tlabel`).
+"""
+
+from lorasp_core.data.batching import collate, length_grouped_batches, packed_rows, padded_batches
+from lorasp_core.data.formats import (
+    ChatExample,
+    ClassificationExample,
+    CompletionExample,
+    DatasetError,
+    DatasetFormat,
+    DatasetProblem,
+    DatasetReport,
+    Example,
+    format_of,
+    label_names_for,
+)
+from lorasp_core.data.readers import detect_layout, read_examples
+from lorasp_core.data.tokenization import (
+    IGNORE_INDEX,
+    TokenizedExample,
+    count_tokens,
+    render_chat,
+    tokenize_example,
+)
+from lorasp_core.data.validate import validate_dataset
+
+__all__ = [
+    "IGNORE_INDEX",
+    "ChatExample",
+    "ClassificationExample",
+    "CompletionExample",
+    "DatasetError",
+    "DatasetFormat",
+    "DatasetProblem",
+    "DatasetReport",
+    "Example",
+    "TokenizedExample",
+    "collate",
+    "count_tokens",
+    "detect_layout",
+    "format_of",
+    "label_names_for",
+    "length_grouped_batches",
+    "packed_rows",
+    "padded_batches",
+    "read_examples",
+    "render_chat",
+    "tokenize_example",
+    "validate_dataset",
+]
