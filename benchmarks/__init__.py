@@ -1,0 +1,1 @@
+"""Benchmarks (not run in CI): `python -m benchmarks.sst2`, `python -m benchmarks.serving`."""

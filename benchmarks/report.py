@@ -1,0 +1,119 @@
+"""Markdown reports of benchmark results, with the machine described."""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import machine_description
+
+
+def _mean_sd(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarise(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per method, the learning rate with the best mean dev accuracy and its averaged figures."""
+    by_method_lr: dict[tuple[str, float], list[dict[str, Any]]] = defaultdict(list)
+    for row in results:
+        by_method_lr[(row["method"], row["learning_rate"])].append(row)
+    best: dict[str, dict[str, Any]] = {}
+    for (method, lr), rows in by_method_lr.items():
+        acc, acc_sd = _mean_sd([r["dev_accuracy"] for r in rows])
+        summary = {
+            "learning_rate": lr,
+            "runs": len(rows),
+            "dev_accuracy": acc,
+            "dev_accuracy_sd": acc_sd,
+            "train_seconds": statistics.fmean(r["train_seconds"] for r in rows),
+            "tokens_per_second": statistics.fmean(r["tokens_per_second"] or 0.0 for r in rows),
+            "peak_rss_mb": statistics.fmean(r["peak_rss_mb"] for r in rows),
+            "trainable_parameters": rows[0]["trainable_parameters"],
+            "optimizer_state_bytes": rows[0]["optimizer_state_bytes"],
+        }
+        if method not in best or acc > best[method]["dev_accuracy"]:
+            best[method] = summary
+    return best
+
+
+def target_lines(best: dict[str, dict[str, Any]]) -> list[str]:
+    lines: list[str] = []
+    sp, peft, grouped, lora = (best.get(m) for m in ("lorasp", "peft-lora", "peft-lora-grouped", "lora"))
+    if sp and peft:
+        gap = 100 * (peft["dev_accuracy"] - sp["dev_accuracy"])
+        lines.append(
+            f"- Accuracy: LoRA-SP is {gap:+.2f} points below PEFT LoRA (target <= 0.5): "
+            f"{'met' if gap <= 0.5 else 'MISSED'}"
+        )
+        ratio = sp["train_seconds"] / peft["train_seconds"]
+        lines.append(
+            f"- Wall time vs plain PEFT loop: {ratio:.2f}x (target <= 0.5x): "
+            f"{'met' if ratio <= 0.5 else 'MISSED'}"
+        )
+        rss = sp["peak_rss_mb"] - peft["peak_rss_mb"]
+        lines.append(
+            f"- Peak RSS: LoRA-SP {sp['peak_rss_mb']:.0f} MB vs PEFT LoRA {peft['peak_rss_mb']:.0f} MB "
+            f"({rss:+.0f} MB; target <= 0): {'met' if rss <= 0 else 'MISSED'}"
+        )
+    if sp and grouped:
+        ratio = sp["train_seconds"] / grouped["train_seconds"]
+        lines.append(
+            f"- Wall time vs length-grouped PEFT: {ratio:.2f}x (target <= 1.0x): "
+            f"{'met' if ratio <= 1.0 else 'MISSED'}"
+        )
+    if sp and lora:
+        ratio = sp["optimizer_state_bytes"] / max(lora["optimizer_state_bytes"], 1)
+        lines.append(
+            f"- Adapter optimizer state: {sp['optimizer_state_bytes']} vs our LoRA "
+            f"{lora['optimizer_state_bytes']} bytes = {ratio:.4f} (target exactly 0.5): "
+            f"{'met' if ratio == 0.5 else 'MISSED'}"
+        )
+    return lines
+
+
+def write_sst2_report(results: list[dict[str, Any]], args: dict[str, Any], path: Path) -> None:
+    best = summarise(results)
+    machine = machine_description()
+    out = [
+        "# SST-2 benchmark",
+        "",
+        f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory_gib']} GiB, "
+        f"GPU: {machine['gpu'] or 'none'}; Python {machine['python']}, torch {machine['torch']} "
+        f"({machine['torch_threads']} threads); {machine['platform']}.",
+        "",
+        f"Budget: minilm-l6, {args['train_size']} training examples (fixed sample), {args['epochs']} epochs, "
+        f"batch {args['batch_size']}, max length {args['max_length']}, r={args['r']}, alpha={args['alpha']}, "
+        f"seeds {args['seeds']}; each run in its own process.",
+        "",
+        "## Each method at its best learning rate",
+        "",
+        "| method | lr | dev accuracy (mean ± sd) | trainable params | adapter optimizer state (bytes) "
+        "| peak RSS (MB) | train wall time (s) | real tokens/s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for method, s in best.items():
+        tps = f"{s['tokens_per_second']:.0f}" if s["tokens_per_second"] else "-"
+        out.append(
+            f"| {method} | {s['learning_rate']:g} | {100 * s['dev_accuracy']:.2f} ± "
+            f"{100 * s['dev_accuracy_sd']:.2f} ({s['runs']} runs) | {s['trainable_parameters']:,} | "
+            f"{s['optimizer_state_bytes']:,} | {s['peak_rss_mb']:.0f} | {s['train_seconds']:.1f} | {tps} |"
+        )
+    out += [
+        "",
+        "## Targets",
+        "",
+        *target_lines(best),
+        "",
+        "## Every run",
+        "",
+        "| method | seed | lr | dev accuracy | train s | peak RSS MB |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        out.append(
+            f"| {r['method']} | {r['seed']} | {r['learning_rate']:g} | {100 * r['dev_accuracy']:.2f} | "
+            f"{r['train_seconds']:.1f} | {r['peak_rss_mb']:.0f} |"
+        )
+    path.write_text("\n".join(out) + "\n")

@@ -1,0 +1,157 @@
+"""SST-2 benchmark: LoRA-SP vs our LoRA vs PEFT LoRA (plain / length-grouped) vs full fine-tuning.
+
+    python -m benchmarks.sst2 --data-dir ../shared/data/sst2 --out benchmarks/results/sst2.json
+
+Each run is its own process (so peak RSS is its own). `--out` gets a JSON list, one object per run;
+a markdown table with the machine described is written next to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import peak_rss_mb, read_sst2_tsv, run_in_subprocess, sample_train
+
+ENCODER_METHODS = ("full", "peft-lora", "peft-lora-grouped", "lora", "lorasp")
+CHAT_METHODS = ("chat-base", "chat-lorasp")
+DEFAULT_LRS = {
+    "full": [5e-5],
+    "peft-lora": [1e-3],
+    "peft-lora-grouped": [1e-3],
+    "lora": [1e-3],
+    "lorasp": [2e-3],
+    "chat-base": [0.0],
+    "chat-lorasp": [1e-3],
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data-dir", type=Path, default=Path("../shared/data/sst2"))
+    parser.add_argument("--eval-file", type=Path, default=None, help="TSV to evaluate on instead of dev.tsv")
+    parser.add_argument(
+        "--methods",
+        default=",".join(ENCODER_METHODS),
+        help=f"comma list of {', '.join(ENCODER_METHODS + CHAT_METHODS)}",
+    )
+    parser.add_argument("--train-size", type=int, default=8000)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--lrs", default=None, help="comma list swept for every adapter method")
+    parser.add_argument("--full-lrs", default=None, help="comma list for full fine-tuning")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--r", type=int, default=8)
+    parser.add_argument("--alpha", type=float, default=16.0)
+    parser.add_argument("--chat-train-size", type=int, default=2000)
+    parser.add_argument("--chat-epochs", type=int, default=1)
+    parser.add_argument("--chat-batch-size", type=int, default=8)
+    parser.add_argument("--eval-size", type=int, default=None, help="first N eval rows only (smoke runs)")
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--run-one", default=None, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
+def learning_rates(args: argparse.Namespace, method: str) -> list[float]:
+    if method == "full":
+        return floats(args.full_lrs) if args.full_lrs else DEFAULT_LRS["full"]
+    if method == "chat-base":
+        return DEFAULT_LRS["chat-base"]
+    return floats(args.lrs) if args.lrs else DEFAULT_LRS[method]
+
+
+def run_specs(args: argparse.Namespace) -> list[dict[str, Any]]:
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = sorted(set(methods) - set(ENCODER_METHODS + CHAT_METHODS))
+    if unknown:
+        raise SystemExit(f"--methods: unknown {unknown}; choose from {ENCODER_METHODS + CHAT_METHODS}")
+    eval_file = args.eval_file or args.data_dir / "dev.tsv"
+    specs = []
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        for method in methods:
+            chat = method in CHAT_METHODS
+            if chat and seed != int(args.seeds.split(",")[0]):
+                continue  # the causal-LM comparison is one seed: it is the slow one
+            for lr in learning_rates(args, method):
+                specs.append(
+                    {
+                        "method": method,
+                        "seed": seed,
+                        "learning_rate": lr,
+                        "r": args.r,
+                        "alpha": args.alpha,
+                        "train_file": str(args.data_dir / "train.tsv"),
+                        "eval_file": str(eval_file),
+                        "train_size": args.chat_train_size if chat else args.train_size,
+                        "epochs": args.chat_epochs if chat else args.epochs,
+                        "batch_size": args.chat_batch_size if chat else args.batch_size,
+                        "max_length": 128 if chat else args.max_length,
+                        "eval_size": args.eval_size,
+                    }
+                )
+    return specs
+
+
+def run_one(spec: dict[str, Any]) -> dict[str, Any]:
+    train_rows = sample_train(read_sst2_tsv(Path(spec["train_file"])), spec["train_size"])
+    eval_rows = read_sst2_tsv(Path(spec["eval_file"]))[: spec["eval_size"]]
+    if spec["method"] in CHAT_METHODS:
+        from benchmarks.sst2_chat import run_chat
+
+        measured = run_chat(spec, train_rows, eval_rows)
+    else:
+        from benchmarks.sst2_runs import run_encoder
+
+        measured = run_encoder(spec, train_rows, eval_rows)
+    return {
+        "method": spec["method"],
+        "seed": spec["seed"],
+        "learning_rate": spec["learning_rate"],
+        **measured,
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.run_one:
+        print(json.dumps(run_one(json.loads(args.run_one))))
+        return
+    from benchmarks.report import write_sst2_report
+
+    results: list[dict[str, Any]] = []
+    specs = run_specs(args)
+    for index, spec in enumerate(specs, 1):
+        print(
+            f"[{index}/{len(specs)}] {spec['method']} seed={spec['seed']} lr={spec['learning_rate']}",
+            file=sys.stderr,
+            flush=True,
+        )
+        result = run_in_subprocess("benchmarks.sst2", spec)
+        print(
+            f"    dev_accuracy={result['dev_accuracy']:.4f} train_seconds={result['train_seconds']:.1f} "
+            f"peak_rss_mb={result['peak_rss_mb']:.0f}",
+            file=sys.stderr,
+            flush=True,
+        )
+        results.append(result)
+        if args.out:  # after every run, so an interrupted sweep keeps what it measured
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(results, indent=2))
+    if args.out:
+        write_sst2_report(results, vars(args), args.out.with_suffix(".md"))
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

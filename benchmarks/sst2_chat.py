@@ -1,0 +1,98 @@
+"""Causal-LM SST-2: smollm2-135m-instruct fine-tuned with LoRA-SP on reviews rewritten as chat,
+scored by greedy generation against the base model zero-shot."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from benchmarks.common import LabelledSentence
+
+SYSTEM = "You are a sentiment classifier. Answer with one word: positive or negative."
+WORDS = ("negative", "positive")
+
+
+def as_messages(row: LabelledSentence, with_answer: bool) -> list[dict[str, str]]:
+    messages = [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": f"Review: {row.text}\nIs this review positive or negative?"},
+    ]
+    if with_answer:
+        messages.append({"role": "assistant", "content": WORDS[row.label]})
+    return messages
+
+
+@torch.no_grad()
+def generation_accuracy(
+    model: Any, tokenizer: Any, rows: list[LabelledSentence], batch_size: int = 32
+) -> float:
+    model.eval()
+    tokenizer.padding_side = "left"
+    correct = 0
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        prompts = [
+            tokenizer.apply_chat_template(as_messages(r, False), tokenize=False, add_generation_prompt=True)
+            for r in chunk
+        ]
+        batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        output = model.generate(
+            **batch, max_new_tokens=3, do_sample=False, pad_token_id=tokenizer.pad_token_id
+        )
+        answers = tokenizer.batch_decode(output[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+        for row, answer in zip(chunk, answers, strict=True):
+            correct += int(answer.strip().lower().startswith(WORDS[row.label]))
+    return correct / len(rows)
+
+
+def run_chat(
+    spec: dict[str, Any], train_rows: list[LabelledSentence], eval_rows: list[LabelledSentence]
+) -> dict[str, Any]:
+    from lorasp_core import (
+        ChatExample,
+        LoraSPConfig,
+        TrainConfig,
+        apply_lorasp,
+        load_base_model,
+        train,
+        trainable_parameters,
+    )
+
+    torch.manual_seed(spec["seed"])
+    loaded = load_base_model("smollm2-135m-instruct")
+    model, tokenizer = loaded.model, loaded.tokenizer
+    result: dict[str, Any] = {
+        "trainable_parameters": 0,
+        "optimizer_state_bytes": 0,
+        "train_seconds": 0.0,
+        "tokens_per_second": None,
+    }
+    if spec["method"] == "chat-lorasp":
+        config = LoraSPConfig(
+            r=spec["r"], alpha=spec["alpha"], freeze_ratio=0.5, mask_seed=spec["seed"], init_seed=spec["seed"]
+        )
+        apply_lorasp(model, config)
+        examples = [ChatExample(messages=tuple(as_messages(r, True))) for r in train_rows]
+        train_config = TrainConfig(
+            task="causal-lm",
+            epochs=spec["epochs"],
+            batch_size=spec["batch_size"],
+            learning_rate=spec["learning_rate"],
+            warmup_ratio=0.06,
+            max_length=spec["max_length"],
+            seed=spec["seed"],
+            batching="group_by_length",
+        )
+        start = time.perf_counter()
+        trained = train(train_config, model, tokenizer, examples)
+        seconds = time.perf_counter() - start
+        result.update(
+            train_seconds=seconds,
+            tokens_per_second=trained.trained_tokens / seconds,
+            trainable_parameters=trainable_parameters(model),
+            optimizer_state_bytes=int(trained.optimizer_state_bytes["adapter"]),
+        )
+    result["dev_accuracy"] = generation_accuracy(model, tokenizer, eval_rows)
+    return result
