@@ -20,7 +20,6 @@ from lorasp_core.wrapping import (
     lorasp_config_of,
     lorasp_layers,
     modules_to_save_of,
-    resolve_target_names,
 )
 
 TaskType = Literal["causal-lm", "seq-cls"]
@@ -81,14 +80,15 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _saved_target_modules(model: nn.Module, wrapped_names: list[str]) -> list[str]:
-    """Leaf names when they select exactly the wrapped layers (readable), full names otherwise."""
+    """Leaf names when PEFT would select exactly the wrapped layers with them, full names otherwise."""
     leaf_names = sorted({name.rsplit(".", 1)[-1] for name in wrapped_names})
-    probe = LoraSPConfig(target_modules=tuple(leaf_names))
-    try:
-        if sorted(resolve_target_names(model, probe)) == sorted(wrapped_names):
-            return leaf_names
-    except ValueError:
-        pass
+    # PEFT matches any module whose name ends with a leaf; our base layers sit below the wrappers.
+    selected_by_leaves = [
+        name for name, _ in model.named_modules()
+        if "base_layer" not in name.split(".") and name.rsplit(".", 1)[-1] in leaf_names
+    ]
+    if sorted(selected_by_leaves) == sorted(wrapped_names):
+        return leaf_names
     return sorted(wrapped_names)
 
 
