@@ -35,13 +35,15 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
     if settings.embedded:
         messages = settings.broker_dir / "messages"
         processed = settings.broker_dir / "processed"
-        messages.mkdir(parents=True, exist_ok=True)
-        processed.mkdir(parents=True, exist_ok=True)
+        control = settings.broker_dir / "control"  # exchange tables (kombu's default is ./control)
+        for folder in (messages, processed, control):
+            folder.mkdir(parents=True, exist_ok=True)
         # One folder is both "in" and "out": producers and consumers are different processes.
         return {
             "data_folder_in": str(messages),
             "data_folder_out": str(messages),
             "processed_folder": str(processed),
+            "control_folder": str(control),
             "store_processed": False,
             "polling_interval": 0.5,
         }
