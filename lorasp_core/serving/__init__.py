@@ -1,0 +1,35 @@
+"""Multi-adapter inference: one resident copy per base model, many LoRA(-SP) adapters batched per row."""
+
+from __future__ import annotations
+
+from lorasp_core.serving.engine import ServingEngine
+from lorasp_core.serving.generation import GenerationStream
+from lorasp_core.serving.multi_lora import MultiAdapterLinear, RowDispatchModule, SlotSelection
+from lorasp_core.serving.types import (
+    AdapterCacheFullError,
+    AdapterInfo,
+    AdapterLoadError,
+    BaseModelBundle,
+    ClassificationResult,
+    GenerationChunk,
+    GenerationRequest,
+    GenerationResult,
+    UnknownAdapterError,
+)
+
+__all__ = [
+    "AdapterCacheFullError",
+    "AdapterInfo",
+    "AdapterLoadError",
+    "BaseModelBundle",
+    "ClassificationResult",
+    "GenerationChunk",
+    "GenerationRequest",
+    "GenerationResult",
+    "GenerationStream",
+    "MultiAdapterLinear",
+    "RowDispatchModule",
+    "ServingEngine",
+    "SlotSelection",
+    "UnknownAdapterError",
+]

@@ -1,0 +1,151 @@
+"""LRU bookkeeping of resident adapters: capacity by count and bytes, pinning, in-use protection, metrics.
+
+Pure bookkeeping (no tensors): the engine asks `plan_admission` which adapters to evict *before* it
+changes anything, so a load that cannot fit fails with the engine untouched.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from lorasp_core.serving.types import AdapterCacheFullError, AdapterInfo
+
+
+@dataclass
+class AdapterStats:
+    """Per-adapter serving metrics; kept across evictions so a reloaded adapter keeps its history."""
+
+    hits: int = 0
+    loads: int = 0
+    requests: int = 0
+    tokens_generated: int = 0
+    total_latency_ms: float = 0.0
+    last_used: float = 0.0
+
+    @property
+    def mean_latency_ms(self) -> float | None:
+        return self.total_latency_ms / self.requests if self.requests else None
+
+
+@dataclass
+class CacheEntry:
+    adapter_id: str
+    base_model: str
+    path: str
+    task: str
+    rank: int
+    nbytes: int
+    slot: int
+    pinned: bool
+    loaded_at: float
+    load_ms: float
+    label_names: tuple[str, ...] | None
+    chat_template: str | None
+    in_use: int = 0  # requests queued or running with this adapter: never evicted meanwhile
+    unload_when_idle: bool = False  # unload_adapter() came while requests were still using it
+
+
+class AdapterCache:
+    def __init__(self, max_adapters: int, max_bytes: int | None = None) -> None:
+        if max_adapters < 1:
+            raise ValueError(f"max_adapters must be >= 1, got {max_adapters}")
+        if max_bytes is not None and max_bytes <= 0:
+            raise ValueError(f"max_adapter_bytes must be > 0, got {max_bytes}")
+        self.max_adapters = max_adapters
+        self.max_bytes = max_bytes
+        self.entries: OrderedDict[str, CacheEntry] = OrderedDict()  # least recently used first
+        self.stats: dict[str, AdapterStats] = {}
+
+    def __contains__(self, adapter_id: object) -> bool:
+        return adapter_id in self.entries
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    @property
+    def used_bytes(self) -> int:
+        return sum(entry.nbytes for entry in self.entries.values())
+
+    def get(self, adapter_id: str) -> CacheEntry | None:
+        return self.entries.get(adapter_id)
+
+    def touch(self, adapter_id: str, *, hit: bool = True) -> CacheEntry:
+        """Mark as most recently used (a cache hit unless `hit=False`)."""
+        entry = self.entries[adapter_id]
+        self.entries.move_to_end(adapter_id)
+        stats = self.stats.setdefault(adapter_id, AdapterStats())
+        stats.last_used = time.time()
+        if hit:
+            stats.hits += 1
+        return entry
+
+    def plan_admission(self, nbytes: int, *, replacing: str | None = None) -> list[str]:
+        """Adapters to evict (LRU first) so that one more of `nbytes` fits; raises if impossible.
+
+        `replacing` names an entry that the new one replaces (its room counts as free).
+        """
+        if self.max_bytes is not None and nbytes > self.max_bytes:
+            raise AdapterCacheFullError(
+                f"adapter needs {nbytes} bytes, more than max_adapter_bytes={self.max_bytes}"
+            )
+        remaining = [e for e in self.entries.values() if e.adapter_id != replacing]
+        count, used = len(remaining), sum(e.nbytes for e in remaining)
+        victims: list[str] = []
+        for entry in remaining:  # least recently used first
+            if count < self.max_adapters and (self.max_bytes is None or used + nbytes <= self.max_bytes):
+                break
+            if entry.pinned or entry.in_use:
+                continue
+            victims.append(entry.adapter_id)
+            count, used = count - 1, used - entry.nbytes
+        if count >= self.max_adapters or (self.max_bytes is not None and used + nbytes > self.max_bytes):
+            raise AdapterCacheFullError(
+                f"cannot make room: {count} resident adapters ({used} bytes) are pinned or serving requests "
+                f"(max_adapters={self.max_adapters}, max_adapter_bytes={self.max_bytes})"
+            )
+        return victims
+
+    def add(self, entry: CacheEntry) -> None:
+        self.entries[entry.adapter_id] = entry
+        self.entries.move_to_end(entry.adapter_id)
+        stats = self.stats.setdefault(entry.adapter_id, AdapterStats())
+        stats.loads += 1
+        stats.last_used = time.time()
+
+    def remove(self, adapter_id: str) -> CacheEntry:
+        return self.entries.pop(adapter_id)
+
+    def forget(self, adapter_id: str) -> None:
+        self.stats.pop(adapter_id, None)
+
+    def record_request(self, adapter_id: str, tokens: int, latency_ms: float) -> None:
+        stats = self.stats.setdefault(adapter_id, AdapterStats())
+        stats.requests += 1
+        stats.tokens_generated += tokens
+        stats.total_latency_ms += latency_ms
+        stats.last_used = time.time()
+
+    def info(self, adapter_id: str) -> AdapterInfo:
+        entry = self.entries[adapter_id]
+        stats = self.stats.setdefault(adapter_id, AdapterStats())
+        return AdapterInfo(
+            adapter_id=entry.adapter_id,
+            base_model=entry.base_model,
+            path=entry.path,
+            task=entry.task,
+            rank=entry.rank,
+            bytes=entry.nbytes,
+            slot=entry.slot,
+            pinned=entry.pinned,
+            hits=stats.hits,
+            last_used=stats.last_used,
+            loaded_at=entry.loaded_at,
+            load_ms=entry.load_ms,
+            loads=stats.loads,
+            requests=stats.requests,
+            tokens_generated=stats.tokens_generated,
+            mean_latency_ms=stats.mean_latency_ms,
+            label_names=entry.label_names,
+        )

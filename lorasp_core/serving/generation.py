@@ -1,0 +1,78 @@
+"""Request-side helpers: rendering prompts, and the iterator a caller reads streamed chunks from."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from lorasp_core.serving.types import GenerationChunk, GenerationRequest
+
+
+def render_prompt_ids(tokenizer: Any, request: GenerationRequest, chat_template: str | None) -> list[int]:
+    """Token ids of the prompt: messages through the adapter's chat template (else the tokenizer's)."""
+    if request.messages is not None:
+        template = chat_template or getattr(tokenizer, "chat_template", None)
+        if not template:
+            raise ValueError(
+                "messages were given but neither the adapter nor the tokenizer has a chat template"
+            )
+        text = tokenizer.apply_chat_template(
+            request.messages, chat_template=template, add_generation_prompt=True, tokenize=False
+        )
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    else:
+        assert request.prompt is not None
+        ids = tokenizer(request.prompt)["input_ids"]
+    if not ids and getattr(tokenizer, "bos_token_id", None) is not None:
+        ids = [tokenizer.bos_token_id]  # an empty prompt still needs one token to condition on
+    if not ids:
+        raise ValueError("the prompt is empty")
+    return [int(i) for i in ids]
+
+
+class GenerationStream(Iterator[GenerationChunk]):
+    """Chunks of one request, produced by the decoding thread and read by the caller.
+
+    Iteration ends after the chunk that carries a finish_reason; an engine-side failure is re-raised
+    in the reader. `cancel()` (e.g. a disconnected SSE client) makes the decoder drop the row early.
+    """
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[GenerationChunk | BaseException] = queue.Queue()
+        self._cancelled = threading.Event()
+        self._done = False
+
+    # producer side
+    def put(self, chunk: GenerationChunk) -> None:
+        self._queue.put(chunk)
+
+    def fail(self, error: BaseException) -> None:
+        self._queue.put(error)
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    # consumer side
+    def __iter__(self) -> GenerationStream:
+        return self
+
+    def __next__(self) -> GenerationChunk:
+        if self._done:
+            raise StopIteration
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            self._done = True
+            raise item
+        if item.finish_reason is not None:
+            self._done = True
+        return item
+
+    def text(self) -> str:
+        """Read the stream to its end and return the whole text."""
+        return "".join(chunk.text_delta for chunk in self)

@@ -1,0 +1,191 @@
+"""One resident base model: its multi-adapter wrappers, slot bookkeeping and the forward lock."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import PurePath
+from typing import Any
+
+import torch
+from torch import nn
+
+from lorasp_core.serving.adapter_files import CONFIG_FILE, WEIGHTS_FILE, ParsedAdapter
+from lorasp_core.serving.multi_lora import MultiAdapterLinear, RowDispatchModule, SlotSelection, linear_dims
+from lorasp_core.serving.types import AdapterLoadError, BaseModelBundle
+
+
+def _same_model_name(a: str, b: str) -> bool:
+    """Names match exactly, case-insensitively, or by their last path component (hub id vs local dir)."""
+    a, b = a.strip().rstrip("/").lower(), b.strip().rstrip("/").lower()
+    return a == b or PurePath(a).name == PurePath(b).name
+
+
+class ResidentModel:
+    """A base model kept in memory once, shared by every adapter trained on it.
+
+    Wrappers are installed lazily, per module path, the first time an adapter targets that module: memory
+    for slot tensors is only spent on modules some adapter adapts, and untouched modules keep their plain
+    nn.Linear forward. Slot 0 is "no adapter"; slots 1..S-1 are handed out by the engine.
+    """
+
+    def __init__(self, name: str, bundle: BaseModelBundle, num_slots: int) -> None:
+        self.name = name
+        self.task = bundle.task
+        self.model: nn.Module = bundle.model
+        self.tokenizer: Any = bundle.tokenizer
+        self.model.eval()
+        for parameter in self.model.parameters():
+            parameter.requires_grad_(False)
+        self.num_slots = num_slots
+        self.selection = SlotSelection()
+        self.wrappers: dict[str, MultiAdapterLinear] = {}
+        self.dispatchers: dict[str, RowDispatchModule] = {}
+        self.free_slots: list[int] = list(range(num_slots - 1, 0, -1))  # pop() hands out slot 1 first
+        self.lock = threading.RLock()  # one forward (or slot write) at a time on this model
+
+    def name_aliases(self) -> list[str]:
+        config = getattr(self.model, "config", None)
+        aliases = [self.name, str(getattr(config, "name_or_path", "") or "")]
+        aliases.append(str(getattr(config, "_name_or_path", "") or ""))
+        return [a for a in aliases if a]
+
+    def _module(self, path: str) -> nn.Module | None:
+        try:
+            module = self.model.get_submodule(path)
+        except AttributeError:
+            return None
+        return module
+
+    def _original(self, path: str) -> nn.Module | None:
+        module = self._module(path)
+        if isinstance(module, MultiAdapterLinear):
+            return module.base_layer
+        if isinstance(module, RowDispatchModule):
+            return module.base_module
+        return module
+
+    def validate(self, adapter: ParsedAdapter) -> None:
+        """Raise AdapterLoadError unless every tensor of `adapter` fits this model; changes nothing."""
+        aid = adapter.adapter_id
+        base = adapter.base_model_name_or_path
+        if base is not None and not any(_same_model_name(base, alias) for alias in self.name_aliases()):
+            raise AdapterLoadError(
+                aid, CONFIG_FILE, f"adapter was trained on base model {base!r}, not {self.name!r}"
+            )
+        if adapter.task != self.task:
+            raise AdapterLoadError(
+                aid,
+                CONFIG_FILE,
+                f"adapter task is {adapter.task} but base model {self.name!r} is {self.task}",
+            )
+        for path, pair in adapter.lora.items():
+            module = self._original(path)
+            if module is None:
+                raise AdapterLoadError(
+                    aid, WEIGHTS_FILE, f"target module {path!r} not found in {self.name!r}"
+                )
+            dims = linear_dims(module)
+            if dims is None:
+                raise AdapterLoadError(
+                    aid,
+                    WEIGHTS_FILE,
+                    f"target module {path!r} is a {type(module).__name__}, not a linear layer",
+                )
+            in_features, out_features = dims
+            if pair.lora_A.shape[1] != in_features or pair.lora_B.shape[0] != out_features:
+                raise AdapterLoadError(
+                    aid,
+                    WEIGHTS_FILE,
+                    f"module {path!r}: lora_A {tuple(pair.lora_A.shape)} / lora_B {tuple(pair.lora_B.shape)} "
+                    f"do not fit the base layer (in={in_features}, out={out_features})",
+                )
+        for path, params in adapter.saved_modules.items():
+            self._validate_saved_module(aid, path, params)
+        if adapter.label_names is not None and adapter.saved_modules:
+            widths = {int(t.shape[0]) for params in adapter.saved_modules.values() for t in params.values()}
+            if len(adapter.label_names) not in widths:
+                raise AdapterLoadError(
+                    aid,
+                    "lorasp.json",
+                    f"{len(adapter.label_names)} label_names but the head outputs {widths}",
+                )
+
+    def _validate_saved_module(self, aid: str, path: str, params: dict[str, torch.Tensor]) -> None:
+        module = self._original(path)
+        if module is None:
+            raise AdapterLoadError(aid, WEIGHTS_FILE, f"saved module {path!r} not found in {self.name!r}")
+        own = dict(module.named_parameters()) | dict(module.named_buffers())
+        for name, tensor in params.items():
+            if name not in own:
+                raise AdapterLoadError(aid, WEIGHTS_FILE, f"saved module {path!r} has no parameter {name!r}")
+            expected = own[name].shape
+            # The output dimension (dim 0) may differ: a head with its own number of labels.
+            if tensor.ndim != len(expected) or tuple(tensor.shape[1:]) != tuple(expected[1:]):
+                raise AdapterLoadError(
+                    aid,
+                    WEIGHTS_FILE,
+                    f"{path}.{name} has shape {tuple(tensor.shape)}, incompatible with {tuple(expected)}",
+                )
+
+    def _replace_module(self, path: str, module: nn.Module) -> None:
+        parent_path, _, child = path.rpartition(".")
+        setattr(self.model.get_submodule(parent_path), child, module)
+
+    def _wrapper(self, path: str, rank: int) -> MultiAdapterLinear:
+        wrapper = self.wrappers.get(path)
+        if wrapper is None:
+            wrapper = MultiAdapterLinear(self.model.get_submodule(path), self.num_slots, rank, self.selection)
+            self._replace_module(path, wrapper)
+            self.wrappers[path] = wrapper
+        return wrapper
+
+    def _dispatcher(self, path: str) -> RowDispatchModule:
+        dispatcher = self.dispatchers.get(path)
+        if dispatcher is None:
+            dispatcher = RowDispatchModule(self.model.get_submodule(path), self.selection)
+            self._replace_module(path, dispatcher)
+            self.dispatchers[path] = dispatcher
+        return dispatcher
+
+    def take_slot(self) -> int:
+        if not self.free_slots:
+            raise RuntimeError(f"no free adapter slot on {self.name!r}")  # the cache prevents this
+        return self.free_slots.pop()
+
+    def install(self, slot: int, adapter: ParsedAdapter) -> None:
+        """Copy a validated adapter into `slot` (the caller holds no forward in flight)."""
+        with self.lock:
+            for path, pair in adapter.lora.items():
+                self._wrapper(path, pair.rank).set_slot(slot, pair.lora_A, pair.lora_B, pair.scaling)
+            for path, params in adapter.saved_modules.items():
+                dispatcher = self._dispatcher(path)
+                dispatcher.set_slot(slot, dispatcher.make_copy(params))
+
+    def release_slot(self, slot: int) -> None:
+        """Zero the slot everywhere and drop its module copies, then hand it back."""
+        with self.lock:
+            for wrapper in self.wrappers.values():
+                wrapper.clear_slot(slot)
+            for dispatcher in self.dispatchers.values():
+                dispatcher.clear_slot(slot)
+            if slot not in self.free_slots:
+                self.free_slots.append(slot)
+
+    @contextmanager
+    def active_slots(self, row_slots: torch.Tensor | None) -> Iterator[None]:
+        """Route each batch row through its slot for the forwards inside the block (holds the lock)."""
+        with self.lock:
+            self.selection.set(row_slots)
+            try:
+                yield
+            finally:
+                self.selection.set(None)
+
+    def slot_bytes(self) -> int:
+        """Memory held by preallocated slot tensors (all slots, all wrapped modules)."""
+        return sum(
+            w.lora_A_slots.nbytes + w.lora_B_slots.nbytes + w.scaling_slots.nbytes
+            for w in self.wrappers.values()
+        )

@@ -1,0 +1,123 @@
+"""Public value types and errors of the serving engine (no torch logic here)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from torch import nn
+
+FinishReason = Literal["stop", "length"]
+
+
+class AdapterLoadError(ValueError):
+    """An adapter directory cannot be served: corrupt, incomplete or incompatible with its base model.
+
+    The message names the adapter, the offending file and the problem. The engine is unchanged.
+    """
+
+    def __init__(self, adapter_id: str, file: str, problem: str) -> None:
+        self.adapter_id = adapter_id
+        self.file = file
+        self.problem = problem
+        super().__init__(f"adapter {adapter_id!r}: {file}: {problem}")
+
+
+class UnknownAdapterError(LookupError):
+    """A request names an adapter the engine has never loaded (or that was unloaded)."""
+
+
+class AdapterCacheFullError(RuntimeError):
+    """No adapter can be evicted to make room: all resident adapters are pinned or serving requests."""
+
+
+class BaseModelBundle(Protocol):
+    """What `base_loader(name)` returns; `lorasp_core.models.LoadedModel` satisfies it structurally."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def task(self) -> str: ...  # "causal-lm" | "seq-cls"
+    @property
+    def model(self) -> nn.Module: ...
+    @property
+    def tokenizer(self) -> Any: ...
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    """A snapshot of one resident adapter and its serving metrics (metrics survive evictions)."""
+
+    adapter_id: str
+    base_model: str
+    path: str
+    task: str
+    rank: int
+    bytes: int
+    slot: int
+    pinned: bool
+    hits: int
+    last_used: float  # time.time() of the last request or load
+    loaded_at: float
+    load_ms: float
+    loads: int  # how many times it was (re)loaded, evictions included
+    requests: int
+    tokens_generated: int
+    mean_latency_ms: float | None
+    label_names: tuple[str, ...] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One chat or completion request; `model` is the base model name, `adapter_id=None` the bare base."""
+
+    model: str
+    adapter_id: str | None = None
+    messages: list[dict[str, str]] | None = None
+    prompt: str | None = None
+    max_tokens: int = 128
+    temperature: float = 0.0  # 0 means greedy
+    top_p: float = 1.0
+    stop: list[str] | None = None
+    seed: int | None = None
+
+    def validate(self) -> None:
+        if (self.messages is None) == (self.prompt is None):
+            raise ValueError("exactly one of messages and prompt must be given")
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.stop is not None and any(not s for s in self.stop):
+            raise ValueError("stop strings must be non-empty")
+
+
+@dataclass(frozen=True)
+class GenerationChunk:
+    """A streamed piece of output. `token_count` is cumulative: the tokens generated so far."""
+
+    text_delta: str
+    token_count: int
+    finish_reason: FinishReason | None = None
+    prompt_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: FinishReason
+    token_ids: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ClassificationResult:
+    label: str
+    score: float
+    scores: dict[str, float]
