@@ -74,6 +74,7 @@ def parse_chat(obj: dict[str, Any], line: int) -> Example | list[DatasetProblem]
         return [DatasetProblem(line, "empty conversation", "messages")]
     parsed: list[dict[str, str]] = []
     role_problem = False
+    roles: set[str] = set()
     for index, message in enumerate(messages):
         path = f"messages[{index}]"
         if not isinstance(message, dict):
@@ -89,12 +90,14 @@ def parse_chat(obj: dict[str, Any], line: int) -> Example | list[DatasetProblem]
             )
             role = None
         role_problem = role_problem or role is None
+        if role is not None:
+            roles.add(role)
         content = _string_field(message, "content", f"{path}.content", line, problems, allow_empty=False)
         if role is not None and content is not None:
             # extra keys ("name", "weight") are tolerated and dropped: the template only needs these two
             parsed.append({"role": role, "content": content})
     # only claim "no assistant turn" when every role was readable, so a typo like 'bot' is not reported twice
-    if not role_problem and not any(message["role"] == "assistant" for message in parsed):
+    if not role_problem and "assistant" not in roles:
         problems.append(DatasetProblem(line, "no assistant message: nothing to train on", "messages"))
     if problems:
         return problems
