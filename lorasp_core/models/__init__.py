@@ -2,6 +2,19 @@
 
 from __future__ import annotations
 
+from lorasp_core.models.catalog import (
+    CACHE_ENV_VAR,
+    CATALOG,
+    TASK_TYPES,
+    CatalogEntry,
+    LoadedModel,
+    ModelUnavailableError,
+    TaskType,
+    catalog_names,
+    default_cache_dir,
+    find_package_dir,
+)
+from lorasp_core.models.loading import infer_task, load_base_model
 from lorasp_core.models.tiny import (
     CHATML_TEMPLATE,
     TINY_BERT_NAME,
@@ -12,9 +25,21 @@ from lorasp_core.models.tiny import (
 )
 
 __all__ = [
+    "CACHE_ENV_VAR",
+    "CATALOG",
     "CHATML_TEMPLATE",
+    "TASK_TYPES",
     "TINY_BERT_NAME",
     "TINY_LLAMA_NAME",
+    "CatalogEntry",
+    "LoadedModel",
+    "ModelUnavailableError",
+    "TaskType",
+    "catalog_names",
+    "default_cache_dir",
+    "find_package_dir",
+    "infer_task",
+    "load_base_model",
     "make_tiny_tokenizer",
     "tiny_random_bert",
     "tiny_random_llama",
