@@ -79,7 +79,6 @@ def make_celery(settings: Settings) -> Celery:
         # Training holds a lot of memory; a fresh process per job gives it back.
         worker_max_tasks_per_child=1,
         worker_send_task_events=False,
-        worker_hijack_root_logger=False,
         enable_utc=True,
     )
     return app

@@ -1,0 +1,221 @@
+"""Glue between a Job row and `lorasp_core.train`: what one worker does with one job.
+
+`run_claimed_job` is called after `jobs.claim_job` gave this worker the job's lease. It validates the
+training data with the base model's tokenizer, trains LoRA-SP (resuming from the job's last checkpoint
+when it took over a dead worker's lease), copies every checkpoint into storage, and on success
+registers the adapter and marks the job succeeded in one transaction. Every outcome is a job status
+with an event; errors become `failed` with `error={code, message, param}`.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from celery.exceptions import SoftTimeLimitExceeded
+from sqlalchemy import select
+
+from lorasp_core import (
+    ClassificationExample,
+    DatasetError,
+    LoraSPConfig,
+    ModelUnavailableError,
+    apply_lorasp,
+    label_names_for,
+    load_base_model,
+    read_adapter_metadata,
+    read_examples,
+    save_adapter,
+    validate_dataset,
+)
+from lorasp_core.data import Example
+from lorasp_core.train import TrainConfig, train
+from lorasp_core.train_config import TaskType
+from lorasp_service import jobs
+from lorasp_service.db import session_scope
+from lorasp_service.orm import Adapter, File, Job
+from lorasp_service.settings import Settings
+from lorasp_service.storage import BlobStorage
+from lorasp_service.training_progress import JobProgressCallback, LeaseKeeper
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LEARNING_RATE = 1e-3
+
+
+class JobFailure(Exception):
+    """A failure the user can act on: becomes the job's `error`."""
+
+    def __init__(self, code: str, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.code, self.message, self.param = code, message, param
+
+    def as_error(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, "param": self.param}
+
+
+def training_hyperparameters(job: Job) -> dict[str, Any]:
+    """The resolved hyperparameters the API stored: `method[type].hyperparameters` over OpenAI's trio."""
+    merged: dict[str, Any] = dict(job.hyperparameters or {})
+    method = job.method or {}
+    section = method.get(str(method.get("type", ""))) if method else None
+    if isinstance(section, dict):
+        merged.update(section.get("hyperparameters") or {})
+    return {key: value for key, value in merged.items() if value is not None and value != "auto"}
+
+
+def build_configs(job: Job, settings: Settings, task: TaskType, checkpoint_dir: Path,
+                  resume_from: Path | None) -> tuple[LoraSPConfig, TrainConfig]:
+    hp = training_hyperparameters(job)
+    target_modules = hp.get("target_modules")
+    if isinstance(target_modules, list):
+        target_modules = tuple(target_modules)
+    try:
+        lora = LoraSPConfig(
+            r=int(hp.get("rank", hp.get("r", 8))), alpha=float(hp.get("alpha", 16.0)),
+            dropout=float(hp.get("dropout", 0.0)), target_modules=target_modules,
+            freeze_ratio=float(hp.get("freeze_ratio", 0.5)), mask_seed=int(hp.get("mask_seed", job.seed)),
+            init_seed=int(hp.get("init_seed", job.seed)),
+        )
+        learning_rate = hp.get("effective_learning_rate")
+        if learning_rate is None:
+            learning_rate = float(hp.get("learning_rate", DEFAULT_LEARNING_RATE)) * float(
+                hp.get("learning_rate_multiplier", 1.0))
+        config = TrainConfig(
+            task=task,
+            epochs=int(hp.get("n_epochs", 1)), batch_size=int(hp.get("batch_size", 8)),
+            learning_rate=float(learning_rate), weight_decay=float(hp.get("weight_decay", 0.0)),
+            warmup_ratio=float(hp.get("warmup_ratio", 0.0)), max_length=int(hp.get("max_length", 512)),
+            max_steps=int(hp["max_steps"]) if "max_steps" in hp else None, seed=job.seed,
+            checkpoint_every_steps=settings.checkpoint_every_steps, checkpoint_dir=str(checkpoint_dir),
+            resume_from=str(resume_from) if resume_from else None,
+        )
+    except (ValueError, TypeError) as error:
+        raise JobFailure("invalid_hyperparameters", f"invalid hyperparameters: {error}", "method") from error
+    return lora, config
+
+
+def read_dataset(path: Path, param: str) -> list[Example]:
+    report = validate_dataset(path)
+    if not report.ok:
+        raise JobFailure(f"invalid_{param}", f"{param} is not usable: {report.summary()}", param)
+    try:
+        return list(read_examples(path))
+    except DatasetError as error:
+        raise JobFailure(f"invalid_{param}", f"{param} is not usable: {error}", param) from error
+
+
+def check_token_lengths(path: Path, tokenizer: Any, settings: Settings, param: str) -> None:
+    report = validate_dataset(path, tokenizer=tokenizer, max_tokens=settings.max_example_tokens)
+    if not report.ok:
+        raise JobFailure(f"invalid_{param}", f"{param} is not usable: {report.summary()}", param)
+
+
+def fine_tuned_model_id(job: Job) -> str:
+    short_job_id = job.id.split("-", 1)[-1][:8]
+    return f"ft:{job.model}:{job.suffix or 'lorasp'}:{short_job_id}"
+
+
+def _target_module_names(adapter_dir: Path) -> list[str]:
+    targets = read_adapter_metadata(adapter_dir).target_modules
+    return [targets] if isinstance(targets, str) else list(targets)
+
+
+def run_claimed_job(settings: Settings, job_id: str, worker_id: str, claim: jobs.Claim) -> str:
+    """Run a job whose lease this worker holds; returns the outcome (the job's new status)."""
+    keeper = LeaseKeeper(settings, job_id, worker_id, claim.attempt)
+    keeper.start()
+    work_dir = settings.home / "work" / f"{job_id}-attempt-{claim.attempt}"
+    try:
+        return _train_and_register(settings, job_id, worker_id, claim, keeper, work_dir)
+    except JobFailure as failure:
+        log.info("job %s failed: %s", job_id, failure.message)
+        _fail(settings, job_id, worker_id, claim, failure)
+        return "failed"
+    except SoftTimeLimitExceeded:
+        message = f"the job ran longer than its time limit of {settings.job_time_limit_seconds} s"
+        _fail(settings, job_id, worker_id, claim, JobFailure("time_limit_exceeded", message))
+        return "failed"
+    except jobs.TRANSIENT_DB_ERRORS:
+        raise  # the task retries; the lease (same worker id) is taken over by the retry
+    except Exception as error:  # noqa: BLE001 - any other error fails the job with its message
+        log.exception("job %s: training error", job_id)
+        unexpected = JobFailure("training_error", f"{type(error).__name__}: {error}")
+        _fail(settings, job_id, worker_id, claim, unexpected)
+        return "failed"
+    finally:
+        keeper.stop()
+        shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def _fail(settings: Settings, job_id: str, worker_id: str, claim: jobs.Claim, failure: JobFailure) -> None:
+    jobs.finish_job(settings, job_id, worker_id, claim.attempt, "failed",
+                    f"Fine-tuning job failed: {failure.message}", error=failure.as_error(), level="error")
+
+
+def _train_and_register(settings: Settings, job_id: str, worker_id: str, claim: jobs.Claim,
+                        keeper: LeaseKeeper, work_dir: Path) -> str:
+    storage = BlobStorage(settings.blob_dir)
+    with session_scope(settings) as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        files = {f.id: f for f in session.scalars(
+            select(File).where(File.id.in_([job.training_file_id, job.validation_file_id])))}
+    training_path = storage.path(files[job.training_file_id].storage_key)
+    validation_path = None
+    if job.validation_file_id:
+        validation_path = storage.path(files[job.validation_file_id].storage_key)
+
+    train_data = read_dataset(training_path, "training_file")
+    eval_data = read_dataset(validation_path, "validation_file") if validation_path else None
+    classification = isinstance(train_data[0], ClassificationExample)
+    task: TaskType = "seq-cls" if classification else "causal-lm"
+    label_names = label_names_for(train_data) if classification else None
+    try:
+        loaded = load_base_model(job.model, task=task, num_labels=len(label_names) if label_names else None,
+                                 cache_dir=settings.model_cache_dir, seed=job.seed)
+    except ModelUnavailableError as error:
+        raise JobFailure("model_unavailable", str(error), "model") from error
+    except ValueError as error:
+        raise JobFailure("invalid_model", str(error), "model") from error
+    check_token_lengths(training_path, loaded.tokenizer, settings, "training_file")
+    if validation_path:
+        check_token_lengths(validation_path, loaded.tokenizer, settings, "validation_file")
+
+    resume_from = storage.path(claim.resume_key) if claim.resume_key else None
+    lora, config = build_configs(job, settings, task, work_dir / "checkpoints", resume_from)
+    if resume_from is not None:
+        jobs.record_message(settings, job_id, f"Resuming training from checkpoint step {claim.resume_step}",
+                            data={"resumed_from_step": claim.resume_step})
+    model = apply_lorasp(loaded.model, lora)
+    callback = JobProgressCallback(settings, job_id, worker_id, claim.attempt, keeper, storage)
+    result = train(config, model, loaded.tokenizer, train_data, eval_data, callbacks=[callback],
+                   label_names=label_names)
+
+    if keeper.lost:
+        log.warning("job %s: lease lost during training; leaving the job to its new worker", job_id)
+        return "lease_lost"
+    if result.cancelled:
+        jobs.finish_job(settings, job_id, worker_id, claim.attempt, "cancelled",
+                        f"Fine-tuning job cancelled at step {result.steps} of {result.total_steps}")
+        return "cancelled"
+
+    adapter_key, archive_key = f"adapters/{job_id}", f"adapters/{job_id}.tar.gz"
+    summary = {"job_id": job_id, "steps": result.steps, "trained_tokens": result.trained_tokens,
+               "train_loss": result.train_loss, "eval_metrics": result.eval_metrics}
+    chat_template = getattr(loaded.tokenizer, "chat_template", None)
+    saved = save_adapter(model, work_dir / "adapter", base_model_name_or_path=job.model, task_type=task,
+                         label_names=label_names, chat_template=chat_template, training_summary=summary)
+    storage.put_dir(adapter_key, saved)
+    size, digest = storage.archive_dir(adapter_key, archive_key)
+    adapter = Adapter(
+        id=fine_tuned_model_id(job), tenant_id=job.tenant_id, job_id=job_id, base_model=job.model, task=task,
+        source="training", storage_key=adapter_key, archive_key=archive_key, sha256=digest, bytes=size,
+        rank=lora.r, freeze_ratio=lora.freeze_ratio, target_modules=_target_module_names(saved),
+        label_names=label_names,
+    )
+    if not jobs.complete_job(settings, job_id, worker_id, claim.attempt, adapter, result.trained_tokens):
+        return "lease_lost"
+    return "succeeded"

@@ -1,0 +1,118 @@
+"""What a running job reports while it trains: lease heartbeats, metrics events, checkpoints, cancel.
+
+`LeaseKeeper` is a daemon thread that refreshes the job's heartbeat every `heartbeat_interval_seconds`
+(also while the model loads or a long step runs) and notices a lost lease or a cancel request.
+`JobProgressCallback` is the `TrainCallback` the training loop calls.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from lorasp_core.train import ProgressEvent, TrainCallback
+from lorasp_service import jobs
+from lorasp_service.settings import Settings
+from lorasp_service.storage import BlobStorage
+
+log = logging.getLogger(__name__)
+
+METRICS_MIN_INTERVAL_SECONDS = 1.0
+CANCEL_POLL_INTERVAL_SECONDS = 0.5
+
+
+class LeaseKeeper(threading.Thread):
+    def __init__(self, settings: Settings, job_id: str, worker_id: str, attempt: int) -> None:
+        super().__init__(name=f"lease-{job_id}", daemon=True)
+        self.settings, self.job_id, self.worker_id, self.attempt = settings, job_id, worker_id, attempt
+        self.lost = False
+        self.cancel_requested = False
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self._stopped.wait(self.settings.heartbeat_interval_seconds):
+            try:
+                check = jobs.refresh_lease(self.settings, self.job_id, self.worker_id, self.attempt)
+            except jobs.TRANSIENT_DB_ERRORS as error:
+                log.warning("job %s: heartbeat failed (will retry): %s", self.job_id, error)
+                continue
+            self.cancel_requested = self.cancel_requested or check.cancel_requested
+            if not check.held:
+                self.lost = True
+                return
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+
+class JobProgressCallback(TrainCallback):
+    def __init__(self, settings: Settings, job_id: str, worker_id: str, attempt: int, keeper: LeaseKeeper,
+                 storage: BlobStorage) -> None:
+        self.settings, self.job_id, self.worker_id, self.attempt = settings, job_id, worker_id, attempt
+        self.keeper, self.storage = keeper, storage
+        self.last_event: ProgressEvent | None = None
+        self._last_metrics_at = 0.0
+        self._last_cancel_poll_at = 0.0
+
+    def on_train_begin(self, total_steps: int) -> None:
+        jobs.record_message(self.settings, self.job_id, f"Training started: {total_steps} steps",
+                            data={"total_steps": total_steps})
+
+    def on_progress(self, event: ProgressEvent) -> None:
+        self.last_event = event
+        now = time.monotonic()
+        is_edge = event.step <= 1 or event.step >= event.total_steps
+        if not is_edge and now - self._last_metrics_at < METRICS_MIN_INTERVAL_SECONDS:
+            return
+        self._last_metrics_at = now
+        data: dict[str, Any] = {
+            "step": event.step, "total_steps": event.total_steps, "epoch": event.epoch,
+            "train_loss": event.train_loss, "learning_rate": event.learning_rate,
+            "tokens_per_second": event.tokens_per_second, "elapsed_seconds": event.elapsed_seconds,
+            "eta_seconds": event.eta_seconds, "trained_tokens": event.trained_tokens,
+        }
+        if event.eval_metrics:
+            data["eval_metrics"] = dict(event.eval_metrics)
+        estimated_finish = None
+        if event.eta_seconds is not None:
+            estimated_finish = jobs.utcnow() + timedelta(seconds=event.eta_seconds)
+        message = f"Step {event.step}/{event.total_steps}: training loss={event.train_loss:.4f}"
+        try:
+            held = jobs.record_metrics(self.settings, self.job_id, self.worker_id, self.attempt, message,
+                                       data, estimated_finish)
+        except jobs.TRANSIENT_DB_ERRORS as error:
+            log.warning("job %s: metrics not recorded: %s", self.job_id, error)
+            return
+        if not held:
+            self.keeper.lost = True
+
+    def on_evaluate(self, step: int, metrics: dict[str, float]) -> None:
+        text = ", ".join(f"{name}={value:.4f}" for name, value in sorted(metrics.items()))
+        jobs.record_message(self.settings, self.job_id, f"Evaluation at step {step}: {text}",
+                            data={"step": step, "eval_metrics": dict(metrics)})
+
+    def on_checkpoint(self, step: int, path: Path) -> None:
+        if self.keeper.lost:
+            return
+        key = f"jobs/{self.job_id}/checkpoints/step-{step}"
+        self.storage.put_dir(key, path)  # atomic: a checkpoint row never points at a partial copy
+        metrics: dict[str, Any] = {"step": step}
+        if self.last_event is not None:
+            metrics["train_loss"] = self.last_event.train_loss
+        jobs.register_checkpoint(self.settings, self.job_id, step, key, metrics)
+
+    def should_stop(self) -> bool:
+        if self.keeper.lost or self.keeper.cancel_requested:
+            return True
+        now = time.monotonic()
+        if now - self._last_cancel_poll_at >= CANCEL_POLL_INTERVAL_SECONDS:
+            self._last_cancel_poll_at = now
+            try:
+                self.keeper.cancel_requested = jobs.cancel_requested(self.settings, self.job_id)
+            except jobs.TRANSIENT_DB_ERRORS as error:
+                log.warning("job %s: cancel poll failed: %s", self.job_id, error)
+        return self.keeper.cancel_requested

@@ -1,0 +1,1 @@
+"""Celery worker: runs fine-tuning jobs (`lorasp worker`)."""

@@ -1,0 +1,52 @@
+"""The worker's Celery app: the shared configuration from `lorasp_service.queue`, plus worker hooks.
+
+Run it with `lorasp worker` (or `celery -A worker.app:celery_app worker`).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery.signals import worker_process_init, worker_ready
+
+from lorasp_service.db import get_engine
+from lorasp_service.queue import enqueue_job, make_celery
+from lorasp_service.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+celery_app = make_celery(get_settings())
+celery_app.conf.include = ["worker.tasks"]
+
+
+@worker_process_init.connect  # type: ignore[untyped-decorator]
+def _fresh_connections_after_fork(**_: Any) -> None:
+    # A pool process must not share the parent's database connections.
+    get_engine(get_settings()).dispose(close=False)
+
+
+@worker_ready.connect  # type: ignore[untyped-decorator]
+def _recover_orphaned_jobs(**_: Any) -> None:
+    """Embedded broker: re-enqueue jobs whose message was lost with a killed worker.
+
+    The filesystem broker cannot redeliver the message of a worker that was killed; Redis redelivers it
+    after the visibility timeout, so this sweep runs only in the embedded default. Duplicates are harmless:
+    a task re-checks the job's state and lease before doing anything.
+    """
+    settings = get_settings()
+    if not settings.embedded:
+        return
+    from lorasp_service.jobs import orphaned_job_ids
+
+    try:
+        job_ids = orphaned_job_ids(settings)
+    except Exception as error:  # noqa: BLE001 - a missing schema must not stop the worker
+        log.warning("could not look for orphaned jobs: %s", error)
+        return
+    for job_id in job_ids:
+        log.info("re-enqueuing orphaned job %s", job_id)
+        enqueue_job(settings, job_id)
+
+
+import worker.tasks  # noqa: E402,F401 - registers the tasks on celery_app
