@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,7 +15,7 @@ from lorasp_core.data.formats import (
     Example,
 )
 from lorasp_core.data.readers import DatasetScanner
-from lorasp_core.data.tokenization import count_tokens
+from lorasp_core.data.tokenization import count_tokens, tokenize_example
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -53,7 +54,12 @@ class _TokenCounter:
             self.disabled_reason = "the tokenizer has no chat template, so chat examples cannot be rendered"
             return DatasetProblem(0, self.disabled_reason)
         try:
-            n_tokens = count_tokens(example, self.tokenizer)
+            if isinstance(example, ChatExample):
+                # the full tokenization also derives the assistant spans, so a template that does not
+                # render a message verbatim is caught at upload time rather than in the training job
+                n_tokens = len(tokenize_example(example, self.tokenizer, max_length=sys.maxsize).input_ids)
+            else:
+                n_tokens = count_tokens(example, self.tokenizer)
         except Exception as error:  # noqa: BLE001 - a template may raise anything (jinja's raise_exception)
             return DatasetProblem(line, f"cannot be tokenized: {type(error).__name__}: {error}")
         self.total += n_tokens

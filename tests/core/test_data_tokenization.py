@@ -208,3 +208,28 @@ def test_validate_reports_template_failures_once_per_line_or_once_per_file(tmp_p
     report = validate_dataset(path, tokenizer=no_template)
     assert len(report.problems) == 1 and report.problems[0].line == 0
     assert "no chat template" in report.problems[0].reason
+
+
+def test_chat_content_not_rendered_verbatim() -> None:
+    example = ChatExample(
+        messages=({"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"})
+    )
+    upper = make_tiny_tokenizer()
+    upper.chat_template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] | upper }}\n{% endfor %}"
+    # the rendered prefix still locates the turn: everything the template writes for it is trained on
+    assert labelled_text(upper, tokenize_example(example, upper, max_length=64)) == "assistant: YO"
+    reversed_order = make_tiny_tokenizer()
+    reversed_order.chat_template = "{% for m in messages | reverse %}{{ m['content'] | upper }}\n{% endfor %}"
+    with pytest.raises(ValueError, match="verbatim"):
+        tokenize_example(example, reversed_order, max_length=64)
+
+
+def test_validate_reports_a_template_that_hides_the_assistant_turn(tmp_path: Path) -> None:
+    tokenizer = make_tiny_tokenizer()
+    tokenizer.chat_template = "{% for m in messages | reverse %}{{ m['content'] | upper }}\n{% endfor %}"
+    path = tmp_path / "chat.jsonl"
+    record = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
+    path.write_text(json.dumps(record) + "\n" + json.dumps(record) + "\n")
+    report = validate_dataset(path, tokenizer=tokenizer)
+    assert [problem.line for problem in report.problems] == [1, 2]
+    assert "verbatim" in report.problems[0].reason
