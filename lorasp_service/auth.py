@@ -1,0 +1,80 @@
+"""API keys: created once and shown once, stored as sha256 hashes, looked up per request.
+
+Helpers here never commit: the caller (an API service, the CLI) owns the transaction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from lorasp_service.ids import new_id
+from lorasp_service.orm import ApiKey, Tenant
+
+API_KEY_PREFIX = "sk-lorasp-"
+# How much of a key is kept in clear (to tell keys apart in listings); fits ApiKey.key_prefix.
+SHOWN_KEY_CHARS = 14
+
+
+def hash_api_key(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def generate_api_key() -> str:
+    return API_KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def get_or_create_tenant(session: Session, tenant_name: str) -> Tenant:
+    tenant = session.scalars(select(Tenant).where(Tenant.name == tenant_name)).one_or_none()
+    if tenant is None:
+        tenant = Tenant(id=new_id("tenant"), name=tenant_name)
+        session.add(tenant)
+        session.flush()
+    return tenant
+
+
+def create_api_key(session: Session, tenant: Tenant) -> str:
+    """Add a new key for `tenant`; returns the plaintext key (the only time it exists)."""
+    key = generate_api_key()
+    session.add(
+        ApiKey(
+            id=new_id("key"),
+            tenant_id=tenant.id,
+            key_hash=hash_api_key(key),
+            key_prefix=key[:SHOWN_KEY_CHARS],
+        )
+    )
+    session.flush()
+    return key
+
+
+def create_tenant_with_key(session: Session, tenant_name: str) -> tuple[Tenant, str]:
+    """Create the tenant if missing and a fresh key for it. The caller commits."""
+    tenant = get_or_create_tenant(session, tenant_name)
+    return tenant, create_api_key(session, tenant)
+
+
+def tenant_for_key(session: Session, key: str) -> Tenant | None:
+    """The tenant owning a valid (existing, not revoked) key, else None."""
+    if not key.startswith(API_KEY_PREFIX):
+        return None
+    api_key = session.scalars(
+        select(ApiKey).where(ApiKey.key_hash == hash_api_key(key), ApiKey.revoked_at.is_(None))
+    ).one_or_none()
+    return None if api_key is None else api_key.tenant
+
+
+def revoke_api_key(session: Session, key: str) -> bool:
+    """Mark a key revoked; True if it existed and was active. The caller commits."""
+    api_key = session.scalars(
+        select(ApiKey).where(ApiKey.key_hash == hash_api_key(key), ApiKey.revoked_at.is_(None))
+    ).one_or_none()
+    if api_key is None:
+        return False
+    api_key.revoked_at = datetime.now(UTC)
+    session.flush()
+    return True

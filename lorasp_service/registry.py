@@ -1,0 +1,145 @@
+"""Shared read/write helpers over the registry (files, jobs, events, adapters) for the API and the worker.
+
+Every lookup is scoped to a tenant: another tenant's id behaves exactly like an unknown id.
+Helpers add/flush but never commit; the calling service owns the transaction. Blob deletions are
+returned as storage keys so that the caller removes them only after its commit succeeded (the
+database never points at a missing blob).
+
+A job's resolved training spec lives in `Job.method`:
+`{"type": "lorasp" | "supervised", <type>: {"hyperparameters": {...}}}` where the hyperparameters are
+fully resolved (no "auto", no missing key); `job_training_hyperparameters(job)` returns that dict.
+Keys: rank, alpha, dropout, freeze_ratio, target_modules (list | "all-linear" | None = per-architecture
+default), mask_seed, n_epochs, batch_size, learning_rate, learning_rate_multiplier,
+effective_learning_rate (= learning_rate × learning_rate_multiplier, what the optimizer uses),
+weight_decay, warmup_ratio, max_length. `Job.hyperparameters` holds OpenAI's resolved trio
+{n_epochs, batch_size, learning_rate_multiplier}.
+"""
+
+from __future__ import annotations
+
+import secrets
+import string
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from lorasp_service.ids import new_id
+from lorasp_service.orm import Adapter, Checkpoint, File, Job, JobEvent
+from lorasp_service.storage import BlobStorage
+
+# Job statuses (OpenAI's names).
+VALIDATING_FILES = "validating_files"
+QUEUED = "queued"
+RUNNING = "running"
+SUCCEEDED = "succeeded"
+FAILED = "failed"
+CANCELLED = "cancelled"
+ACTIVE_STATUSES = frozenset({VALIDATING_FILES, QUEUED, RUNNING})
+FINISHED_STATUSES = frozenset({SUCCEEDED, FAILED, CANCELLED})
+
+_ADAPTER_TOKEN_ALPHABET = string.ascii_letters + string.digits
+
+
+def get_file_for_tenant(session: Session, tenant_id: str, file_id: str) -> File | None:
+    """A file of the tenant that has not been deleted."""
+    return session.scalars(
+        select(File).where(File.id == file_id, File.tenant_id == tenant_id, File.deleted_at.is_(None))
+    ).one_or_none()
+
+
+def get_job_for_tenant(session: Session, tenant_id: str, job_id: str) -> Job | None:
+    return session.scalars(select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id)).one_or_none()
+
+
+def get_adapter_for_tenant(session: Session, tenant_id: str, adapter_id: str) -> Adapter | None:
+    return session.scalars(
+        select(Adapter).where(Adapter.id == adapter_id, Adapter.tenant_id == tenant_id)
+    ).one_or_none()
+
+
+def get_event(session: Session, job_id: str, event_id: str) -> JobEvent | None:
+    return session.scalars(
+        select(JobEvent).where(JobEvent.id == event_id, JobEvent.job_id == job_id)
+    ).one_or_none()
+
+
+def get_checkpoint(session: Session, job_id: str, checkpoint_id: str) -> Checkpoint | None:
+    return session.scalars(
+        select(Checkpoint).where(Checkpoint.id == checkpoint_id, Checkpoint.job_id == job_id)
+    ).one_or_none()
+
+
+def add_job_event(
+    session: Session,
+    job: Job,
+    message: str,
+    *,
+    level: str = "info",
+    type: str = "message",
+    data: dict[str, Any] | None = None,
+) -> JobEvent:
+    """Append an event (`type` "message" or "metrics"; metrics carry step, train_loss, ... in data)."""
+    event = JobEvent(id=new_id("ftevent"), job_id=job.id, level=level, type=type, message=message, data=data)
+    session.add(event)
+    session.flush()
+    return event
+
+
+def job_training_hyperparameters(job: Job) -> dict[str, Any]:
+    """The fully resolved LoRA-SP training hyperparameters stored by the API (see module docstring)."""
+    method_type = job.method["type"]
+    return dict(job.method[method_type]["hyperparameters"])
+
+
+def new_adapter_id(base_model: str, suffix: str | None) -> str:
+    """`ft:<base model>:<suffix or "lorasp">:<8 random chars>`, the job's `fine_tuned_model`."""
+    token = "".join(secrets.choice(_ADAPTER_TOKEN_ALPHABET) for _ in range(8))
+    return f"ft:{base_model}:{suffix or 'lorasp'}:{token}"
+
+
+def active_jobs_using_file(session: Session, file_id: str) -> list[Job]:
+    """Active jobs that still need the file (its deletion would break them)."""
+    return list(
+        session.scalars(
+            select(Job).where(
+                (Job.training_file_id == file_id) | (Job.validation_file_id == file_id),
+                Job.status.in_(ACTIVE_STATUSES),
+            )
+        )
+    )
+
+
+def soft_delete_file(session: Session, file: File) -> list[str]:
+    """Mark the file deleted (jobs keep referring to its id); returns the blob keys to remove."""
+    file.deleted_at = datetime.now(UTC)
+    session.flush()
+    return [file.storage_key]
+
+
+def delete_adapter(session: Session, adapter: Adapter) -> list[str]:
+    """Delete the adapter row; returns the blob keys (directory, archive) to remove after commit.
+
+    The job that produced it keeps its `fine_tuned_model` id (as OpenAI does after a model deletion).
+    """
+    keys = [adapter.storage_key] + ([adapter.archive_key] if adapter.archive_key else [])
+    session.delete(adapter)
+    session.flush()
+    return keys
+
+
+def delete_blobs(storage: BlobStorage, keys: list[str]) -> None:
+    for key in keys:
+        storage.delete(key)
+
+
+def ensure_adapter_archive(session: Session, storage: BlobStorage, adapter: Adapter) -> str:
+    """The adapter's .tar.gz key, writing the archive (and its size/checksum) if it is missing."""
+    if adapter.archive_key and storage.path(adapter.archive_key).is_file():
+        return adapter.archive_key
+    archive_key = adapter.archive_key or f"{adapter.storage_key.rstrip('/')}.tar.gz"
+    size, digest = storage.archive_dir(adapter.storage_key, archive_key)
+    adapter.archive_key, adapter.bytes, adapter.sha256 = archive_key, size, digest
+    session.flush()
+    return archive_key
