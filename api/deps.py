@@ -1,0 +1,113 @@
+"""Request dependencies: settings, DB session, blob storage, the authenticated tenant, job enqueueing.
+
+Everything hangs off `app.state.lorasp` (an `AppResources`), built lazily so that creating the app
+touches neither the database nor the disk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from functools import cached_property, partial
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.errors import invalid_api_key
+from lorasp_service.auth import tenant_for_key
+from lorasp_service.db import make_engine
+from lorasp_service.orm import Tenant
+from lorasp_service.settings import Settings
+from lorasp_service.storage import BlobStorage
+
+# Sends a committed job id to the workers (tests replace it to record ids without a broker).
+EnqueueJob = Callable[[str], None]
+
+
+class AppResources:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    @cached_property
+    def engine(self) -> Engine:
+        return make_engine(self.settings.database_url)
+
+    @cached_property
+    def sessions(self) -> sessionmaker[Session]:
+        return sessionmaker(bind=self.engine, expire_on_commit=False)
+
+    @cached_property
+    def storage(self) -> BlobStorage:
+        return BlobStorage(self.settings.blob_dir)
+
+    def close(self) -> None:
+        if "engine" in self.__dict__:
+            self.engine.dispose()
+
+
+def get_resources(request: Request) -> AppResources:
+    resources: AppResources = request.app.state.lorasp
+    return resources
+
+
+ResourcesDep = Annotated[AppResources, Depends(get_resources)]
+
+
+def get_request_settings(resources: ResourcesDep) -> Settings:
+    return resources.settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_request_settings)]
+
+
+def get_session(resources: ResourcesDep) -> Iterator[Session]:
+    session = resources.sessions()
+    try:
+        yield session
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def get_storage(resources: ResourcesDep) -> BlobStorage:
+    return resources.storage
+
+
+StorageDep = Annotated[BlobStorage, Depends(get_storage)]
+
+_bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer sk-lorasp-...`")
+
+
+def get_current_tenant(
+    session: SessionDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Tenant:
+    if credentials is None:
+        raise invalid_api_key(
+            "You didn't provide an API key. Send it in the Authorization header: 'Authorization: Bearer KEY'."
+        )
+    tenant = tenant_for_key(session, credentials.credentials)
+    if tenant is None:
+        shown = credentials.credentials[:10] + "****" if len(credentials.credentials) > 14 else "****"
+        raise invalid_api_key(f"Incorrect API key provided: {shown}. The key is unknown or revoked.")
+    return tenant
+
+
+CurrentTenant = Annotated[Tenant, Depends(get_current_tenant)]
+
+
+def get_enqueue(settings: SettingsDep) -> EnqueueJob:
+    # Imported here: the queue module (Celery) is only needed when a job is really sent.
+    from lorasp_service.queue import enqueue_job
+
+    return partial(enqueue_job, settings)
+
+
+EnqueueDep = Annotated[EnqueueJob, Depends(get_enqueue)]

@@ -1,0 +1,86 @@
+"""App factory. `create_app(settings)` for tests and the CLI, module-level `app` for `uvicorn api.main:app`.
+
+The schema is Alembic's: run `lorasp_service.db.migrate(settings)` before serving a fresh database.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from api.deps import AppResources
+from api.errors import APIError, error_response, install_error_handlers
+from api.routes import adapters, files, health, jobs, models
+from lorasp_service.settings import Settings, get_settings
+
+API_PREFIX = "/v1"
+
+# Routers served under /v1. The serving engineer appends inference.router and serving.router here.
+ROUTERS: list[APIRouter] = [files.router, jobs.router, models.router, adapters.router]
+
+# Room for the multipart envelope (boundaries, part headers, the purpose field) around the file itself.
+MULTIPART_OVERHEAD_BYTES = 64 * 1024
+
+OPENAPI_TAGS = [
+    {"name": "files", "description": "Dataset uploads (JSONL chat / prompt-completion, classification)"},
+    {"name": "fine-tuning", "description": "LoRA-SP fine-tuning jobs, their events and checkpoints"},
+    {"name": "models", "description": "Base models and fine-tuned adapters"},
+    {"name": "adapters", "description": "Adapter downloads (PEFT format)"},
+    {"name": "health", "description": "Database and broker reachability"},
+]
+
+
+class UploadSizeGuard:
+    """Answers 413 from Content-Length alone, before a too-large upload is read (let alone spooled)."""
+
+    def __init__(self, app: ASGIApp, max_upload_bytes: int) -> None:
+        self.app = app
+        self.limit = max_upload_bytes + MULTIPART_OVERHEAD_BYTES
+        self.max_upload_bytes = max_upload_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == f"{API_PREFIX}/files":
+            declared = dict(scope["headers"]).get(b"content-length", b"").decode("latin-1").strip()
+            if declared.isdigit() and int(declared) > self.limit:
+                error = APIError(
+                    413,
+                    f"Request body of {declared} bytes exceeds the upload limit of "
+                    f"{self.max_upload_bytes} bytes.",
+                    param="file",
+                    code="file_too_large",
+                )
+                response = error_response(413, error.detail, {"Connection": "close"})
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    resources = AppResources(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        resources.close()
+
+    app = FastAPI(
+        title="lorasp",
+        summary="Self-hosted, OpenAI-compatible fine-tuning with LoRA-SP adapters",
+        version="0.1.0",
+        openapi_tags=OPENAPI_TAGS,
+        lifespan=lifespan,
+    )
+    app.state.lorasp = resources
+    install_error_handlers(app)
+    app.add_middleware(UploadSizeGuard, max_upload_bytes=settings.max_upload_bytes)
+    app.include_router(health.router)
+    for router in ROUTERS:
+        app.include_router(router, prefix=API_PREFIX)
+    return app
+
+
+app = create_app()

@@ -1,0 +1,147 @@
+"""Body of `POST /v1/fine_tuning/jobs`: OpenAI's shape plus the `lorasp` method.
+
+Unknown fields are rejected (400 naming them) and types are strict, so a mistyped request never trains
+with silently changed values. Values that may be "auto" use plain validators so that an error's
+location is the field itself (`hyperparameters.n_epochs`), not a union branch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, StringConstraints, model_validator
+
+MAX_EPOCHS = 50
+MAX_BATCH_SIZE = 512
+MAX_LR_MULTIPLIER = 100.0
+MAX_TARGET_MODULES = 64
+
+
+def _int_or_auto(low: int, high: int) -> Callable[[Any], int | str]:
+    def check(value: Any) -> int | str:
+        if value == "auto":
+            return "auto"
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ValueError(f"expected an integer from {low} to {high} or 'auto'")
+        return value
+
+    return check
+
+
+def _multiplier_or_auto(value: Any) -> float | str:
+    if value == "auto":
+        return "auto"
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"expected a number > 0 and <= {MAX_LR_MULTIPLIER:g}, or 'auto'")
+    if not 0 < value <= MAX_LR_MULTIPLIER:
+        raise ValueError(f"expected a number > 0 and <= {MAX_LR_MULTIPLIER:g}, or 'auto'")
+    return float(value)
+
+
+def _target_modules(value: Any) -> list[str] | str | None:
+    if value is None or value == "all-linear":
+        return value  # type: ignore[no-any-return]
+    if (
+        isinstance(value, list)
+        and 0 < len(value) <= MAX_TARGET_MODULES
+        and all(isinstance(name, str) and 0 < len(name) <= 128 for name in value)
+    ):
+        return list(value)
+    raise ValueError(
+        f"expected 'all-linear' or a list of 1 to {MAX_TARGET_MODULES} module names (non-empty strings)"
+    )
+
+
+NEpochs = Annotated[
+    int | Literal["auto"],
+    PlainValidator(_int_or_auto(1, MAX_EPOCHS), json_schema_input_type=int | Literal["auto"]),
+]
+BatchSize = Annotated[
+    int | Literal["auto"],
+    PlainValidator(_int_or_auto(1, MAX_BATCH_SIZE), json_schema_input_type=int | Literal["auto"]),
+]
+LearningRateMultiplier = Annotated[
+    float | Literal["auto"],
+    PlainValidator(_multiplier_or_auto, json_schema_input_type=float | Literal["auto"]),
+]
+TargetModules = Annotated[
+    list[str] | Literal["all-linear"] | None,
+    PlainValidator(_target_modules, json_schema_input_type=list[str] | Literal["all-linear"] | None),
+]
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class SupervisedHyperparameters(StrictModel):
+    """OpenAI's three knobs; omitted = "auto"."""
+
+    n_epochs: NEpochs | None = None
+    batch_size: BatchSize | None = None
+    learning_rate_multiplier: LearningRateMultiplier | None = None
+
+
+class LoraSPHyperparameters(SupervisedHyperparameters):
+    """LoRA-SP adapter and optimizer settings; omitted = the defaults documented in docs/api.md."""
+
+    rank: int | None = Field(default=None, ge=1, le=256)
+    alpha: float | None = Field(default=None, gt=0, le=4096)
+    dropout: float | None = Field(default=None, ge=0, lt=1)
+    freeze_ratio: float | None = Field(default=None, ge=0, lt=1)
+    target_modules: TargetModules = None
+    learning_rate: float | None = Field(default=None, gt=0, le=1)
+    weight_decay: float | None = Field(default=None, ge=0, le=1)
+    warmup_ratio: float | None = Field(default=None, ge=0, lt=1)
+    max_length: int | None = Field(default=None, ge=16, le=32768)
+
+
+class SupervisedMethodParams(StrictModel):
+    hyperparameters: SupervisedHyperparameters = Field(default_factory=SupervisedHyperparameters)
+
+
+class LoraSPMethodParams(StrictModel):
+    hyperparameters: LoraSPHyperparameters = Field(default_factory=LoraSPHyperparameters)
+
+
+class Method(StrictModel):
+    """`{"type": "lorasp", "lorasp": {...}}` or `{"type": "supervised", "supervised": {...}}`."""
+
+    type: Literal["lorasp", "supervised"]
+    lorasp: LoraSPMethodParams | None = None
+    supervised: SupervisedMethodParams | None = None
+
+    @model_validator(mode="after")
+    def _only_the_chosen_method(self) -> Method:
+        other = "supervised" if self.type == "lorasp" else "lorasp"
+        if getattr(self, other) is not None:
+            raise ValueError(f"'{other}' is only allowed when type is '{other}'")
+        return self
+
+    def hyperparameters(self) -> LoraSPHyperparameters:
+        """The method's hyperparameters as LoRA-SP ones (supervised = LoRA-SP with defaults)."""
+        if self.type == "lorasp":
+            return (self.lorasp or LoraSPMethodParams()).hyperparameters
+        chosen = (self.supervised or SupervisedMethodParams()).hyperparameters
+        return LoraSPHyperparameters(**chosen.model_dump(exclude_none=True))
+
+
+Suffix = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
+MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+MetadataValue = Annotated[str, StringConstraints(max_length=512)]
+
+
+class CreateFineTuningJobRequest(StrictModel):
+    model: str = Field(min_length=1, max_length=256, description="A base model of GET /v1/models")
+    training_file: str = Field(min_length=1, max_length=64)
+    validation_file: str | None = Field(default=None, min_length=1, max_length=64)
+    hyperparameters: SupervisedHyperparameters | None = Field(
+        default=None, description="Deprecated by OpenAI in favour of method; the method's values win"
+    )
+    method: Method | None = None
+    suffix: Suffix | None = Field(default=None, description="Up to 64 of A-Z a-z 0-9 . _ -")
+    seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    metadata: dict[MetadataKey, MetadataValue] | None = Field(default=None, max_length=16)
+    integrations: list[Any] | None = Field(default=None, max_length=0, description="Not supported")

@@ -1,0 +1,1 @@
+"""Request-level operations; each one owns (and commits) its transaction."""

@@ -1,0 +1,186 @@
+"""Fine-tuning jobs: create (validate, commit, then enqueue), read, page, cancel; events and checkpoints."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from api.deps import EnqueueJob
+from api.errors import APIError, not_found
+from api.schemas.job_requests import CreateFineTuningJobRequest
+from api.services.catalog import FORMATS_FOR_TASK, enabled_base_models
+from api.services.job_spec import resolve_spec
+from api.services.paging import fetch_page, newer_first_after
+from lorasp_service import registry
+from lorasp_service.ids import new_id
+from lorasp_service.orm import Checkpoint, File, Job, JobEvent, Tenant
+from lorasp_service.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def _file_for_job(session: Session, tenant: Tenant, file_id: str, param: str, task: str) -> File:
+    row = registry.get_file_for_tenant(session, tenant.id, file_id)
+    if row is None:
+        raise not_found("file", file_id, param=param)
+    allowed = FORMATS_FOR_TASK[task]
+    if row.data_format not in allowed:
+        raise APIError(
+            400,
+            f"File '{file_id}' is a {row.data_format} dataset, but a {task} model trains on "
+            f"{' or '.join(sorted(allowed))} data.",
+            param=param,
+            code="invalid_file_format",
+        )
+    return row
+
+
+def _check_validation_labels(training: File, validation: File) -> None:
+    known = set((training.stats or {}).get("label_counts") or {})
+    unknown = sorted(set((validation.stats or {}).get("label_counts") or {}) - known)
+    if unknown:
+        raise APIError(
+            400,
+            f"Validation file '{validation.id}' has labels that the training file lacks: "
+            f"{', '.join(unknown)}.",
+            param="validation_file",
+            code="invalid_file_format",
+        )
+
+
+def create_job(
+    session: Session,
+    settings: Settings,
+    tenant: Tenant,
+    request: CreateFineTuningJobRequest,
+    enqueue: EnqueueJob,
+) -> Job:
+    entry = enabled_base_models(settings).get(request.model)
+    if entry is None:
+        raise APIError(
+            400,
+            f"Model '{request.model}' is not available for fine-tuning; see GET /v1/models for base models.",
+            param="model",
+            code="model_not_available",
+        )
+    training = _file_for_job(session, tenant, request.training_file, "training_file", entry.task)
+    if request.validation_file is not None:
+        validation = _file_for_job(session, tenant, request.validation_file, "validation_file", entry.task)
+        if entry.task == "seq-cls":
+            _check_validation_labels(training, validation)
+    spec = resolve_spec(request, settings)
+    job = Job(
+        id=new_id("ftjob"),
+        tenant_id=tenant.id,
+        model=request.model,
+        training_file_id=training.id,
+        validation_file_id=request.validation_file,
+        status=registry.VALIDATING_FILES,
+        hyperparameters=spec.hyperparameters,
+        method=spec.method,
+        suffix=request.suffix,
+        seed=spec.seed,
+        user_metadata=request.metadata,
+    )
+    session.add(job)
+    session.flush()
+    registry.add_job_event(session, job, f"Created fine-tuning job: {job.id}")
+    registry.add_job_event(session, job, f"Validating training file: {training.id}")
+    job.status = registry.QUEUED
+    registry.add_job_event(session, job, "Files validated, moving job to queued state")
+    session.commit()
+    _send_to_workers(session, job, enqueue)
+    return job
+
+
+def _send_to_workers(session: Session, job: Job, enqueue: EnqueueJob) -> None:
+    """Enqueue after commit (the worker must find the row); a broker failure fails the job visibly."""
+    try:
+        enqueue(job.id)
+    except Exception as error:
+        logger.exception("could not enqueue job %s", job.id)
+        job.status = registry.FAILED
+        job.finished_at = datetime.now(UTC)
+        job.error = {"code": "queue_unavailable", "message": "The job queue is unreachable.", "param": None}
+        registry.add_job_event(
+            session, job, "Could not queue the job: the broker is unreachable", level="error"
+        )
+        session.commit()
+        raise APIError(
+            503, "The job queue is unreachable; the job was marked failed. Retry later.",
+            code="queue_unavailable", type="server_error",
+        ) from error
+
+
+def get_job(session: Session, tenant: Tenant, job_id: str) -> Job:
+    job = registry.get_job_for_tenant(session, tenant.id, job_id)
+    if job is None:
+        raise not_found("fine-tuning job", job_id, param="fine_tuning_job_id")
+    return job
+
+
+def list_jobs(session: Session, tenant: Tenant, after: str | None, limit: int) -> tuple[list[Job], bool]:
+    statement = select(Job).where(Job.tenant_id == tenant.id)
+    if after is not None:
+        cursor = registry.get_job_for_tenant(session, tenant.id, after)
+        if cursor is None:
+            raise not_found("fine-tuning job", after, param="after")
+        statement = statement.where(newer_first_after(Job.created_at, Job.id, cursor.created_at, cursor.id))
+    return fetch_page(session, statement.order_by(Job.created_at.desc(), Job.id.desc()), limit)
+
+
+def cancel_job(session: Session, tenant: Tenant, job_id: str) -> Job:
+    # Row lock: the worker may be moving the job from queued to running right now.
+    job = session.scalars(
+        select(Job).where(Job.id == job_id, Job.tenant_id == tenant.id).with_for_update()
+    ).one_or_none()
+    if job is None:
+        raise not_found("fine-tuning job", job_id, param="fine_tuning_job_id")
+    if job.status in registry.FINISHED_STATUSES:
+        raise APIError(
+            400,
+            f"Job '{job_id}' has already {job.status} and cannot be cancelled.",
+            param="fine_tuning_job_id",
+            code="job_not_cancellable",
+        )
+    if job.status == registry.RUNNING:
+        if not job.cancel_requested:
+            job.cancel_requested = True
+            registry.add_job_event(session, job, "Cancellation requested; the job stops at its next step")
+    else:
+        job.status = registry.CANCELLED
+        job.cancel_requested = True
+        job.finished_at = datetime.now(UTC)
+        registry.add_job_event(session, job, "Fine-tuning job cancelled")
+    session.commit()
+    return job
+
+
+def list_events(
+    session: Session, tenant: Tenant, job_id: str, after: str | None, limit: int
+) -> tuple[list[JobEvent], bool]:
+    job = get_job(session, tenant, job_id)
+    statement = select(JobEvent).where(JobEvent.job_id == job.id)
+    if after is not None:
+        cursor = registry.get_event(session, job.id, after)
+        if cursor is None:
+            raise not_found("event", after, param="after")
+        statement = statement.where(JobEvent.seq < cursor.seq)
+    return fetch_page(session, statement.order_by(JobEvent.seq.desc()), limit)
+
+
+def list_checkpoints(
+    session: Session, tenant: Tenant, job_id: str, after: str | None, limit: int
+) -> tuple[Job, list[Checkpoint], bool]:
+    job = get_job(session, tenant, job_id)
+    statement = select(Checkpoint).where(Checkpoint.job_id == job.id)
+    if after is not None:
+        cursor = registry.get_checkpoint(session, job.id, after)
+        if cursor is None:
+            raise not_found("checkpoint", after, param="after")
+        statement = statement.where(Checkpoint.seq < cursor.seq)
+    rows, has_more = fetch_page(session, statement.order_by(Checkpoint.seq.desc()), limit)
+    return job, rows, has_more

@@ -1,0 +1,79 @@
+"""Models: enabled base models plus the tenant's adapters; adapter deletion and archive download."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from api.errors import APIError, not_found
+from api.schemas.models import ModelObject
+from api.services.catalog import enabled_base_models, is_base_model
+from lorasp_service import registry
+from lorasp_service.orm import Adapter, Tenant
+from lorasp_service.settings import Settings
+from lorasp_service.storage import BlobStorage
+
+
+def list_models(session: Session, settings: Settings, tenant: Tenant) -> list[ModelObject]:
+    base = [
+        ModelObject.base(name, entry.task, entry.description)
+        for name, entry in enabled_base_models(settings).items()
+    ]
+    adapters = session.scalars(
+        select(Adapter).where(Adapter.tenant_id == tenant.id).order_by(Adapter.created_at.desc(), Adapter.id)
+    )
+    return base + [ModelObject.from_adapter(adapter) for adapter in adapters]
+
+
+def _model_not_found(model_id: str) -> APIError:
+    return not_found("model", model_id, param="model", code="model_not_found")
+
+
+def get_model(session: Session, settings: Settings, tenant: Tenant, model_id: str) -> ModelObject:
+    entry = enabled_base_models(settings).get(model_id)
+    if entry is not None:
+        return ModelObject.base(model_id, entry.task, entry.description)
+    adapter = registry.get_adapter_for_tenant(session, tenant.id, model_id)
+    if adapter is None:
+        raise _model_not_found(model_id)
+    return ModelObject.from_adapter(adapter)
+
+
+def delete_model(
+    session: Session, storage: BlobStorage, settings: Settings, tenant: Tenant, model_id: str
+) -> str:
+    if model_id in enabled_base_models(settings):
+        raise APIError(
+            403,
+            f"Model '{model_id}' is a base model; only fine-tuned models can be deleted.",
+            param="model",
+            code="model_not_deletable",
+        )
+    adapter = registry.get_adapter_for_tenant(session, tenant.id, model_id)
+    if adapter is None:
+        raise _model_not_found(model_id)
+    blob_keys = registry.delete_adapter(session, adapter)
+    session.commit()
+    registry.delete_blobs(storage, blob_keys)
+    return model_id
+
+
+def adapter_archive(
+    session: Session, storage: BlobStorage, tenant: Tenant, adapter_id: str
+) -> tuple[Adapter, Path]:
+    """The adapter's .tar.gz on disk (written now if the worker left none) and its row."""
+    adapter = registry.get_adapter_for_tenant(session, tenant.id, adapter_id)
+    if adapter is None:
+        if is_base_model(adapter_id):
+            raise APIError(
+                400,
+                f"Model '{adapter_id}' is a base model, not an adapter.",
+                param="adapter_id",
+                code="not_an_adapter",
+            )
+        raise not_found("adapter", adapter_id, param="adapter_id", code="model_not_found")
+    archive_key = registry.ensure_adapter_archive(session, storage, adapter)
+    session.commit()  # keeps the archive's key/size/checksum if it was just written
+    return adapter, storage.path(archive_key)

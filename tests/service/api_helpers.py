@@ -1,0 +1,54 @@
+"""Helpers for the API tests: dataset builders, uploads, error-envelope assertions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from lorasp_service.settings import Settings
+
+# Small enough for the size tests to exceed cheaply, large enough for every dataset the tests upload.
+TEST_MAX_UPLOAD_BYTES = 64 * 1024
+
+def jsonl(rows: list[Any]) -> bytes:
+    return ("\n".join(json.dumps(row) for row in rows) + "\n").encode()
+
+
+def chat_rows(n: int = 4) -> list[dict[str, Any]]:
+    return [
+        {"messages": [{"role": "user", "content": f"say {i}"}, {"role": "assistant", "content": f"{i}"}]}
+        for i in range(n)
+    ]
+
+
+def classification_rows(labels: tuple[str, ...] = ("neg", "pos"), n: int = 4) -> list[dict[str, str]]:
+    return [{"text": f"text number {i}", "label": labels[i % len(labels)]} for i in range(n)]
+
+
+def upload(
+    client: TestClient, headers: dict[str, str], content: bytes, filename: str = "train.jsonl",
+    purpose: str = "fine-tune",
+) -> Any:
+    return client.post(
+        "/v1/files", headers=headers, files={"file": (filename, content)}, data={"purpose": purpose}
+    )
+
+
+def assert_error(response: Any, status: int, *, param: str | None = None, code: str | None = None) -> dict:
+    """The response is OpenAI's error envelope with this status (and param / code when given)."""
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["message"]
+    if param is not None:
+        assert error["param"] == param, error
+    if code is not None:
+        assert error["code"] == code, error
+    return dict(error)
+
+
+def storage_path(settings: Settings, *parts: str) -> Path:
+    return Path(settings.blob_dir).joinpath(*parts)
