@@ -1,0 +1,138 @@
+"""Training hyper-parameters, progress events, callbacks and the result of `train`."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Literal
+
+TaskType = Literal["causal-lm", "seq-cls"]
+Batching = Literal["group_by_length", "pack", "padded"]
+MixedPrecision = Literal["auto", "bf16", "no"]
+
+# transformers.get_scheduler names that need no extra arguments (plateau needs metrics, WSD needs kwargs).
+SUPPORTED_SCHEDULERS = (
+    "linear", "cosine", "cosine_with_restarts", "polynomial",
+    "constant", "constant_with_warmup", "inverse_sqrt",
+)
+TASKS: tuple[TaskType, ...] = ("causal-lm", "seq-cls")
+BATCHINGS: tuple[Batching, ...] = ("group_by_length", "pack", "padded")
+MIXED_PRECISIONS: tuple[MixedPrecision, ...] = ("auto", "bf16", "no")
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+def _positive_int_or_none(name: str, value: object) -> None:
+    ok = value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1)
+    _require(ok, f"{name} must be a positive integer or null, got {value!r}")
+
+
+@dataclass
+class TrainConfig:
+    task: TaskType
+    epochs: int = 1
+    batch_size: int = 8
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    lr_scheduler: str = "linear"
+    warmup_ratio: float = 0.0
+    max_grad_norm: float | None = 1.0
+    grad_accum_steps: int = 1
+    max_length: int = 512
+    seed: int = 0
+    batching: Batching = "group_by_length"
+    eval_every_steps: int | None = None
+    checkpoint_every_steps: int | None = None
+    checkpoint_dir: str | None = None
+    resume_from: str | None = None
+    device: str = "auto"
+    mixed_precision: MixedPrecision = "auto"
+    max_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        _require(self.task in TASKS, f"task must be one of {TASKS}, got {self.task!r}")
+        for name in ("epochs", "batch_size", "grad_accum_steps", "max_length"):
+            value = getattr(self, name)
+            _require(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                     f"{name} must be an integer >= 1, got {value!r}")
+        _require(isinstance(self.learning_rate, int | float) and self.learning_rate > 0,
+                 f"learning_rate must be > 0, got {self.learning_rate!r}")
+        _require(isinstance(self.weight_decay, int | float) and self.weight_decay >= 0,
+                 f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        _require(self.lr_scheduler in SUPPORTED_SCHEDULERS,
+                 f"lr_scheduler must be one of {SUPPORTED_SCHEDULERS}, got {self.lr_scheduler!r}")
+        _require(isinstance(self.warmup_ratio, int | float) and 0 <= self.warmup_ratio < 1,
+                 f"warmup_ratio must satisfy 0 <= warmup_ratio < 1, got {self.warmup_ratio!r}")
+        _require(self.max_grad_norm is None or (isinstance(self.max_grad_norm, int | float)
+                                                and self.max_grad_norm > 0),
+                 f"max_grad_norm must be > 0 or null, got {self.max_grad_norm!r}")
+        _require(isinstance(self.seed, int) and self.seed >= 0, f"seed must be >= 0, got {self.seed!r}")
+        _require(self.batching in BATCHINGS, f"batching must be one of {BATCHINGS}, got {self.batching!r}")
+        _require(self.batching != "pack" or self.task == "causal-lm",
+                 "batching 'pack' is only for causal-lm (classification examples keep one label each)")
+        _require(self.mixed_precision in MIXED_PRECISIONS,
+                 f"mixed_precision must be one of {MIXED_PRECISIONS}, got {self.mixed_precision!r}")
+        _require(isinstance(self.device, str) and bool(self.device),
+                 f"device must be a device name, got {self.device!r}")
+        for name in ("eval_every_steps", "checkpoint_every_steps", "max_steps"):
+            _positive_int_or_none(name, getattr(self, name))
+        _require(self.checkpoint_every_steps is None or self.checkpoint_dir is not None,
+                 "checkpoint_every_steps needs checkpoint_dir")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        _require(not unknown, f"unknown TrainConfig field(s): {', '.join(unknown)}")
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    step: int
+    total_steps: int
+    epoch: float
+    train_loss: float
+    learning_rate: float
+    tokens_per_second: float  # real (non-padding) tokens seen per second in this run
+    elapsed_seconds: float
+    eta_seconds: float | None
+    trained_tokens: int
+    eval_metrics: dict[str, float] | None = None
+
+
+class TrainCallback:
+    """Hooks into `train`; every method is a no-op so subclasses override only what they need."""
+
+    def on_train_begin(self, total_steps: int) -> None:
+        return None
+
+    def on_progress(self, event: ProgressEvent) -> None:
+        return None
+
+    def on_evaluate(self, step: int, metrics: dict[str, float]) -> None:
+        return None
+
+    def on_checkpoint(self, step: int, path: Path) -> None:
+        return None
+
+    def should_stop(self) -> bool:
+        """Polled before every step: return True to stop cleanly (cooperative cancellation)."""
+        return False
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    steps: int
+    total_steps: int
+    trained_tokens: int
+    train_loss: float | None  # mean loss over all steps taken (resumed runs included)
+    eval_metrics: dict[str, float] | None
+    cancelled: bool
+    last_checkpoint: Path | None
