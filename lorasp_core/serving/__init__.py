@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from lorasp_core.serving.engine import ServingEngine
 from lorasp_core.serving.generation import GenerationStream
+from lorasp_core.serving.manager import AdapterManager
 from lorasp_core.serving.multi_lora import MultiAdapterLinear, RowDispatchModule, SlotSelection
 from lorasp_core.serving.types import (
     AdapterCacheFullError,
@@ -21,6 +22,7 @@ __all__ = [
     "AdapterCacheFullError",
     "AdapterInfo",
     "AdapterLoadError",
+    "AdapterManager",
     "BaseModelBundle",
     "ClassificationResult",
     "GenerationChunk",

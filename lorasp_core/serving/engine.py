@@ -1,37 +1,29 @@
-"""ServingEngine: resident base models, an LRU of hot-loaded adapters in slots, batched generation.
+"""ServingEngine: batched multi-adapter generation and classification on top of AdapterManager.
 
-Modelled on vLLM's LoRA manager: explicit capacity (adapters = slots), touch on hit, LRU eviction that
-zeroes the slot and drops the adapter's tensors, pinning, and load errors wrapped with context.
-Adapters that are evicted stay *known* (id -> path), so a later request hot-loads them again.
+Generation requests from many threads are gathered by a scheduler thread into one decode batch per
+base model, each row with its own adapter slot; classification runs one mixed forward directly.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from pathlib import Path
 
-import torch
-
-from lorasp_core.serving.adapter_files import read_peft_adapter
-from lorasp_core.serving.cache import AdapterCache, CacheEntry
-from lorasp_core.serving.classification import adapter_label_names, base_label_names, classify_rows
+from lorasp_core.serving.cache import CacheEntry
+from lorasp_core.serving.classification import base_label_names, classify_rows
 from lorasp_core.serving.decode import DecodeRow, decode_batch
 from lorasp_core.serving.generation import GenerationStream, render_prompt_ids
+from lorasp_core.serving.manager import AdapterManager
 from lorasp_core.serving.resident import ResidentModel
 from lorasp_core.serving.scheduler import BatchScheduler, PendingRequest
 from lorasp_core.serving.types import (
-    AdapterInfo,
-    AdapterLoadError,
     BaseModelBundle,
     ClassificationResult,
     GenerationRequest,
     GenerationResult,
-    UnknownAdapterError,
 )
 
 logger = logging.getLogger("lorasp_core.serving")
@@ -47,7 +39,9 @@ class _Job:
     started: float
 
 
-class ServingEngine:
+class ServingEngine(AdapterManager):
+    """The contract of docs/interfaces.md: adapter management (inherited) plus generate / classify."""
+
     def __init__(
         self,
         base_loader: Callable[[str], BaseModelBundle],
@@ -58,196 +52,12 @@ class ServingEngine:
         batch_window_ms: float = 5.0,
         max_batch_size: int = 32,
     ) -> None:
-        if max_rank < 1:
-            raise ValueError(f"max_rank must be >= 1, got {max_rank}")
-        self._base_loader = base_loader
-        self.max_rank = max_rank
-        self._cache = AdapterCache(max_adapters, max_adapter_bytes)
-        self._residents: dict[str, ResidentModel] = {}
-        self._known: dict[str, tuple[Path, str]] = {}  # every loaded adapter id -> (path, base model)
-        self._lock = threading.RLock()  # adapter bookkeeping; never held across a base-model load
-        self._base_load_lock = threading.Lock()
+        super().__init__(
+            base_loader, max_adapters=max_adapters, max_adapter_bytes=max_adapter_bytes, max_rank=max_rank
+        )
         self._scheduler = BatchScheduler(
             self._run_scheduled_batch, batch_window_s=batch_window_ms / 1000.0, max_batch_size=max_batch_size
         )
-
-    # base models ------------------------------------------------------------------------------------
-    def base_model(self, name: str) -> ResidentModel:
-        """The resident copy of base model `name`, loaded through `base_loader` on first use."""
-        with self._lock:
-            resident = self._residents.get(name)
-        if resident is not None:
-            return resident
-        with self._base_load_lock:
-            with self._lock:
-                resident = self._residents.get(name)
-            if resident is None:
-                started = time.perf_counter()
-                resident = ResidentModel(name, self._base_loader(name), self._cache.max_adapters + 1)
-                with self._lock:
-                    self._residents[name] = resident
-                logger.info("base model %r resident (%.0f ms)", name, (time.perf_counter() - started) * 1e3)
-        return resident
-
-    def resident_models(self) -> list[str]:
-        with self._lock:
-            return list(self._residents)
-
-    # adapters ---------------------------------------------------------------------------------------
-    def load_adapter(
-        self, adapter_id: str, path: Path | str, base_model: str, *, pin: bool = False
-    ) -> AdapterInfo:
-        """Hot-load a PEFT adapter directory into a free slot (evicting LRU adapters if needed).
-
-        Already resident from the same path: a cache hit (touch; `pin=True` pins it). On any
-        AdapterLoadError / AdapterCacheFullError the engine is exactly as before.
-        """
-        started = time.perf_counter()
-        path = Path(path)
-        with self._lock:
-            entry = self._cache.get(adapter_id)
-            if entry is not None and Path(entry.path) == path and entry.base_model == base_model:
-                entry.pinned = entry.pinned or pin
-                self._cache.touch(adapter_id)
-                return self._cache.info(adapter_id)
-        parsed = read_peft_adapter(adapter_id, path, max_rank=self.max_rank)
-        resident = self.base_model(base_model)
-        resident.validate(parsed)
-        labels = adapter_label_names(resident, parsed)
-        with self._lock:
-            existing = self._cache.get(adapter_id)
-            if existing is not None and existing.in_use:
-                raise AdapterLoadError(
-                    adapter_id, str(path), "cannot replace an adapter that is serving requests"
-                )
-            victims = self._cache.plan_admission(parsed.nbytes, replacing=adapter_id if existing else None)
-            if existing is not None:
-                self._evict(adapter_id, reason="replaced")
-            for victim in victims:
-                self._evict(victim, reason="least recently used")
-            slot = resident.take_slot()
-            resident.install(slot, parsed)
-            load_ms = (time.perf_counter() - started) * 1e3
-            self._cache.add(
-                CacheEntry(
-                    adapter_id=adapter_id,
-                    base_model=base_model,
-                    path=str(path),
-                    task=parsed.task,
-                    rank=parsed.rank,
-                    nbytes=parsed.nbytes,
-                    slot=slot,
-                    pinned=pin,
-                    loaded_at=time.time(),
-                    load_ms=load_ms,
-                    label_names=labels,
-                    chat_template=parsed.chat_template,
-                )
-            )
-            self._known[adapter_id] = (path, base_model)
-            info = self._cache.info(adapter_id)
-        logger.info(
-            "adapter %r loaded on %r: slot %d, rank %d, %d bytes, %.1f ms",
-            adapter_id,
-            base_model,
-            slot,
-            info.rank,
-            info.bytes,
-            load_ms,
-        )
-        return info
-
-    def _evict(self, adapter_id: str, *, reason: str) -> None:
-        entry = self._cache.remove(adapter_id)
-        self._residents[entry.base_model].release_slot(entry.slot)
-        stats = self._cache.stats.get(adapter_id)
-        logger.info(
-            "adapter %r evicted (%s): slot %d freed, %d bytes; hits=%d requests=%d",
-            adapter_id,
-            reason,
-            entry.slot,
-            entry.nbytes,
-            stats.hits if stats else 0,
-            stats.requests if stats else 0,
-        )
-
-    def unload_adapter(self, adapter_id: str) -> None:
-        """Forget an adapter; its slot is freed now, or when the requests using it finish."""
-        with self._lock:
-            if adapter_id not in self._known and adapter_id not in self._cache:
-                raise UnknownAdapterError(f"adapter {adapter_id!r} is not loaded")
-            self._known.pop(adapter_id, None)
-            entry = self._cache.get(adapter_id)
-            if entry is not None and entry.in_use:
-                entry.pinned, entry.unload_when_idle = False, True
-            elif entry is not None:
-                self._evict(adapter_id, reason="unloaded")
-                self._cache.forget(adapter_id)
-
-    def pin_adapter(self, adapter_id: str, pinned: bool = True) -> None:
-        with self._lock:
-            entry = self._cache.get(adapter_id)
-            if entry is None:
-                raise UnknownAdapterError(f"adapter {adapter_id!r} is not resident")
-            entry.pinned = pinned
-
-    def loaded_adapters(self) -> list[AdapterInfo]:
-        """Resident adapters, least recently used first, with their metrics."""
-        with self._lock:
-            return [self._cache.info(adapter_id) for adapter_id in self._cache.entries]
-
-    def adapter_info(self, adapter_id: str) -> AdapterInfo:
-        with self._lock:
-            if adapter_id not in self._cache:
-                raise UnknownAdapterError(f"adapter {adapter_id!r} is not resident")
-            return self._cache.info(adapter_id)
-
-    def _acquire(self, base_model: str, adapter_id: str | None) -> tuple[ResidentModel, CacheEntry | None]:
-        """Resident base + adapter marked in use (reloaded if it was evicted): not evictable mid-request."""
-        resident = self.base_model(base_model)
-        if adapter_id is None:
-            return resident, None
-        for _ in range(3):  # an eviction can race between reload and use; retry
-            with self._lock:
-                entry = self._cache.get(adapter_id)
-                if entry is not None and not entry.unload_when_idle:
-                    if entry.base_model != base_model:
-                        raise ValueError(
-                            f"adapter {adapter_id!r} belongs to {entry.base_model!r}, not {base_model!r}"
-                        )
-                    self._cache.touch(adapter_id)
-                    entry.in_use += 1
-                    return resident, entry
-                known = self._known.get(adapter_id)
-            if known is None:
-                raise UnknownAdapterError(f"adapter {adapter_id!r} is not loaded")
-            if known[1] != base_model:
-                raise ValueError(f"adapter {adapter_id!r} belongs to {known[1]!r}, not {base_model!r}")
-            self.load_adapter(adapter_id, known[0], base_model)
-        raise RuntimeError(f"adapter {adapter_id!r} was evicted again while being reloaded")
-
-    def _release(self, adapter_id: str | None, tokens: int, latency_ms: float) -> None:
-        if adapter_id is None:
-            return
-        with self._lock:
-            self._cache.record_request(adapter_id, tokens, latency_ms)
-            entry = self._cache.get(adapter_id)
-            if entry is None:
-                return
-            entry.in_use -= 1
-            if entry.in_use == 0 and entry.unload_when_idle:
-                self._evict(adapter_id, reason="unloaded")
-                self._cache.forget(adapter_id)
-
-    def slot_of(self, adapter_id: str) -> int:
-        return self.adapter_info(adapter_id).slot
-
-    @contextmanager
-    def active_slots(self, base_model: str, row_slots: torch.Tensor) -> Iterator[ResidentModel]:
-        """Low-level: run your own forwards on the resident base with per-row adapter slots."""
-        resident = self.base_model(base_model)
-        with resident.active_slots(row_slots):
-            yield resident
 
     # generation -------------------------------------------------------------------------------------
     def _prepare(
@@ -268,7 +78,7 @@ class ServingEngine:
                     f"the model's context of {limit} tokens"
                 )
         except Exception:
-            self._release(request.adapter_id, 0, 0.0)
+            self._release(request.adapter_id)
             raise
         row = DecodeRow(
             prompt_ids=prompt_ids,
@@ -303,7 +113,7 @@ class ServingEngine:
                 prepared.append(self._prepare(request, None))
         except Exception:
             for _, job in prepared:
-                self._release(job.adapter_id, 0, 0.0)
+                self._release(job.adapter_id)
             raise
         return self._run_jobs(prepared[0][0], [job for _, job in prepared])
 
@@ -324,8 +134,10 @@ class ServingEngine:
         finally:
             now = time.perf_counter()
             for i, job in enumerate(jobs):
-                tokens = results[i].completion_tokens if results is not None else 0
-                self._release(job.adapter_id, tokens, (now - job.started) * 1e3)
+                if results is None:  # failed batch: free the adapters, count nothing
+                    self._release(job.adapter_id)
+                else:
+                    self._release(job.adapter_id, results[i].completion_tokens, (now - job.started) * 1e3)
             logger.info(
                 "batch on %r: %d requests, %d adapters, %d tokens",
                 resident.name,
