@@ -17,6 +17,7 @@ from lorasp_core.wrapping import (
     lorasp_layers,
     merge_adapters,
     modules_to_save_of,
+    optimizer_state_bytes,
     trainable_parameters,
     unmerge_adapters,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "lorasp_layers",
     "merge_adapters",
     "modules_to_save_of",
+    "optimizer_state_bytes",
     "read_adapter_metadata",
     "save_adapter",
     "trainable_parameters",

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedTokenizerBase, get_scheduler
 
-from lorasp_core.adapters import load_adapter
+from lorasp_core.adapters import load_adapter, optimizer_state_bytes
 from lorasp_core.checkpoint import (
     TrainerState,
     capture_rng_state,
@@ -291,7 +291,8 @@ def train(
 
     return TrainResult(steps=step, total_steps=total_steps, trained_tokens=trained_tokens,
                        train_loss=loss_sum / step if step else None, eval_metrics=eval_metrics,
-                       cancelled=cancelled, last_checkpoint=last_checkpoint)
+                       cancelled=cancelled, last_checkpoint=last_checkpoint,
+                       optimizer_state_bytes=optimizer_state_bytes(optimizer, model))
 
 
 def _count_targets(labels: torch.Tensor, task: str) -> int:

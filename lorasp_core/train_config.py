@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -136,3 +136,5 @@ class TrainResult:
     eval_metrics: dict[str, float] | None
     cancelled: bool
     last_checkpoint: Path | None
+    # per-element optimizer state at the end: "adapter" (LoRA entries), "other" (head), "total"
+    optimizer_state_bytes: dict[str, int] = field(default_factory=dict)

@@ -158,3 +158,20 @@ def merge_adapters(model: nn.Module) -> None:
 def unmerge_adapters(model: nn.Module) -> None:
     for _, layer in lorasp_layers(model):
         layer.unmerge()
+
+
+def optimizer_state_bytes(optimizer: torch.optim.Optimizer, model: nn.Module) -> dict[str, int]:
+    """Bytes of per-element optimizer state (Adam moments; scalar step counters excluded) by owner."""
+    adapter_parameters = {
+        id(parameter)
+        for _, layer in lorasp_layers(model)
+        for parameter in (layer.lora_A_trainable, layer.lora_B_trainable)
+    }
+    totals = {"adapter": 0, "other": 0}
+    for parameter, state in optimizer.state.items():
+        owner = "adapter" if id(parameter) in adapter_parameters else "other"
+        totals[owner] += sum(
+            value.numel() * value.element_size()
+            for value in state.values() if isinstance(value, torch.Tensor) and value.dim() > 0
+        )
+    return {**totals, "total": totals["adapter"] + totals["other"]}

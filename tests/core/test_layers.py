@@ -18,7 +18,7 @@ from lorasp_core.adapters import (
     unmerge_adapters,
 )
 from lorasp_core.config import LoraSPConfig
-from lorasp_core.layers import LoraSPLinear, frozen_entry_indices
+from lorasp_core.layers import LoraSPLinear, frozen_entry_indices, stable_seed
 
 
 def _layer(
@@ -170,3 +170,20 @@ def test_gpt2_conv1d_is_wrapped_and_merges(tiny_gpt2: nn.Module, token_batch: Ca
         merged = tiny_gpt2(input_ids=input_ids).logits
     assert not torch.allclose(unmerged, expected)
     torch.testing.assert_close(merged, unmerged, atol=1e-5, rtol=0)
+
+
+def test_masks_do_not_depend_on_the_process_hash_seed() -> None:
+    """Python's hash() of a str changes per process; the masks must not (resume, load_adapter)."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("from lorasp_core.layers import frozen_entry_indices as f, stable_seed as s; "
+              "print(f(50, 0.5, s('mask', 3, 'layers.0.q_proj', 'A'))[1].tolist())")
+    outputs = {
+        subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                       env={**os.environ, "PYTHONHASHSEED": hash_seed, "OMP_NUM_THREADS": "1"}).stdout.strip()
+        for hash_seed in ("1", "2")
+    }
+    here = frozen_entry_indices(50, 0.5, stable_seed("mask", 3, "layers.0.q_proj", "A"))[1].tolist()
+    assert outputs == {str(here)}

@@ -208,3 +208,15 @@ def test_cancel_then_resume_is_bit_identical_to_a_straight_run(tmp_path: Path) -
     assert expected.keys() == actual.keys()
     for name, value in expected.items():
         assert torch.equal(actual[name], value), name
+
+
+def test_optimizer_state_of_lorasp_is_half_of_plain_lora_through_train() -> None:
+    data, sizes = classification_data(6), {}
+    for freeze_ratio in (0.0, 0.5):
+        model = apply_lorasp(tiny_random_bert(num_labels=3), LoraSPConfig(r=8, freeze_ratio=freeze_ratio))
+        config = TrainConfig(task="seq-cls", batch_size=6, max_steps=1, mixed_precision="no")
+        sizes[freeze_ratio] = train(config, model, TOKENIZER, data).optimizer_state_bytes
+    head_bytes = 2 * 4 * (64 * 3 + 3)  # exp_avg + exp_avg_sq, float32
+    assert sizes[0.0]["adapter"] == 2 * 4 * 2 * 3 * (8 * 64 + 64 * 8)  # 2 layers x (query, key, value)
+    assert sizes[0.5]["adapter"] * 2 == sizes[0.0]["adapter"]
+    assert sizes[0.5]["other"] == sizes[0.0]["other"] == head_bytes
