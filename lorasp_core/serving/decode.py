@@ -28,6 +28,7 @@ class DecodeRow:
     top_p: float = 1.0
     stop: list[str] | None = None
     seed: int | None = None
+    ignore_eos: bool = False
     emit: Callable[[GenerationChunk], None] | None = None  # called from the decoding thread
     cancelled: Callable[[], bool] | None = None  # polled every step: a reader that went away
 
@@ -161,7 +162,7 @@ def _advance(row: DecodeRow, state: _RowState, token: int, eos_ids: set[int]) ->
     if row.cancelled is not None and row.cancelled():
         state.finish_reason = "stop"
         delta = ""
-    elif token in eos_ids:
+    elif token in eos_ids and not row.ignore_eos:
         state.finish_reason = "stop"
         delta = state.stream.flush()
     else:

@@ -88,6 +88,7 @@ class ServingEngine(AdapterManager):
             top_p=request.top_p,
             stop=request.stop,
             seed=request.seed,
+            ignore_eos=request.ignore_eos,
             emit=stream.put if stream else None,
             cancelled=(lambda: stream.cancelled) if stream else None,
         )

@@ -83,6 +83,7 @@ class GenerationRequest:
     top_p: float = 1.0
     stop: list[str] | None = None
     seed: int | None = None
+    ignore_eos: bool = False  # keep generating to max_tokens (benchmarks), like vLLM's ignore_eos
 
     def validate(self) -> None:
         if (self.messages is None) == (self.prompt is None):
