@@ -84,11 +84,14 @@ def apply_lorasp(model: nn.Module, config: LoraSPConfig) -> nn.Module:
     """Wrap the targeted layers of `model` in place and return it; only adapters + head train."""
     if getattr(model, CONFIG_ATTR, None) is not None:
         raise ValueError("apply_lorasp: the model is already wrapped")
-    target_names = resolve_target_names(model, config)
     head_names = resolve_modules_to_save(model, config)
-    overlap = [name for name in target_names if any(_matches(name, head) for head in head_names)]
-    if overlap:
-        raise ValueError(f"modules in both target_modules and modules_to_save: {', '.join(overlap)}")
+    # Heads train in full, so layers inside them (e.g. RoBERTa's classifier.dense) get no adapter.
+    target_names = [
+        name for name in resolve_target_names(model, config)
+        if not any(name == head or name.startswith(head + ".") for head in head_names)
+    ]
+    if not target_names:
+        raise ValueError("target_modules: every matching layer is inside modules_to_save; nothing to adapt")
 
     # The one place where the base model is frozen.
     for parameter in model.parameters():

@@ -173,3 +173,34 @@ def test_broken_adapter_directories_raise_value_errors(tmp_path: Path) -> None:
     wrapped_differently = apply_lorasp(tiny_random_llama(), LoraSPConfig(r=2, mask_seed=1))
     with pytest.raises(ValueError, match="mask_seed"):
         load_adapter(wrapped_differently, path)
+
+
+def test_all_linear_on_a_head_with_linears_inside_round_trips(tmp_path: Path, token_batch: Callable) -> None:
+    """RoBERTa's head holds its own `dense`: it trains in full and gets no adapter, in PEFT too."""
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    config = RobertaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                           num_attention_heads=2, num_labels=2, max_position_embeddings=40)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        base_state = RobertaForSequenceClassification(config).state_dict()
+
+    def fresh() -> nn.Module:
+        model = RobertaForSequenceClassification(config)
+        model.load_state_dict(base_state)
+        return model.eval()
+
+    ours = apply_lorasp(fresh(), LoraSPConfig(r=2, target_modules="all-linear"))
+    wrapped = [name for name, _ in lorasp_layers(ours)]
+    assert "roberta.encoder.layer.0.attention.self.query" in wrapped
+    assert not any(name.startswith("classifier") for name in wrapped)
+    with torch.no_grad():
+        for _, layer in lorasp_layers(ours):
+            layer.lora_B_trainable.normal_(std=0.1)
+        ours.classifier.dense.weight.add_(0.1)
+    path = save_adapter(ours, tmp_path / "r", base_model_name_or_path="tiny-roberta", task_type="seq-cls")
+    peft_model = PeftModel.from_pretrained(fresh(), path).eval()
+    input_ids = token_batch(64)
+    with torch.no_grad():
+        torch.testing.assert_close(peft_model(input_ids=input_ids).logits, ours(input_ids=input_ids).logits,
+                                   atol=1e-5, rtol=0)
