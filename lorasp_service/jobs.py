@@ -95,6 +95,8 @@ def add_event(
 
 def _update(session: Session, statement: Any) -> int:
     """Execute an UPDATE and return how many rows it changed (the compare-and-set result)."""
+    # No session synchronisation: callers compare against the values they read *before* the update.
+    statement = statement.execution_options(synchronize_session=False)
     result = cast("CursorResult[Any]", session.execute(statement))
     return int(result.rowcount)
 
