@@ -21,12 +21,12 @@ _EXPORTS: dict[str, str] = {
     "read_adapter_metadata": "lorasp_core.adapters",
     "AdapterMetadata": "lorasp_core.adapters",
     # training
-    "TrainConfig": "lorasp_core.train",
-    "TrainCallback": "lorasp_core.train",
-    "ProgressEvent": "lorasp_core.train",
-    "TrainResult": "lorasp_core.train",
-    "train": "lorasp_core.train",
-    "evaluate": "lorasp_core.train",
+    "TrainConfig": "lorasp_core.trainer",
+    "TrainCallback": "lorasp_core.trainer",
+    "ProgressEvent": "lorasp_core.trainer",
+    "TrainResult": "lorasp_core.trainer",
+    "train": "lorasp_core.trainer",
+    "evaluate": "lorasp_core.trainer",
     # data
     "DatasetFormat": "lorasp_core.data",
     "DatasetReport": "lorasp_core.data",

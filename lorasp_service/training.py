@@ -1,4 +1,4 @@
-"""Glue between a Job row and `lorasp_core.train`: what one worker does with one job.
+"""Glue between a Job row and `lorasp_core.trainer`: what one worker does with one job.
 
 `run_claimed_job` is called after `jobs.claim_job` gave this worker the job's lease. It validates the
 training data with the base model's tokenizer, trains LoRA-SP (resuming from the job's last checkpoint
@@ -31,7 +31,7 @@ from lorasp_core import (
     validate_dataset,
 )
 from lorasp_core.data import Example
-from lorasp_core.train import TrainConfig, train
+from lorasp_core.trainer import TrainConfig, train
 from lorasp_core.train_config import TaskType
 from lorasp_service import jobs
 from lorasp_service.db import session_scope

@@ -14,7 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from lorasp_core.train import ProgressEvent, TrainCallback
+from lorasp_core.trainer import ProgressEvent, TrainCallback
 from lorasp_service import jobs
 from lorasp_service.settings import Settings
 from lorasp_service.storage import BlobStorage

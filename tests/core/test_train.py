@@ -18,7 +18,7 @@ from lorasp_core.data import (
     tokenize_example,
 )
 from lorasp_core.models import make_tiny_tokenizer, tiny_random_bert, tiny_random_llama
-from lorasp_core.train import ProgressEvent, TrainCallback, TrainConfig, evaluate, train
+from lorasp_core.trainer import ProgressEvent, TrainCallback, TrainConfig, evaluate, train
 
 TOKENIZER = make_tiny_tokenizer()
 
