@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 logger = logging.getLogger(__name__)
@@ -24,6 +24,12 @@ class ErrorDetail(BaseModel):
     type: str
     param: str | None = None
     code: str | None = None
+
+    @field_validator("message", "param")
+    @classmethod
+    def _encodable(cls, value: str | None) -> str | None:
+        # Messages may quote client input; a lone surrogate from a JSON escape must not break encoding.
+        return None if value is None else value.encode("utf-8", "replace").decode("utf-8")
 
 
 class ErrorResponse(BaseModel):

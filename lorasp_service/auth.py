@@ -60,7 +60,7 @@ def create_tenant_with_key(session: Session, tenant_name: str) -> tuple[Tenant, 
 
 def tenant_for_key(session: Session, key: str) -> Tenant | None:
     """The tenant owning a valid (existing, not revoked) key, else None."""
-    if not key.startswith(API_KEY_PREFIX):
+    if not key.startswith(API_KEY_PREFIX) or not key.isascii():
         return None
     api_key = session.scalars(
         select(ApiKey).where(ApiKey.key_hash == hash_api_key(key), ApiKey.revoked_at.is_(None))

@@ -40,32 +40,49 @@ ACTIVE_STATUSES = frozenset({VALIDATING_FILES, QUEUED, RUNNING})
 FINISHED_STATUSES = frozenset({SUCCEEDED, FAILED, CANCELLED})
 
 _ADAPTER_TOKEN_ALPHABET = string.ascii_letters + string.digits
+MAX_ID_LENGTH = 256
+
+
+def is_plausible_id(identifier: str) -> bool:
+    """Printable ASCII of a sane length. Anything else (NUL bytes, lone surrogates) cannot be an id and
+    must not reach the database driver, which would reject it with an error rather than "no row"."""
+    return 0 < len(identifier) <= MAX_ID_LENGTH and identifier.isascii() and identifier.isprintable()
 
 
 def get_file_for_tenant(session: Session, tenant_id: str, file_id: str) -> File | None:
     """A file of the tenant that has not been deleted."""
+    if not is_plausible_id(file_id):
+        return None
     return session.scalars(
         select(File).where(File.id == file_id, File.tenant_id == tenant_id, File.deleted_at.is_(None))
     ).one_or_none()
 
 
 def get_job_for_tenant(session: Session, tenant_id: str, job_id: str) -> Job | None:
+    if not is_plausible_id(job_id):
+        return None
     return session.scalars(select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id)).one_or_none()
 
 
 def get_adapter_for_tenant(session: Session, tenant_id: str, adapter_id: str) -> Adapter | None:
+    if not is_plausible_id(adapter_id):
+        return None
     return session.scalars(
         select(Adapter).where(Adapter.id == adapter_id, Adapter.tenant_id == tenant_id)
     ).one_or_none()
 
 
 def get_event(session: Session, job_id: str, event_id: str) -> JobEvent | None:
+    if not is_plausible_id(event_id):
+        return None
     return session.scalars(
         select(JobEvent).where(JobEvent.id == event_id, JobEvent.job_id == job_id)
     ).one_or_none()
 
 
 def get_checkpoint(session: Session, job_id: str, checkpoint_id: str) -> Checkpoint | None:
+    if not is_plausible_id(checkpoint_id):
+        return None
     return session.scalars(
         select(Checkpoint).where(Checkpoint.id == checkpoint_id, Checkpoint.job_id == job_id)
     ).one_or_none()

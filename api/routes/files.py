@@ -39,7 +39,7 @@ async def upload_file(
 def list_files(
     session: SessionDep,
     tenant: CurrentTenant,
-    purpose: str | None = None,
+    purpose: Annotated[str | None, Query(pattern=r"^[a-z0-9_-]{1,64}$")] = None,
     after: str | None = None,
     limit: Annotated[int, Query(ge=1, le=MAX_FILES_PAGE)] = MAX_FILES_PAGE,
 ) -> ListPage[FileObject]:

@@ -11,7 +11,15 @@ import math
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, StringConstraints, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    StringConstraints,
+    model_validator,
+)
 
 MAX_EPOCHS = 50
 MAX_BATCH_SIZE = 512
@@ -128,9 +136,20 @@ class Method(StrictModel):
         return LoraSPHyperparameters(**chosen.model_dump(exclude_none=True))
 
 
+def _storable_text(value: str) -> str:
+    """PostgreSQL text holds neither NUL nor lone UTF-16 surrogates (which JSON escapes can carry)."""
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text (no lone surrogates)") from None
+    return value
+
+
 Suffix = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
-MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
-MetadataValue = Annotated[str, StringConstraints(max_length=512)]
+MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64), AfterValidator(_storable_text)]
+MetadataValue = Annotated[str, StringConstraints(max_length=512), AfterValidator(_storable_text)]
 
 
 class CreateFineTuningJobRequest(StrictModel):

@@ -44,7 +44,9 @@ async def _chunks(upload: UploadFile) -> AsyncIterator[bytes]:
 
 
 def _clean_filename(raw: str | None) -> str:
-    name = PurePath((raw or "").replace("\\", "/")).name.strip()
+    name = PurePath((raw or "").replace("\\", "/")).name
+    # Only printable characters reach the database (PostgreSQL text cannot hold NUL).
+    name = "".join(char for char in name if char.isprintable()).strip()
     return (name or "upload.jsonl")[:255]
 
 

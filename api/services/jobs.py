@@ -134,6 +134,8 @@ def list_jobs(session: Session, tenant: Tenant, after: str | None, limit: int) -
 
 def cancel_job(session: Session, tenant: Tenant, job_id: str) -> Job:
     # Row lock: the worker may be moving the job from queued to running right now.
+    if not registry.is_plausible_id(job_id):
+        raise not_found("fine-tuning job", job_id, param="fine_tuning_job_id")
     job = session.scalars(
         select(Job).where(Job.id == job_id, Job.tenant_id == tenant.id).with_for_update()
     ).one_or_none()

@@ -52,3 +52,9 @@ def assert_error(response: Any, status: int, *, param: str | None = None, code: 
 
 def storage_path(settings: Settings, *parts: str) -> Path:
     return Path(settings.blob_dir).joinpath(*parts)
+
+
+def create_job(client: TestClient, headers: dict[str, str], training_file: str, **body: Any) -> Any:
+    """POST a tiny-random-llama job (the usual arrangement step of a test)."""
+    payload = {"model": "tiny-random-llama", "training_file": training_file, **body}
+    return client.post("/v1/fine_tuning/jobs", headers=headers, json=payload)

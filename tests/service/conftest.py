@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,9 +19,16 @@ from sqlalchemy.orm import Session
 
 from api.deps import get_enqueue
 from api.main import create_app
+from lorasp_core.config import LoraSPConfig
+from lorasp_core.models.tiny import tiny_random_llama
+from lorasp_core.peft_format import save_adapter
+from lorasp_core.wrapping import apply_lorasp
 from lorasp_service.auth import create_tenant_with_key
 from lorasp_service.db import make_engine, migrate
+from lorasp_service.orm import Adapter
+from lorasp_service.registry import new_adapter_id
 from lorasp_service.settings import Settings
+from lorasp_service.storage import BlobStorage
 
 
 @pytest.fixture(scope="session")
@@ -133,3 +141,38 @@ def classification_file(client: TestClient, alice: dict[str, str]) -> dict[str, 
     response = upload(client, alice, jsonl(classification_rows()), filename="labels.jsonl")
     assert response.status_code == 200, response.text
     return dict(response.json())
+
+
+@pytest.fixture(scope="session")
+def real_adapter_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A genuine LoRA-SP adapter of the tiny Llama, as the worker would save it."""
+    model = apply_lorasp(tiny_random_llama(seed=0), LoraSPConfig(r=4, alpha=8.0, freeze_ratio=0.5))
+    return save_adapter(
+        model, tmp_path_factory.mktemp("adapter") / "adapter",
+        base_model_name_or_path="tiny-random-llama", task_type="causal-lm",
+    )
+
+
+@pytest.fixture()
+def make_adapter(db: Session, api_settings: Settings, real_adapter_dir: Path) -> Any:
+    """Registers an adapter for a tenant the way the worker does (directory + archive + row)."""
+
+    def make(tenant_id: str, *, with_archive: bool = True) -> Adapter:
+        storage = BlobStorage(api_settings.blob_dir)
+        adapter_id = new_adapter_id("tiny-random-llama", "test")
+        dir_key = f"adapters/{tenant_id}/{adapter_id.replace(':', '_')}"
+        storage.put_dir(dir_key, real_adapter_dir)
+        archive_key, size, sha256 = None, 0, "0" * 64
+        if with_archive:
+            archive_key = dir_key + ".tar.gz"
+            size, sha256 = storage.archive_dir(dir_key, archive_key)
+        adapter = Adapter(
+            id=adapter_id, tenant_id=tenant_id, base_model="tiny-random-llama", task="causal-lm",
+            storage_key=dir_key, archive_key=archive_key, sha256=sha256, bytes=size, rank=4,
+            freeze_ratio=0.5, target_modules=["q_proj", "v_proj"],
+        )
+        db.add(adapter)
+        db.commit()
+        return adapter
+
+    return make

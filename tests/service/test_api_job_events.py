@@ -1,0 +1,84 @@
+"""Job events (metrics included) and checkpoints, as the worker writes them, paged newest first."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from api_helpers import assert_error, create_job
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session
+
+from lorasp_service.ids import new_id
+from lorasp_service.orm import Checkpoint, Job
+from lorasp_service.registry import add_job_event
+
+JOBS = "/v1/fine_tuning/jobs"
+
+
+@pytest.fixture()
+def job_id(client: TestClient, alice: dict[str, str], chat_file: dict[str, Any]) -> str:
+    response = create_job(client, alice, chat_file["id"])
+    assert response.status_code == 200, response.text
+    return str(response.json()["id"])
+
+
+def test_metrics_events_carry_training_data(
+    client: TestClient, alice: dict[str, str], job_id: str, db: Session
+) -> None:
+    job = db.get(Job, job_id)
+    assert job is not None
+    metrics = {"step": 10, "train_loss": 1.25, "learning_rate": 0.001, "tokens_per_second": 812.5}
+    add_job_event(db, job, "Step 10/30: training loss=1.250", type="metrics", data=metrics)
+    db.commit()
+    newest = client.get(f"{JOBS}/{job_id}/events?limit=1", headers=alice).json()
+    assert newest["has_more"] is True
+    event = newest["data"][0]
+    assert event["id"].startswith("ftevent-") and event["object"] == "fine_tuning.job.event"
+    assert event["type"] == "metrics" and event["data"] == metrics and event["level"] == "info"
+    assert isinstance(event["created_at"], int)
+
+
+def test_events_page_by_sequence_newest_first(
+    client: TestClient, alice: dict[str, str], job_id: str, db: Session
+) -> None:
+    job = db.get(Job, job_id)
+    assert job is not None
+    for step in range(5):
+        add_job_event(db, job, f"step {step}")
+    db.commit()
+    messages, after = [], None
+    while True:
+        query = f"?limit=3{'' if after is None else f'&after={after}'}"
+        page = client.get(f"{JOBS}/{job_id}/events{query}", headers=alice).json()
+        messages += [event["message"] for event in page["data"]]
+        if not page["has_more"]:
+            break
+        after = page["last_id"]
+    assert messages[:5] == [f"step {step}" for step in reversed(range(5))]
+    assert messages[-1].startswith("Created fine-tuning job") and len(messages) == 8
+    assert_error(client.get(f"{JOBS}/{job_id}/events?after=ftevent-nope", headers=alice), 404, param="after")
+
+
+def test_checkpoints_list(client: TestClient, alice: dict[str, str], job_id: str, db: Session) -> None:
+    assert client.get(f"{JOBS}/{job_id}/checkpoints", headers=alice).json()["data"] == []
+    for step in (50, 100, 150):
+        db.add(Checkpoint(
+            id=new_id("ftckpt"), job_id=job_id, step=step, storage_key=f"checkpoints/{job_id}/step-{step}",
+            metrics={"step": step, "train_loss": 2.0 - step / 100},
+        ))
+    db.commit()
+    first = client.get(f"{JOBS}/{job_id}/checkpoints?limit=2", headers=alice).json()
+    assert [c["step_number"] for c in first["data"]] == [150, 100] and first["has_more"] is True
+    checkpoint = first["data"][0]
+    assert checkpoint["object"] == "fine_tuning.job.checkpoint" and checkpoint["id"].startswith("ftckpt-")
+    assert checkpoint["fine_tuning_job_id"] == job_id
+    assert checkpoint["fine_tuned_model_checkpoint"].endswith(":ckpt-step-150")
+    assert checkpoint["metrics"] == {"step": 150, "train_loss": 0.5}
+    rest = client.get(f"{JOBS}/{job_id}/checkpoints?limit=2&after={first['last_id']}", headers=alice).json()
+    assert [c["step_number"] for c in rest["data"]] == [50] and rest["has_more"] is False
+
+
+def test_events_and_checkpoints_of_unknown_job_are_404(client: TestClient, alice: dict[str, str]) -> None:
+    assert_error(client.get(f"{JOBS}/ftjob-nope/events", headers=alice), 404)
+    assert_error(client.get(f"{JOBS}/ftjob-nope/checkpoints", headers=alice), 404)
