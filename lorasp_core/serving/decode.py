@@ -100,7 +100,7 @@ def decode_batch(resident: ResidentModel, rows: list[DecodeRow]) -> list[Generat
         if row.temperature > 0:
             seed = row.seed if row.seed is not None else random.getrandbits(63)
             generator = torch.Generator().manual_seed(seed)
-        states.append(_RowState(TextStream(resident.tokenizer, row.stop), generator))
+        states.append(_RowState(TextStream(resident.tokenizer, row.stop, resident.tokenizer_lock), generator))
 
     step_ids, attention_mask = _left_pad(rows, pad_token_id(resident))
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)

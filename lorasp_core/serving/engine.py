@@ -22,6 +22,7 @@ from lorasp_core.serving.scheduler import BatchScheduler, PendingRequest
 from lorasp_core.serving.types import (
     BaseModelBundle,
     ClassificationResult,
+    GenerationChunk,
     GenerationRequest,
     GenerationResult,
 )
@@ -37,6 +38,7 @@ class _Job:
     stream: GenerationStream | None
     adapter_id: str | None
     started: float
+    released: bool = False  # the adapter was handed back (when the row finished, or the batch failed)
 
 
 class ServingEngine(AdapterManager):
@@ -68,9 +70,10 @@ class ServingEngine(AdapterManager):
         try:
             if resident.task != "causal-lm":
                 raise ValueError(f"base model {request.model!r} is not a causal LM")
-            prompt_ids = render_prompt_ids(
-                resident.tokenizer, request, entry.chat_template if entry else None
-            )
+            with resident.tokenizer_lock:
+                prompt_ids = render_prompt_ids(
+                    resident.tokenizer, request, entry.chat_template if entry else None
+                )
             limit = getattr(getattr(resident.model, "config", None), "max_position_embeddings", None)
             if limit is not None and len(prompt_ids) + request.max_tokens > int(limit):
                 raise ValueError(
@@ -89,10 +92,20 @@ class ServingEngine(AdapterManager):
             stop=request.stop,
             seed=request.seed,
             ignore_eos=request.ignore_eos,
-            emit=stream.put if stream else None,
             cancelled=(lambda: stream.cancelled) if stream else None,
         )
-        return resident, _Job(row, stream, request.adapter_id, time.perf_counter())
+        job = _Job(row, stream, request.adapter_id, time.perf_counter())
+        row.emit = lambda chunk: self._deliver(job, chunk)
+        return resident, job
+
+    def _deliver(self, job: _Job, chunk: GenerationChunk) -> None:
+        """Forward a chunk; on the final one, first free the adapter and record the request's metrics,
+        so a reader that saw the end also sees the adapter released (unload/evict can proceed)."""
+        if chunk.finish_reason is not None and not job.released:
+            job.released = True
+            self._release(job.adapter_id, chunk.token_count, (time.perf_counter() - job.started) * 1e3)
+        if job.stream is not None:
+            job.stream.put(chunk)
 
     def generate(self, request: GenerationRequest) -> GenerationStream:
         """Queue a request for the next batch; iterate the result for GenerationChunks (SSE-friendly).
@@ -133,12 +146,10 @@ class ServingEngine(AdapterManager):
             results = decode_batch(resident, [job.row for job in jobs])
             return results
         finally:
-            now = time.perf_counter()
-            for i, job in enumerate(jobs):
-                if results is None:  # failed batch: free the adapters, count nothing
+            for job in jobs:
+                if not job.released:  # failed batch: free the adapters, count nothing
+                    job.released = True
                     self._release(job.adapter_id)
-                else:
-                    self._release(job.adapter_id, results[i].completion_tokens, (now - job.started) * 1e3)
             logger.info(
                 "batch on %r: %d requests, %d adapters, %d tokens",
                 resident.name,

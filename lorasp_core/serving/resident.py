@@ -44,6 +44,9 @@ class ResidentModel:
         self.dispatchers: dict[str, RowDispatchModule] = {}
         self.free_slots: list[int] = list(range(num_slots - 1, 0, -1))  # pop() hands out slot 1 first
         self.lock = threading.RLock()  # one forward (or slot write) at a time on this model
+        # HF fast tokenizers are not safe to share across threads (padding/truncation settings mutate
+        # the Rust object: "Already borrowed"); request threads and the decoder share this one.
+        self.tokenizer_lock = threading.Lock()
 
     def name_aliases(self) -> list[str]:
         config = getattr(self.model, "config", None)

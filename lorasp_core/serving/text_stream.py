@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from contextlib import nullcontext
 from typing import Any
 
 
@@ -12,8 +14,9 @@ class TextStream:
     a prefix of a stop string, so a streamed client never sees text that the final answer would not have.
     """
 
-    def __init__(self, tokenizer: Any, stop: list[str] | None) -> None:
+    def __init__(self, tokenizer: Any, stop: list[str] | None, lock: threading.Lock | None = None) -> None:
         self.tokenizer = tokenizer
+        self.lock = lock
         self.stop = list(stop or [])
         self.token_ids: list[int] = []
         self.emitted = 0  # characters of the text already handed out
@@ -21,7 +24,8 @@ class TextStream:
         self.stopped = False
 
     def _decode(self) -> str:
-        text: str = self.tokenizer.decode(self.token_ids, skip_special_tokens=True)
+        with self.lock or nullcontext():
+            text: str = self.tokenizer.decode(self.token_ids, skip_special_tokens=True)
         return text
 
     def add(self, token_id: int) -> str:

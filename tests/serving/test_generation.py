@@ -187,3 +187,14 @@ def test_bad_requests_fail_before_queueing(engine: ServingEngine) -> None:
     with pytest.raises(ValueError, match="exceeds"):
         engine.generate(request("a1", "hi", max_tokens=10_000))
     assert engine.pending_requests() == 0 and engine.adapter_info("a1").requests == 0
+
+
+def test_adapter_in_use_is_not_evicted_and_unload_waits(engine: ServingEngine, adapter_dir: Path) -> None:
+    with engine.scheduler_paused():
+        stream = engine.generate(request("a1", PROMPTS[0]))  # queued: a1 is now in use
+        engine.unload_adapter("a1")
+        assert "a1" in {a.adapter_id for a in engine.loaded_adapters()}  # still needed by the queued request
+        with pytest.raises(LookupError):
+            engine.generate(request("a1", "new requests are refused"))
+    assert stream.text() != ""
+    assert "a1" not in {a.adapter_id for a in engine.loaded_adapters()}
