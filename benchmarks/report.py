@@ -15,7 +15,7 @@ def _mean_sd(values: list[float]) -> tuple[float, float]:
 
 
 def summarise(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per method, the learning rate with the best mean dev accuracy and its averaged figures."""
+    """Per method, the chosen learning rate (the one repeated over seeds, else the best) and its means."""
     by_method_lr: dict[tuple[str, float], list[dict[str, Any]]] = defaultdict(list)
     for row in results:
         by_method_lr[(row["method"], row["learning_rate"])].append(row)
@@ -33,7 +33,8 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             "trainable_parameters": rows[0]["trainable_parameters"],
             "optimizer_state_bytes": rows[0]["optimizer_state_bytes"],
         }
-        if method not in best or acc > best[method]["dev_accuracy"]:
+        rank = (len(rows), acc)
+        if method not in best or rank > (best[method]["runs"], best[method]["dev_accuracy"]):
             best[method] = summary
     return best
 

@@ -53,6 +53,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--chat-epochs", type=int, default=1)
     parser.add_argument("--chat-batch-size", type=int, default=8)
     parser.add_argument("--eval-size", type=int, default=None, help="first N eval rows only (smoke runs)")
+    parser.add_argument(
+        "--plain-lr-from-grouped",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run the plain PEFT loop at the length-grouped PEFT run's best rate",
+    )
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--run-one", default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -70,36 +76,30 @@ def learning_rates(args: argparse.Namespace, method: str) -> list[float]:
     return floats(args.lrs) if args.lrs else DEFAULT_LRS[method]
 
 
-def run_specs(args: argparse.Namespace) -> list[dict[str, Any]]:
+def make_spec(args: argparse.Namespace, method: str, seed: int, lr: float) -> dict[str, Any]:
+    chat = method in CHAT_METHODS
+    return {
+        "method": method,
+        "seed": seed,
+        "learning_rate": lr,
+        "r": args.r,
+        "alpha": args.alpha,
+        "train_file": str(args.data_dir / "train.tsv"),
+        "eval_file": str(args.eval_file or args.data_dir / "dev.tsv"),
+        "train_size": args.chat_train_size if chat else args.train_size,
+        "epochs": args.chat_epochs if chat else args.epochs,
+        "batch_size": args.chat_batch_size if chat else args.batch_size,
+        "max_length": 128 if chat else args.max_length,
+        "eval_size": args.eval_size,
+    }
+
+
+def selected_methods(args: argparse.Namespace) -> list[str]:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = sorted(set(methods) - set(ENCODER_METHODS + CHAT_METHODS))
     if unknown:
         raise SystemExit(f"--methods: unknown {unknown}; choose from {ENCODER_METHODS + CHAT_METHODS}")
-    eval_file = args.eval_file or args.data_dir / "dev.tsv"
-    specs = []
-    for seed in [int(s) for s in args.seeds.split(",")]:
-        for method in methods:
-            chat = method in CHAT_METHODS
-            if chat and seed != int(args.seeds.split(",")[0]):
-                continue  # the causal-LM comparison is one seed: it is the slow one
-            for lr in learning_rates(args, method):
-                specs.append(
-                    {
-                        "method": method,
-                        "seed": seed,
-                        "learning_rate": lr,
-                        "r": args.r,
-                        "alpha": args.alpha,
-                        "train_file": str(args.data_dir / "train.tsv"),
-                        "eval_file": str(eval_file),
-                        "train_size": args.chat_train_size if chat else args.train_size,
-                        "epochs": args.chat_epochs if chat else args.epochs,
-                        "batch_size": args.chat_batch_size if chat else args.batch_size,
-                        "max_length": 128 if chat else args.max_length,
-                        "eval_size": args.eval_size,
-                    }
-                )
-    return specs
+    return methods
 
 
 def run_one(spec: dict[str, Any]) -> dict[str, Any]:
@@ -122,6 +122,53 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+class Sweep:
+    """Tune each method's learning rate on the first seed, then repeat the other seeds at its best rate.
+
+    The plain PEFT loop optimises exactly what the length-grouped one does (only batch composition
+    differs), so with --plain-lr-from-grouped it runs at the grouped run's best rate instead of
+    sweeping again: it is the slowest method and serves as the wall-time baseline.
+    """
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.results: list[dict[str, Any]] = []
+
+    def run(self, method: str, seed: int, lr: float) -> None:
+        print(f"[{len(self.results) + 1}] {method} seed={seed} lr={lr:g}", file=sys.stderr, flush=True)
+        result = run_in_subprocess("benchmarks.sst2", make_spec(self.args, method, seed, lr))
+        print(
+            f"    dev_accuracy={result['dev_accuracy']:.4f} train_seconds={result['train_seconds']:.1f} "
+            f"peak_rss_mb={result['peak_rss_mb']:.0f}",
+            file=sys.stderr,
+            flush=True,
+        )
+        self.results.append(result)
+        if self.args.out:  # after every run, so an interrupted sweep keeps what it measured
+            self.args.out.parent.mkdir(parents=True, exist_ok=True)
+            self.args.out.write_text(json.dumps(self.results, indent=2))
+
+    def best_lr(self, method: str, seed: int) -> float:
+        rows = [r for r in self.results if r["method"] == method and r["seed"] == seed]
+        return float(max(rows, key=lambda r: r["dev_accuracy"])["learning_rate"])
+
+    def execute(self, methods: list[str], seeds: list[int]) -> None:
+        first, rest = seeds[0], seeds[1:]
+        borrow = self.args.plain_lr_from_grouped and {"peft-lora", "peft-lora-grouped"} <= set(methods)
+        for method in methods:
+            if not (borrow and method == "peft-lora"):
+                for lr in learning_rates(self.args, method):
+                    self.run(method, first, lr)
+        best = {m: self.best_lr(m, first) for m in methods if not (borrow and m == "peft-lora")}
+        if borrow:
+            best["peft-lora"] = best["peft-lora-grouped"]
+            self.run("peft-lora", first, best["peft-lora"])
+        for seed in rest:
+            for method in methods:
+                if method not in CHAT_METHODS:  # the causal-LM comparison is one seed: the slow one
+                    self.run(method, seed, best[method])
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.run_one:
@@ -129,28 +176,11 @@ def main(argv: list[str] | None = None) -> None:
         return
     from benchmarks.report import write_sst2_report
 
-    results: list[dict[str, Any]] = []
-    specs = run_specs(args)
-    for index, spec in enumerate(specs, 1):
-        print(
-            f"[{index}/{len(specs)}] {spec['method']} seed={spec['seed']} lr={spec['learning_rate']}",
-            file=sys.stderr,
-            flush=True,
-        )
-        result = run_in_subprocess("benchmarks.sst2", spec)
-        print(
-            f"    dev_accuracy={result['dev_accuracy']:.4f} train_seconds={result['train_seconds']:.1f} "
-            f"peak_rss_mb={result['peak_rss_mb']:.0f}",
-            file=sys.stderr,
-            flush=True,
-        )
-        results.append(result)
-        if args.out:  # after every run, so an interrupted sweep keeps what it measured
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(results, indent=2))
+    sweep = Sweep(args)
+    sweep.execute(selected_methods(args), [int(s) for s in args.seeds.split(",")])
     if args.out:
-        write_sst2_report(results, vars(args), args.out.with_suffix(".md"))
-    print(json.dumps(results, indent=2))
+        write_sst2_report(sweep.results, vars(args), args.out.with_suffix(".md"))
+    print(json.dumps(sweep.results, indent=2))
 
 
 if __name__ == "__main__":
