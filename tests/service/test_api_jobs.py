@@ -192,3 +192,19 @@ def test_cancel_transitions(
     db.commit()
     finished = client.post(f"{JOBS}/{running['id']}/cancel", headers=alice)
     assert_error(finished, 400, code="job_not_cancellable")
+
+
+def test_default_enqueue_calls_the_queue_with_the_apps_settings(
+    api_settings: Any, alice: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lorasp_service.queue
+    from api.main import create_app
+
+    sent: list[tuple[Any, str]] = []
+    monkeypatch.setattr(
+        lorasp_service.queue, "enqueue_job", lambda settings, job_id: sent.append((settings, job_id))
+    )
+    with TestClient(create_app(api_settings)) as client:
+        file_id = upload(client, alice, jsonl(chat_rows())).json()["id"]
+        job = create(client, alice, model="tiny-random-llama", training_file=file_id).json()
+    assert sent == [(api_settings, job["id"])]
