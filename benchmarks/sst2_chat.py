@@ -24,6 +24,13 @@ def as_messages(row: LabelledSentence, with_answer: bool) -> list[dict[str, str]
     return messages
 
 
+def predicted_label(answer: str) -> int | None:
+    """The sentiment word the answer names first (a zero-shot model may say "The review is negative")."""
+    text = answer.lower()
+    found = [(text.find(word), label) for label, word in enumerate(WORDS) if word in text]
+    return min(found)[1] if found else None
+
+
 @torch.no_grad()
 def generation_accuracy(
     model: Any, tokenizer: Any, rows: list[LabelledSentence], batch_size: int = 32
@@ -39,11 +46,11 @@ def generation_accuracy(
         ]
         batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
         output = model.generate(
-            **batch, max_new_tokens=3, do_sample=False, pad_token_id=tokenizer.pad_token_id
+            **batch, max_new_tokens=6, do_sample=False, pad_token_id=tokenizer.pad_token_id
         )
         answers = tokenizer.batch_decode(output[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
         for row, answer in zip(chunk, answers, strict=True):
-            correct += int(answer.strip().lower().startswith(WORDS[row.label]))
+            correct += int(predicted_label(answer) == row.label)
     return correct / len(rows)
 
 
