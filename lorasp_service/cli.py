@@ -138,13 +138,22 @@ def run_serve(settings: Settings, no_worker: bool) -> int:
 
     if worker is not None:
         threading.Thread(target=watch_worker, name="worker-watch", daemon=True).start()
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM and then re-raises the signal; with the default
+    # SIGTERM action the process would die there, before the `finally` that stops the worker.
+    signal.signal(signal.SIGTERM, _raise_system_exit)
     try:
         server.run()  # returns after SIGINT / SIGTERM
+    except KeyboardInterrupt:
+        pass
     finally:
         server.should_exit = True
         if worker is not None:
             stop_worker_process(worker)
     return 0
+
+
+def _raise_system_exit(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _redacted(url: str) -> str:

@@ -31,8 +31,8 @@ from lorasp_core import (
     validate_dataset,
 )
 from lorasp_core.data import Example
-from lorasp_core.trainer import TrainConfig, train
 from lorasp_core.train_config import TaskType
+from lorasp_core.trainer import TrainConfig, train
 from lorasp_service import jobs
 from lorasp_service.db import session_scope
 from lorasp_service.orm import Adapter, File, Job
