@@ -42,6 +42,8 @@ def start_server(home: Path, port: int) -> tuple[subprocess.Popen[bytes], Path]:
     home.mkdir(parents=True, exist_ok=True)
     log_path = home / "demo-server.log"
     env = dict(os.environ, LORASP_HOME=str(home), LORASP_PORT=str(port), LORASP_HOST="127.0.0.1")
+    # One intra-op thread unless told otherwise: on 2 busy cores, 2 torch threads were 4x slower than 1.
+    env.setdefault("OMP_NUM_THREADS", "1")
     with log_path.open("ab") as log:
         process = subprocess.Popen([sys.executable, "-m", "lorasp_service.cli", "serve"], cwd=REPO_ROOT,
                                    env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

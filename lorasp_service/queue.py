@@ -54,6 +54,8 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
         # (kombu's default sweep period is ~100 s, which only matters for short timeouts).
         options["unacked_restore_interval"] = max(1, min(10, visibility // 4))
         options["unacked_restore_throttle"] = 1
+        if settings.broker_key_prefix:
+            options["global_keyprefix"] = settings.broker_key_prefix
     return options
 
 

@@ -42,11 +42,18 @@ class Settings(BaseSettings):
     max_job_attempts: int = 3
     # None: job_time_limit_seconds + 1 h. Only tests that simulate a dead worker set it lower.
     broker_visibility_timeout_seconds: int | None = None
+    # Prefix of every Redis key the broker uses: isolates deployments (or test sessions) sharing a Redis db.
+    broker_key_prefix: str = ""
 
     # Serving (adapter cache)
     serving_max_adapters: int = 8
     serving_max_adapter_bytes: int | None = None
     serving_max_rank: int = 64
+    # Generation requests arriving within this window are decoded as one batch (up to max_batch_size).
+    serving_batch_window_ms: float = 5.0
+    serving_max_batch_size: int = 32
+    # POST /v1/adapters: cap on the unpacked size of an uploaded archive (zip/tar bomb guard).
+    max_adapter_unpacked_bytes: int = 1024 * 1024 * 1024
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:

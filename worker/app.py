@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery.signals import worker_process_init, worker_ready
+from celery.signals import worker_init, worker_process_init, worker_ready
 
 from lorasp_service.db import get_engine
 from lorasp_service.queue import enqueue_job, make_celery
@@ -18,6 +18,12 @@ log = logging.getLogger(__name__)
 
 celery_app = make_celery(get_settings())
 celery_app.conf.include = ["worker.tasks"]
+
+
+@worker_init.connect  # type: ignore[untyped-decorator]
+def _preload_training_code(**_: Any) -> None:
+    # Import torch/transformers once in the parent: every pool process (one per job) forks with them loaded.
+    import lorasp_service.training  # noqa: F401
 
 
 @worker_process_init.connect  # type: ignore[untyped-decorator]
