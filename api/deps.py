@@ -6,6 +6,7 @@ touches neither the database nor the disk.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from functools import cached_property, partial
 from typing import Annotated
@@ -16,6 +17,8 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.errors import invalid_api_key
+from api.services.serving import build_serving_engine
+from lorasp_core.serving import ServingEngine
 from lorasp_service.auth import tenant_for_key
 from lorasp_service.db import make_engine
 from lorasp_service.orm import Tenant
@@ -27,8 +30,12 @@ EnqueueJob = Callable[[str], None]
 
 
 class AppResources:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, serving_engine: ServingEngine | None = None) -> None:
         self.settings = settings
+        # One ServingEngine per app: built on first use (unless injected), closed at shutdown if ours.
+        self._serving: ServingEngine | None = serving_engine
+        self._owns_serving = serving_engine is None
+        self._serving_lock = threading.Lock()
 
     @cached_property
     def engine(self) -> Engine:
@@ -42,9 +49,25 @@ class AppResources:
     def storage(self) -> BlobStorage:
         return BlobStorage(self.settings.blob_dir)
 
+    @property
+    def serving(self) -> ServingEngine:
+        with self._serving_lock:
+            if self._serving is None:
+                self._serving = build_serving_engine(self.settings)
+            return self._serving
+
+    @property
+    def started_serving(self) -> ServingEngine | None:
+        """The engine if it exists already (hooks such as model deletion must not start one)."""
+        return self._serving
+
     def close(self) -> None:
         if "engine" in self.__dict__:
             self.engine.dispose()
+        with self._serving_lock:
+            if self._serving is not None and self._owns_serving:
+                self._serving.close()
+                self._serving = None
 
 
 def get_resources(request: Request) -> AppResources:
@@ -111,3 +134,16 @@ def get_enqueue(settings: SettingsDep) -> EnqueueJob:
 
 
 EnqueueDep = Annotated[EnqueueJob, Depends(get_enqueue)]
+
+
+def get_serving_engine(resources: ResourcesDep) -> ServingEngine:
+    return resources.serving
+
+
+def get_started_serving_engine(resources: ResourcesDep) -> ServingEngine | None:
+    return resources.started_serving
+
+
+# The app's ServingEngine (created on first use); StartedEngineDep is None until something used it.
+EngineDep = Annotated[ServingEngine, Depends(get_serving_engine)]
+StartedEngineDep = Annotated[ServingEngine | None, Depends(get_started_serving_engine)]

@@ -13,22 +13,28 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.deps import AppResources
 from api.errors import APIError, error_response, install_error_handlers
-from api.routes import adapters, files, health, jobs, models
+from api.routes import adapters, files, health, inference, jobs, models, serving
+from lorasp_core.serving import ServingEngine
 from lorasp_service.settings import Settings, get_settings
 
 API_PREFIX = "/v1"
 
 # Routers served under /v1. The serving engineer appends inference.router and serving.router here.
-ROUTERS: list[APIRouter] = [files.router, jobs.router, models.router, adapters.router]
+ROUTERS: list[APIRouter] = [
+    files.router, jobs.router, models.router, adapters.router, inference.router, serving.router
+]
 
 # Room for the multipart envelope (boundaries, part headers, the purpose field) around the file itself.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
+# Multipart uploads guarded by Content-Length: datasets and adapter archives.
+UPLOAD_PATHS = frozenset({f"{API_PREFIX}/files", f"{API_PREFIX}/adapters"})
 
 OPENAPI_TAGS = [
     {"name": "files", "description": "Dataset uploads (JSONL chat / prompt-completion, classification)"},
     {"name": "fine-tuning", "description": "LoRA-SP fine-tuning jobs, their events and checkpoints"},
     {"name": "models", "description": "Base models and fine-tuned adapters"},
-    {"name": "adapters", "description": "Adapter downloads (PEFT format)"},
+    {"name": "adapters", "description": "Adapter downloads and uploads (PEFT format), hot-loading"},
+    {"name": "inference", "description": "Chat/text completions and classifications (base models, adapters)"},
     {"name": "health", "description": "Database and broker reachability"},
 ]
 
@@ -42,7 +48,7 @@ class UploadSizeGuard:
         self.max_upload_bytes = max_upload_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == f"{API_PREFIX}/files":
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in UPLOAD_PATHS:
             declared = dict(scope["headers"]).get(b"content-length", b"").decode("latin-1").strip()
             if declared.isdigit() and int(declared) > self.limit:
                 error = APIError(
@@ -58,9 +64,10 @@ class UploadSizeGuard:
         await self.app(scope, receive, send)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, serving_engine: ServingEngine | None = None) -> FastAPI:
+    """`serving_engine`: inject one (tests); by default the app builds its own on first use and closes it."""
     settings = settings or get_settings()
-    resources = AppResources(settings)
+    resources = AppResources(settings, serving_engine)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from api.deps import CurrentTenant, SessionDep, SettingsDep, StorageDep
+from api.deps import CurrentTenant, SessionDep, SettingsDep, StartedEngineDep, StorageDep
 from api.errors import ERROR_RESPONSES, ErrorResponse
 from api.schemas.models import ModelDeleted, ModelList, ModelObject
 from api.services import models as model_service
+from api.services import serving as serving_service
 
 router = APIRouter(prefix="/models", tags=["models"], responses=ERROR_RESPONSES)
 
@@ -31,6 +32,9 @@ def get_model(
     responses={403: {"model": ErrorResponse, "description": "Base models cannot be deleted"}},
 )
 def delete_model(
-    session: SessionDep, storage: StorageDep, settings: SettingsDep, tenant: CurrentTenant, model_id: str
+    session: SessionDep, storage: StorageDep, settings: SettingsDep, tenant: CurrentTenant, model_id: str,
+    engine: StartedEngineDep,
 ) -> ModelDeleted:
-    return ModelDeleted(id=model_service.delete_model(session, storage, settings, tenant, model_id))
+    deleted = model_service.delete_model(session, storage, settings, tenant, model_id)
+    serving_service.forget_deleted_adapter(engine, deleted)  # a deleted adapter must not stay servable
+    return ModelDeleted(id=deleted)

@@ -1,0 +1,61 @@
+"""/v1/chat/completions, /v1/completions and /v1/classifications (OpenAI shapes; `stream: true` is SSE).
+
+Sync routes on purpose: FastAPI runs them in its threadpool, where the engine's blocking calls belong.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter
+from fastapi.responses import StreamingResponse
+
+from api.deps import CurrentTenant, EngineDep, SessionDep, SettingsDep, StorageDep
+from api.errors import ERROR_RESPONSES, ErrorResponse
+from api.schemas.inference import (
+    SSE_RESPONSES,
+    ChatCompletion,
+    ChatCompletionRequest,
+    ClassificationList,
+    ClassificationRequest,
+    CompletionRequest,
+    TextCompletion,
+)
+from api.services import inference as inference_service
+
+router = APIRouter(
+    tags=["inference"],
+    responses={**ERROR_RESPONSES, 503: {"model": ErrorResponse, "description": "No adapter slot free"}},
+)
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def _sse_response(events: AsyncIterator[str]) -> StreamingResponse:
+    return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+@router.post("/chat/completions", response_model=ChatCompletion, responses=SSE_RESPONSES)
+def create_chat_completion(
+    session: SessionDep, settings: SettingsDep, storage: StorageDep, engine: EngineDep, tenant: CurrentTenant,
+    body: ChatCompletionRequest,
+) -> ChatCompletion | StreamingResponse:
+    result = inference_service.chat_completion(session, settings, storage, engine, tenant, body)
+    return result if isinstance(result, ChatCompletion) else _sse_response(result)
+
+
+@router.post("/completions", response_model=TextCompletion, responses=SSE_RESPONSES)
+def create_completion(
+    session: SessionDep, settings: SettingsDep, storage: StorageDep, engine: EngineDep, tenant: CurrentTenant,
+    body: CompletionRequest,
+) -> TextCompletion | StreamingResponse:
+    result = inference_service.text_completion(session, settings, storage, engine, tenant, body)
+    return result if isinstance(result, TextCompletion) else _sse_response(result)
+
+
+@router.post("/classifications", response_model=ClassificationList)
+def create_classification(
+    session: SessionDep, settings: SettingsDep, storage: StorageDep, engine: EngineDep, tenant: CurrentTenant,
+    body: ClassificationRequest,
+) -> ClassificationList:
+    return inference_service.classify(session, settings, storage, engine, tenant, body)

@@ -1,0 +1,156 @@
+"""Adapter serving: the app's ServingEngine, hot-load / unload / list, and engine errors as API errors.
+
+Clients name registry ids, never paths (as with vLLM's adapter manager): every call first resolves the
+tenant's Adapter row (another tenant's id is a 404, like an unknown one) and only then hands the
+adapter's storage directory to the engine. Adapter ids are globally unique, so the engine's cache
+needs no tenant key; listings are filtered back to the tenant through the registry.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from api.errors import APIError, not_found
+from lorasp_core.models import ModelUnavailableError, load_base_model
+from lorasp_core.serving import (
+    AdapterCacheFullError,
+    AdapterInfo,
+    AdapterLoadError,
+    ServingEngine,
+    UnknownAdapterError,
+)
+from lorasp_service import registry
+from lorasp_service.orm import Adapter, Tenant
+from lorasp_service.settings import Settings
+from lorasp_service.storage import BlobStorage
+
+logger = logging.getLogger("api.serving")
+
+T = TypeVar("T")
+_LOOKED_IN = re.compile(r"\s*\(looked in [^)]*\)")
+
+
+def build_serving_engine(settings: Settings) -> ServingEngine:
+    """One resident copy per base model (loaded on first use), adapters attached on top, never merged."""
+
+    def base_loader(name: str):  # type: ignore[no-untyped-def]  # LoadedModel satisfies BaseModelBundle
+        return load_base_model(name, cache_dir=settings.model_cache_dir)
+
+    return ServingEngine(
+        base_loader,
+        max_adapters=settings.serving_max_adapters,
+        max_adapter_bytes=settings.serving_max_adapter_bytes,
+        max_rank=settings.serving_max_rank,
+        batch_window_ms=settings.serving_batch_window_ms,
+        max_batch_size=settings.serving_max_batch_size,
+    )
+
+
+def load_error_message(error: AdapterLoadError) -> str:
+    """The engine's "which file, what problem", without server paths."""
+    problem = _LOOKED_IN.sub("", error.problem)
+    return f"Adapter '{error.adapter_id}' cannot be served: {Path(error.file).name}: {problem}."
+
+
+@contextmanager
+def engine_errors(param: str | None) -> Iterator[None]:
+    """Engine failures as client-facing errors; a corrupt or mismatched adapter never becomes a 500."""
+    try:
+        yield
+    except AdapterLoadError as error:
+        if error.problem == "adapter directory does not exist":
+            raise APIError(
+                404, f"The files of adapter '{error.adapter_id}' are missing from storage.",
+                param=param, code="adapter_files_missing",
+            ) from error
+        raise APIError(400, load_error_message(error), param=param, code="invalid_adapter") from error
+    except AdapterCacheFullError as error:
+        raise APIError(
+            503, f"No adapter slot is free: every resident adapter is pinned or serving ({error}). "
+            "Unload or unpin an adapter, or retry later.",
+            param=param, code="adapter_cache_full", type="server_error",
+        ) from error
+    except ModelUnavailableError as error:
+        raise APIError(503, str(error), param=param, code="model_unavailable", type="server_error") from error
+
+
+def tenant_adapter(session: Session, tenant: Tenant, adapter_id: str, *, param: str) -> Adapter:
+    adapter = registry.get_adapter_for_tenant(session, tenant.id, adapter_id)
+    if adapter is None:
+        raise not_found("model", adapter_id, param=param, code="model_not_found")
+    return adapter
+
+
+def ensure_loaded(
+    engine: ServingEngine, storage: BlobStorage, adapter: Adapter, *, pin: bool = False, param: str = "model"
+) -> AdapterInfo:
+    """Hot-load the adapter from its storage directory (a cache hit, just touched, if resident)."""
+    with engine_errors(param):
+        return engine.load_adapter(adapter.id, storage.path(adapter.storage_key), adapter.base_model, pin=pin)
+
+
+def with_reload(
+    engine: ServingEngine, storage: BlobStorage, adapter: Adapter | None, call: Callable[[], T]
+) -> T:
+    """Run `call`; if a concurrent unload made the adapter unknown in between, load it again once."""
+    try:
+        return call()
+    except UnknownAdapterError:
+        if adapter is None:
+            raise
+        ensure_loaded(engine, storage, adapter)
+        return call()
+
+
+def load_adapter(
+    session: Session, storage: BlobStorage, engine: ServingEngine, tenant: Tenant, adapter_id: str,
+    pin: bool | None,
+) -> AdapterInfo:
+    adapter = tenant_adapter(session, tenant, adapter_id, param="adapter_id")
+    info = ensure_loaded(engine, storage, adapter, pin=bool(pin), param="adapter_id")
+    if pin is False and info.pinned:
+        engine.pin_adapter(adapter.id, False)
+        info = engine.adapter_info(adapter.id)
+    return info
+
+
+def unload_adapter(session: Session, engine: ServingEngine, tenant: Tenant, adapter_id: str) -> bool:
+    """Free the adapter's slot (after its in-flight requests); False if it was not resident."""
+    adapter = tenant_adapter(session, tenant, adapter_id, param="adapter_id")
+    resident = any(info.adapter_id == adapter.id for info in engine.loaded_adapters())
+    try:
+        engine.unload_adapter(adapter.id)
+    except UnknownAdapterError:
+        return False
+    logger.info("adapter %r unloaded by tenant %s (was resident: %s)", adapter.id, tenant.id, resident)
+    return resident
+
+
+def loaded_adapters(session: Session, engine: ServingEngine, tenant: Tenant) -> list[AdapterInfo]:
+    """The tenant's resident adapters, least recently used first."""
+    infos = engine.loaded_adapters()
+    if not infos:
+        return []
+    ids = [info.adapter_id for info in infos]
+    query = select(Adapter.id).where(Adapter.id.in_(ids), Adapter.tenant_id == tenant.id)
+    owned = set(session.scalars(query))
+    return [info for info in infos if info.adapter_id in owned]
+
+
+def forget_deleted_adapter(engine: ServingEngine | None, adapter_id: str) -> None:
+    """Model deletion hook: a deleted adapter must not stay resident (or reloadable) in the engine."""
+    if engine is None:
+        return
+    try:
+        engine.unload_adapter(adapter_id)
+    except UnknownAdapterError:
+        return
+    logger.info("adapter %r unloaded because its model was deleted", adapter_id)
