@@ -105,7 +105,7 @@ def _unpack_zip(archive_path: Path, dest: Path, budget: _Budget) -> None:
                     )
                 if info.is_dir():
                     continue
-                if mode and not stat.S_ISREG(mode):
+                if stat.S_IFMT(mode) and not stat.S_ISREG(mode):  # no type bits: a plain file (writestr)
                     raise UnsafeArchiveError(f"archive member {info.filename!r} is not a regular file")
                 if info.flag_bits & 0x1:
                     raise UnsafeArchiveError(f"archive member {info.filename!r} is encrypted")

@@ -82,14 +82,18 @@ def adapter_path(db: Session, settings: Settings, adapter_id: str) -> Path:
 
 @torch.inference_mode()
 def greedy_text(model: nn.Module, prompt_ids: list[int], max_tokens: int) -> str:
-    """Plain greedy decoding on the model itself (full forward each step), stopping at EOS."""
+    """Plain greedy decoding on the model itself (full forward each step), stopping at EOS: the tokenizer's
+    and the generation config's (which lists <|im_end|> for the tiny Llama)."""
     tokenizer = make_tiny_tokenizer()
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    configured = [configured] if isinstance(configured, int) else list(configured or [])
+    stop_ids = {tokenizer.eos_token_id, *configured}
     ids = list(prompt_ids)
     generated: list[int] = []
     for _ in range(max_tokens):
         logits = model(input_ids=torch.tensor([ids])).logits[0, -1]
         token = int(logits.argmax())
-        if token == tokenizer.eos_token_id:
+        if token in stop_ids:
             break
         generated.append(token)
         ids.append(token)
