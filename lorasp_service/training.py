@@ -187,8 +187,8 @@ def _train_and_register(settings: Settings, job_id: str, worker_id: str, claim: 
     resume_from = storage.path(claim.resume_key) if claim.resume_key else None
     lora, config = build_configs(job, settings, task, work_dir / "checkpoints", resume_from)
     if resume_from is not None:
-        jobs.record_message(settings, job_id, f"Resuming training from checkpoint step {claim.resume_step}",
-                            data={"resumed_from_step": claim.resume_step})
+        message = f"Resuming training from the checkpoint at step {claim.resume_step}"
+        jobs.record_message(settings, job_id, message, data={"resumed_from_step": claim.resume_step})
     model = apply_lorasp(loaded.model, lora)
     callback = JobProgressCallback(settings, job_id, worker_id, claim.attempt, keeper, storage)
     result = train(config, model, loaded.tokenizer, train_data, eval_data, callbacks=[callback],

@@ -1,0 +1,93 @@
+"""Fixtures of the end-to-end tests: see e2e_stack.py for what the stack is."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from e2e_stack import REPO_ROOT, Stack, free_port, run_cli, wait_until
+from sqlalchemy.engine import make_url
+
+from lorasp_service.settings import Settings
+
+
+@pytest.fixture(scope="session")
+def stack(
+    postgres_admin_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    session_tag = "e2e_" + secrets.token_hex(4)
+    admin_url = make_url(postgres_admin_url).set(database="postgres")
+    database_url = make_url(postgres_admin_url).set(database=f"lorasp_{session_tag}")
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{database_url.database}"'))
+    root = tmp_path_factory.mktemp("e2e")
+    port = free_port()
+    env = {key: value for key, value in os.environ.items() if not key.startswith("LORASP_")}
+    env.update({
+        "LORASP_HOME": str(root / "home"),
+        "LORASP_DATABASE_URL": database_url.render_as_string(hide_password=False),
+        "LORASP_BROKER_URL": redis_url,
+        "LORASP_BROKER_KEY_PREFIX": f"lorasp-{session_tag}:",
+        "LORASP_QUEUE_NAME": f"lorasp-{session_tag}",
+        "LORASP_MODEL_CACHE_DIR": str(root / "models"),
+        "LORASP_PORT": str(port),
+        "LORASP_CHECKPOINT_EVERY_STEPS": "10",
+        "LORASP_HEARTBEAT_INTERVAL_SECONDS": "0.5",
+        "LORASP_HEARTBEAT_STALE_SECONDS": "5",
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "PYTHONPATH": str(REPO_ROOT),
+    })
+    logs = root / "logs"
+    logs.mkdir()
+    run_cli(env, "migrate")
+    api_key = run_cli(env, "admin", "create-key", "--tenant", "e2e").strip().splitlines()[-1]
+    settings = Settings(**{key[len("LORASP_"):].lower(): value for key, value in env.items()
+                           if key.startswith("LORASP_")})
+    engine = sa.create_engine(database_url)
+    serve_log = logs / "serve.log"
+    with serve_log.open("wb") as log:
+        command = [sys.executable, "-m", "lorasp_service.cli", "serve"]
+        server = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+    base_url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        assert server.poll() is None, serve_log.read_text()
+        try:
+            return httpx.get(base_url + "/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    stack = Stack(env=env, settings=settings, base_url=base_url, api_key=api_key, logs=logs, engine=engine)
+    try:
+        wait_until(healthy, 90, "the API to answer /health")
+        yield stack
+    finally:
+        stack.kill_workers()
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(30)
+        engine.dispose()
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{database_url.database}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def worker(stack: Stack) -> Path:
+    """One live worker process (started on first use, restarted if a test killed it)."""
+    live = stack.live_workers()
+    if live:
+        return stack.worker_logs[stack.workers.index(live[-1])]
+    return stack.start_worker()
