@@ -97,7 +97,8 @@ def follow_job(client: httpx.Client, job_id: str) -> dict[str, Any]:
             metrics = next((e["data"] for e in events if e["type"] == "metrics" and e.get("data")), None)
             if metrics:
                 if bar is None:
-                    bar = tqdm(total=metrics["total_steps"], desc="fine-tuning", unit="step")
+                    bar = tqdm(total=metrics["total_steps"], initial=metrics["step"], desc="fine-tuning",
+                               unit="step")
                 bar.n = metrics["step"]
                 loss, speed = metrics["train_loss"], metrics["tokens_per_second"]
                 bar.set_postfix(loss=f"{loss:.3f}", tokens_s=f"{speed:.0f}")
