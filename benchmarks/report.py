@@ -118,3 +118,37 @@ def write_sst2_report(results: list[dict[str, Any]], args: dict[str, Any], path:
             f"{r['train_seconds']:.1f} | {r['peak_rss_mb']:.0f} |"
         )
     path.write_text("\n".join(out) + "\n")
+
+
+def write_serving_report(results: dict[str, Any], path: Path) -> None:
+    machine = machine_description()
+    r = results
+    overhead = 1 - r["tokens_per_second_adapter"] / r["tokens_per_second_base"]
+    speedup = r["throughput_mixed_batching"] / r["throughput_one_adapter_at_a_time"]
+    out = [
+        "# Serving benchmark",
+        "",
+        f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory_gib']} GiB, "
+        f"GPU: {machine['gpu'] or 'none'}; torch {machine['torch']} ({r['torch_threads']} threads).",
+        "",
+        f"Model {r['model']}, {r['adapters']} LoRA-SP adapters (r={r['rank']}), {r['requests']} requests of "
+        f"{r['max_tokens']} generated tokens each, greedy.",
+        "",
+        "| figure | value | target |",
+        "|---|---|---|",
+        f"| hot-load, median | {r['hot_load_ms_median']:.1f} ms | < 50 ms: "
+        f"{'met' if r['hot_load_ms_median'] < 50 else 'MISSED'} |",
+        f"| hot-load, p95 | {r['hot_load_ms_p95']:.1f} ms | |",
+        f"| first token, base | {r['first_token_ms_base']:.0f} ms | |",
+        f"| first token, adapter | {r['first_token_ms_adapter']:.0f} ms | |",
+        f"| tokens/s, base | {r['tokens_per_second_base']:.1f} | |",
+        f"| tokens/s, adapter | {r['tokens_per_second_adapter']:.1f} | overhead {100 * overhead:.1f}% "
+        f"(< 10%: {'met' if overhead < 0.10 else 'MISSED'}) |",
+        f"| requests/s, mixed-adapter batching | {r['throughput_mixed_batching']:.2f} | "
+        f"{speedup:.2f}x one-at-a-time (>= 3x: {'met' if speedup >= 3 else 'MISSED'}) |",
+        f"| requests/s, one adapter at a time (a batch per adapter) | "
+        f"{r['throughput_one_adapter_at_a_time']:.2f} | |",
+        f"| requests/s, PEFT set_adapter (a generate batch per adapter) | "
+        f"{r['throughput_peft_set_adapter']:.2f} | |",
+    ]
+    path.write_text("\n".join(out) + "\n")

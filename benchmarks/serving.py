@@ -213,6 +213,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text + "\n")
+        from benchmarks.report import write_serving_report
+
+        write_serving_report(results, args.out.with_suffix(".md"))
 
 
 if __name__ == "__main__":
