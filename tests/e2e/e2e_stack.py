@@ -113,6 +113,20 @@ class Stack:
             return int(conn.execute(query, {"id": job_id}).scalar_one())
 
 
+def events_of(client: httpx.Client, job_id: str) -> list[dict[str, Any]]:
+    """All events of the job, newest first (paging with `after` like OpenAI's list)."""
+    events: list[dict[str, Any]] = []
+    params: dict[str, Any] = {"limit": 100}
+    while True:
+        response = client.get(f"/fine_tuning/jobs/{job_id}/events", params=params)
+        assert response.status_code == 200, response.text
+        page = response.json()
+        events += page["data"]
+        if not page["has_more"]:
+            return events
+        params["after"] = page["data"][-1]["id"]
+
+
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.25) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from e2e_stack import Stack, chat_rows, wait_for_end, wait_until
+from e2e_stack import Stack, chat_rows, events_of, wait_for_end, wait_until
 from safetensors.torch import load_file
 
 from lorasp_service.queue import enqueue_job
@@ -33,20 +33,6 @@ def first_checkpoint(client: httpx.Client, job_id: str) -> dict[str, Any]:
         return page[-1] if page else None
 
     return dict(wait_until(listed, 90, f"a checkpoint of {job_id}"))
-
-
-def events_of(client: httpx.Client, job_id: str) -> list[dict[str, Any]]:
-    """All events of the job, newest first (paging with `after` like OpenAI's list)."""
-    events: list[dict[str, Any]] = []
-    params: dict[str, Any] = {"limit": 100}
-    while True:
-        response = client.get(f"/fine_tuning/jobs/{job_id}/events", params=params)
-        assert response.status_code == 200, response.text
-        page = response.json()
-        events += page["data"]
-        if not page["has_more"]:
-            return events
-        params["after"] = page["data"][-1]["id"]
 
 
 def log_says(log_path: Path, text: str) -> bool:
