@@ -163,3 +163,19 @@ def test_job_of_a_killed_worker_resumes_from_its_last_checkpoint(stack: Stack, w
     row = stack.job_row(job["id"])
     assert row["attempts"] == 2
     assert stack.count("adapters", job["id"]) == 1
+
+
+def test_a_training_file_with_too_long_examples_fails_the_job_naming_the_lines(
+    stack: Stack, worker: Path
+) -> None:
+    rows = chat_rows(8, words=4)
+    long_text = "x" * (stack.settings.max_example_tokens + 100)  # byte-level tokenizer: >= 1 token a byte
+    rows[2]["messages"][0]["content"] = rows[5]["messages"][0]["content"] = long_text
+    with stack.client() as client:
+        job = stack.create_job(client, stack.upload(client, rows), n_epochs=1, batch_size=4)
+        failed = wait_for_end(client, job["id"], 90)
+    assert failed["status"] == "failed"
+    assert failed["error"]["code"] == "invalid_training_file"
+    assert failed["error"]["param"] == "training_file"
+    assert "line 3" in failed["error"]["message"] and "line 6" in failed["error"]["message"]
+    assert stack.count("adapters", job["id"]) == 0
