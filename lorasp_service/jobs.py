@@ -266,11 +266,12 @@ def finish_job(settings: Settings, job_id: str, worker_id: str, attempt: int, st
         return False
 
 
-def orphaned_job_ids(settings: Settings) -> list[str]:
-    """Queued jobs, and running jobs whose lease is dead: what a lost message would leave behind."""
+def orphaned_job_ids(settings: Settings, *, include_queued: bool = True) -> list[str]:
+    """Running jobs whose lease is dead (and queued jobs): what a lost message would leave behind."""
     me, now = worker_identity(), utcnow()
+    statuses = ("queued", "running") if include_queued else ("running",)
     with session_scope(settings) as session:
-        jobs = session.scalars(select(Job).where(Job.status.in_(("queued", "running")))).all()
+        jobs = session.scalars(select(Job).where(Job.status.in_(statuses))).all()
         return [job.id for job in jobs if job.status == "queued" or lease_is_dead(job, settings, me, now)]
 
 

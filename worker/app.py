@@ -34,19 +34,18 @@ def _fresh_connections_after_fork(**_: Any) -> None:
 
 @worker_ready.connect  # type: ignore[untyped-decorator]
 def _recover_orphaned_jobs(**_: Any) -> None:
-    """Embedded broker: re-enqueue jobs whose message was lost with a killed worker.
+    """Re-enqueue jobs whose worker was killed, so they resume from their last checkpoint now.
 
-    The filesystem broker cannot redeliver the message of a worker that was killed; Redis redelivers it
-    after the visibility timeout, so this sweep runs only in the embedded default. Duplicates are harmless:
-    a task re-checks the job's state and lease before doing anything.
+    The filesystem broker cannot redeliver a killed worker's message at all, so there queued jobs are
+    re-sent too. Redis would redeliver only after the visibility timeout (longer than the longest job),
+    so there the running jobs with a dead lease are re-sent at once. Duplicates are harmless: a task
+    re-checks the job's state and lease before doing anything.
     """
     settings = get_settings()
-    if not settings.embedded:
-        return
     from lorasp_service.jobs import orphaned_job_ids
 
     try:
-        job_ids = orphaned_job_ids(settings)
+        job_ids = orphaned_job_ids(settings, include_queued=settings.embedded)
     except Exception as error:  # noqa: BLE001 - a missing schema must not stop the worker
         log.warning("could not look for orphaned jobs: %s", error)
         return

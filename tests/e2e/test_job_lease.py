@@ -110,3 +110,17 @@ def test_a_lease_of_a_dead_process_on_this_host_is_taken_over_at_once(
     # What a pool process killed mid-job leaves: a fresh heartbeat, but its pid no longer exists.
     jobs.claim_job(settings, job_id, jobs.worker_identity().rsplit(":", 1)[0] + ":999999999")
     assert jobs.claim_job(settings, job_id, jobs.worker_identity()).outcome == jobs.ClaimOutcome.TAKEN_OVER
+
+
+def test_orphan_sweep_finds_dead_leases_and_only_with_include_queued_the_queued_jobs(
+    settings: Settings, job_id: str
+) -> None:
+    # Redis mode sweeps running jobs whose lease is dead (their message waits out the visibility
+    # timeout); queued jobs still have their message in Redis, so they are not re-sent there.
+    assert job_id in jobs.orphaned_job_ids(settings, include_queued=True)
+    assert job_id not in jobs.orphaned_job_ids(settings, include_queued=False)
+    jobs.claim_job(settings, job_id, DEAD_WORKER)
+    assert job_id not in jobs.orphaned_job_ids(settings, include_queued=False)  # heartbeat is fresh
+    stale = jobs.utcnow() - timedelta(seconds=settings.heartbeat_stale_seconds + 1)
+    set_job(settings, job_id, heartbeat_at=stale)
+    assert job_id in jobs.orphaned_job_ids(settings, include_queued=False)
