@@ -27,8 +27,10 @@ serve: install
 worker: install
 	$(VENV)/bin/lorasp worker
 
+# One torch thread by default: the e2e tests run an API and worker processes beside pytest on few cores,
+# where more threads per process only oversubscribe them.
 test: install
-	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 test-core: install
 	$(PY) -m pytest -q tests/core $(PYTEST_ARGS)
