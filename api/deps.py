@@ -20,7 +20,7 @@ from api.errors import invalid_api_key
 from api.services.serving import build_serving_engine
 from lorasp_core.serving import ServingEngine
 from lorasp_service.auth import tenant_for_key
-from lorasp_service.db import make_engine
+from lorasp_service.db import make_engine, managed_session
 from lorasp_service.orm import Tenant
 from lorasp_service.settings import Settings
 from lorasp_service.storage import BlobStorage
@@ -86,14 +86,7 @@ SettingsDep = Annotated[Settings, Depends(get_request_settings)]
 
 
 def get_session(resources: ResourcesDep) -> Iterator[Session]:
-    session = resources.sessions()
-    try:
-        yield session
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
+    yield from managed_session(resources.sessions)
 
 
 SessionDep = Annotated[Session, Depends(get_session)]

@@ -48,10 +48,9 @@ def session_factory(settings: Settings | None = None) -> sessionmaker[Session]:
     return sessionmaker(bind=get_engine(settings), expire_on_commit=False)
 
 
-@contextmanager
-def session_scope(settings: Settings | None = None) -> Iterator[Session]:
-    """A session whose transaction the caller commits explicitly; rolled back on error."""
-    session = session_factory(settings)()
+def managed_session(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A session whose transaction the caller commits explicitly; rolled back on error, always closed."""
+    session = factory()
     try:
         yield session
     except BaseException:
@@ -59,6 +58,11 @@ def session_scope(settings: Settings | None = None) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+@contextmanager
+def session_scope(settings: Settings | None = None) -> Iterator[Session]:
+    yield from managed_session(session_factory(settings))
 
 
 def migrate(settings: Settings | None = None) -> None:

@@ -7,14 +7,29 @@ import os
 import shutil
 import tarfile
 import tempfile
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 
 class BlobTooLargeError(ValueError):
     def __init__(self, limit: int) -> None:
         super().__init__(f"upload exceeds the limit of {limit} bytes")
         self.limit = limit
+
+
+class _HashingWriter:
+    def __init__(self, out: BinaryIO, max_bytes: int | None) -> None:
+        self.out, self.max_bytes = out, max_bytes
+        self.size, self.digest = 0, hashlib.sha256()
+
+    def write(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.max_bytes is not None and self.size > self.max_bytes:
+            raise BlobTooLargeError(self.max_bytes)
+        self.digest.update(chunk)
+        self.out.write(chunk)
 
 
 class BlobStorage:
@@ -40,40 +55,33 @@ class BlobStorage:
         os.replace(tmp, target)
         return target
 
+    @contextmanager
+    def _hashed_writer(self, key: str, max_bytes: int | None = None) -> Iterator[_HashingWriter]:
+        """A writer that hashes, counts and enforces `max_bytes`; the file lands at `key` atomically
+        when the block succeeds, and nothing is left when it fails."""
+        tmp = self._tmp()
+        try:
+            with tmp.open("wb") as out:
+                writer = _HashingWriter(out, max_bytes)
+                yield writer
+                out.flush()
+                os.fsync(out.fileno())
+            self._commit(tmp, key)
+        finally:
+            tmp.unlink(missing_ok=True)
+
     async def write_stream(self, key: str, chunks: AsyncIterator[bytes], max_bytes: int) -> tuple[int, str]:
         """Stream chunks to `key` in constant memory; returns (size, sha256). Nothing is left on error."""
-        tmp = self._tmp()
-        digest, size = hashlib.sha256(), 0
-        try:
-            with tmp.open("wb") as out:
-                async for chunk in chunks:
-                    size += len(chunk)
-                    if size > max_bytes:
-                        raise BlobTooLargeError(max_bytes)
-                    digest.update(chunk)
-                    out.write(chunk)
-                out.flush()
-                os.fsync(out.fileno())
-            self._commit(tmp, key)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return size, digest.hexdigest()
+        with self._hashed_writer(key, max_bytes) as writer:
+            async for chunk in chunks:
+                writer.write(chunk)
+        return writer.size, writer.digest.hexdigest()
 
     def write_bytes(self, key: str, data: bytes | Iterable[bytes]) -> tuple[int, str]:
-        tmp = self._tmp()
-        digest, size = hashlib.sha256(), 0
-        try:
-            with tmp.open("wb") as out:
-                for chunk in [data] if isinstance(data, bytes) else data:
-                    size += len(chunk)
-                    digest.update(chunk)
-                    out.write(chunk)
-                out.flush()
-                os.fsync(out.fileno())
-            self._commit(tmp, key)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return size, digest.hexdigest()
+        with self._hashed_writer(key) as writer:
+            for chunk in [data] if isinstance(data, bytes) else data:
+                writer.write(chunk)
+        return writer.size, writer.digest.hexdigest()
 
     def put_dir(self, key: str, source: Path) -> Path:
         """Copy a directory in under `key` atomically (copy to a temp dir, then rename)."""
