@@ -74,6 +74,26 @@ def target_lines(best: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
+def budget_lines(results: list[dict[str, Any]], args: dict[str, Any]) -> list[str]:
+    methods = {r["method"] for r in results}
+    lines = []
+    if methods - {"chat-base", "chat-lorasp"}:
+        lines += [
+            f"Encoder budget: minilm-l6, {args['train_size']} training examples (fixed sample), "
+            f"{args['epochs']} epochs, batch {args['batch_size']}, max length {args['max_length']}, "
+            f"r={args['r']}, alpha={args['alpha']}, seeds {args['seeds']}; each run in its own process.",
+            "",
+        ]
+    if methods & {"chat-base", "chat-lorasp"}:
+        lines += [
+            f"Causal-LM budget: smollm2-135m-instruct, SST-2 rewritten as chat, {args['chat_train_size']} "
+            f"training examples, {args['chat_epochs']} epoch(s), batch {args['chat_batch_size']}, "
+            f"r={args['r']}; dev accuracy by greedy generation (first sentiment word named).",
+            "",
+        ]
+    return lines
+
+
 def write_sst2_report(results: list[dict[str, Any]], args: dict[str, Any], path: Path) -> None:
     best = summarise(results)
     machine = machine_description()
@@ -84,10 +104,7 @@ def write_sst2_report(results: list[dict[str, Any]], args: dict[str, Any], path:
         f"GPU: {machine['gpu'] or 'none'}; Python {machine['python']}, torch {machine['torch']} "
         f"({machine['torch_threads']} threads); {machine['platform']}.",
         "",
-        f"Budget: minilm-l6, {args['train_size']} training examples (fixed sample), {args['epochs']} epochs, "
-        f"batch {args['batch_size']}, max length {args['max_length']}, r={args['r']}, alpha={args['alpha']}, "
-        f"seeds {args['seeds']}; each run in its own process.",
-        "",
+        *budget_lines(results, args),
         "## Each method at its best learning rate",
         "",
         "| method | lr | dev accuracy (mean ± sd) | trainable params | adapter optimizer state (bytes) "
