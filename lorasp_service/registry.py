@@ -110,9 +110,10 @@ def job_training_hyperparameters(job: Job) -> dict[str, Any]:
     return dict(job.method[method_type]["hyperparameters"])
 
 
-def new_adapter_id(base_model: str, suffix: str | None) -> str:
-    """`ft:<base model>:<suffix or "lorasp">:<8 random chars>`, the job's `fine_tuned_model`."""
-    token = "".join(secrets.choice(_ADAPTER_TOKEN_ALPHABET) for _ in range(8))
+def new_adapter_id(base_model: str, suffix: str | None, token: str | None = None) -> str:
+    """`ft:<base model>:<suffix or "lorasp">:<token>`, the job's `fine_tuned_model`; the token defaults to
+    8 random characters (a training job passes the start of its own id)."""
+    token = token or "".join(secrets.choice(_ADAPTER_TOKEN_ALPHABET) for _ in range(8))
     return f"ft:{base_model}:{suffix or 'lorasp'}:{token}"
 
 

@@ -33,7 +33,7 @@ from lorasp_core import (
 from lorasp_core.data import Example
 from lorasp_core.train_config import TaskType
 from lorasp_core.trainer import TrainConfig, train
-from lorasp_service import jobs
+from lorasp_service import jobs, registry
 from lorasp_service.db import session_scope
 from lorasp_service.orm import Adapter, File, Job
 from lorasp_service.settings import Settings
@@ -114,8 +114,7 @@ def check_token_lengths(path: Path, tokenizer: Any, settings: Settings, param: s
 
 
 def fine_tuned_model_id(job: Job) -> str:
-    short_job_id = job.id.split("-", 1)[-1][:8]
-    return f"ft:{job.model}:{job.suffix or 'lorasp'}:{short_job_id}"
+    return registry.new_adapter_id(job.model, job.suffix, token=job.id.split("-", 1)[-1][:8])
 
 
 def _target_module_names(adapter_dir: Path) -> list[str]:
