@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.errors import invalid_api_key
 from api.services.serving import build_serving_engine
 from lorasp_core.serving import ServingEngine
-from lorasp_service.auth import tenant_for_key
+from lorasp_service.auth import SHOWN_KEY_CHARS, tenant_for_key
 from lorasp_service.db import make_engine, managed_session
 from lorasp_service.orm import Tenant
 from lorasp_service.settings import Settings
@@ -111,7 +111,8 @@ def get_current_tenant(
         )
     tenant = tenant_for_key(session, credentials.credentials)
     if tenant is None:
-        shown = credentials.credentials[:10] + "****" if len(credentials.credentials) > 14 else "****"
+        key = credentials.credentials
+        shown = key[:10] + "****" if len(key) > SHOWN_KEY_CHARS else "****"
         raise invalid_api_key(f"Incorrect API key provided: {shown}. The key is unknown or revoked.")
     return tenant
 

@@ -58,6 +58,10 @@ def not_found(what: str, identifier: str, *, param: str | None = None, code: str
     return APIError(404, f"No {what} found with id '{identifier}'.", param=param, code=code)
 
 
+def file_too_large(message: str) -> APIError:
+    return APIError(413, message, param="file", code="file_too_large")
+
+
 def invalid_api_key(message: str) -> APIError:
     error = APIError(401, message, code="invalid_api_key")
     error.headers["WWW-Authenticate"] = "Bearer"

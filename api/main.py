@@ -12,7 +12,7 @@ from fastapi import APIRouter, FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.deps import AppResources
-from api.errors import APIError, error_response, install_error_handlers
+from api.errors import error_response, file_too_large, install_error_handlers
 from api.routes import adapters, files, health, inference, jobs, models, serving
 from lorasp_core.serving import ServingEngine
 from lorasp_service.settings import Settings, get_settings
@@ -51,12 +51,9 @@ class UploadSizeGuard:
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in UPLOAD_PATHS:
             declared = dict(scope["headers"]).get(b"content-length", b"").decode("latin-1").strip()
             if declared.isdigit() and int(declared) > self.limit:
-                error = APIError(
-                    413,
+                error = file_too_large(
                     f"Request body of {declared} bytes exceeds the upload limit of "
-                    f"{self.max_upload_bytes} bytes.",
-                    param="file",
-                    code="file_too_large",
+                    f"{self.max_upload_bytes} bytes."
                 )
                 response = error_response(413, error.detail, {"Connection": "close"})
                 await response(scope, receive, send)

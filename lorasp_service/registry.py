@@ -58,10 +58,16 @@ def get_file_for_tenant(session: Session, tenant_id: str, file_id: str) -> File 
     ).one_or_none()
 
 
-def get_job_for_tenant(session: Session, tenant_id: str, job_id: str) -> Job | None:
+def get_job_for_tenant(
+    session: Session, tenant_id: str, job_id: str, *, for_update: bool = False
+) -> Job | None:
+    """`for_update`: lock the row (SELECT ... FOR UPDATE) until the transaction ends."""
     if not is_plausible_id(job_id):
         return None
-    return session.scalars(select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id)).one_or_none()
+    statement = select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id)
+    if for_update:
+        statement = statement.with_for_update()
+    return session.scalars(statement).one_or_none()
 
 
 def get_adapter_for_tenant(session: Session, tenant_id: str, adapter_id: str) -> Adapter | None:

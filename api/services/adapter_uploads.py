@@ -17,7 +17,7 @@ from typing import IO
 
 from sqlalchemy.orm import Session
 
-from api.errors import APIError
+from api.errors import APIError, file_too_large
 from api.services.adapter_archives import UnsafeArchiveError, unpack_adapter_archive
 from api.services.catalog import enabled_base_models
 from api.services.serving import engine_errors
@@ -45,8 +45,7 @@ def _copy_capped(source: IO[bytes], target: Path, limit: int) -> None:
         while chunk := source.read(COPY_CHUNK_BYTES):
             size += len(chunk)
             if size > limit:
-                message = f"The upload exceeds the limit of {limit} bytes."
-                raise APIError(413, message, param="file", code="file_too_large")
+                raise file_too_large(f"The upload exceeds the limit of {limit} bytes.")
             out.write(chunk)
     if size == 0:
         raise _invalid("The uploaded file is empty.", code="invalid_archive")
@@ -79,8 +78,8 @@ def upload_adapter(
     adapter_id = registry.new_adapter_id(base_model, suffix)
     work = Path(tempfile.mkdtemp(dir=storage.root / ".tmp", prefix="adapter-upload-"))
     dir_key = f"adapters/{new_id('upload')}"
-    archive_key = f"{dir_key}.tar.gz"
     stored = False
+    adapter: Adapter | None = None
     try:
         archive = work / "upload.bin"
         _copy_capped(upload, archive, settings.max_upload_bytes)
@@ -106,23 +105,25 @@ def upload_adapter(
         freeze_ratio = _freeze_ratio(parsed.extra)
         storage.put_dir(dir_key, root)
         stored = True
-        size, digest = storage.archive_dir(dir_key, archive_key)
         adapter = Adapter(
             id=adapter_id, tenant_id=tenant.id, job_id=None, base_model=base_model, task=parsed.task,
-            source="upload", storage_key=dir_key, archive_key=archive_key, sha256=digest, bytes=size,
-            rank=parsed.rank, freeze_ratio=freeze_ratio,
+            source="upload", storage_key=dir_key, rank=parsed.rank, freeze_ratio=freeze_ratio,
             target_modules=sorted({path.rsplit(".", 1)[-1] for path in parsed.lora}),
             label_names=None if labels is None else list(labels),
         )
         session.add(adapter)
+        registry.ensure_adapter_archive(session, storage, adapter)  # writes <dir_key>.tar.gz, bytes, sha256
         session.commit()
     except BaseException:
+        # Read the archive key (set once the archive is written) before the rollback expunges the row.
+        orphans = [dir_key] + ([adapter.archive_key] if adapter is not None and adapter.archive_key else [])
         session.rollback()
         if stored:
-            registry.delete_blobs(storage, [dir_key, archive_key])
+            registry.delete_blobs(storage, orphans)
         raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    assert adapter is not None
     logger.info(
         "adapter %r uploaded by tenant %s: %s, rank %d, %d bytes", adapter.id, tenant.id, adapter.task,
         adapter.rank, adapter.bytes,

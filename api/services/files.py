@@ -13,7 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from api.errors import APIError, not_found
+from api.errors import APIError, file_too_large, not_found
 from api.services.paging import fetch_page, newer_first_after
 from lorasp_core.data import DatasetReport, validate_dataset
 from lorasp_service import registry
@@ -70,12 +70,7 @@ async def upload_file(
     try:
         size, sha256 = await storage.write_stream(key, _chunks(upload), settings.max_upload_bytes)
     except BlobTooLargeError as error:
-        raise APIError(
-            413,
-            f"File '{filename}' is larger than the limit of {error.limit} bytes.",
-            param="file",
-            code="file_too_large",
-        ) from error
+        raise file_too_large(f"File '{filename}' is larger than the limit of {error.limit} bytes.") from error
     try:
         report: DatasetReport = await run_in_threadpool(validate_dataset, storage.path(key))
         if not report.ok:

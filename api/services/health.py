@@ -19,7 +19,7 @@ class HealthReport(BaseModel):
 
     @property
     def ok(self) -> bool:
-        return self.database == "ok" and self.broker == "ok"
+        return self.status == "ok"
 
 
 def check_database(engine: Engine) -> str:

@@ -115,8 +115,8 @@ def _send_to_workers(session: Session, job: Job, enqueue: EnqueueJob) -> None:
         ) from error
 
 
-def get_job(session: Session, tenant: Tenant, job_id: str) -> Job:
-    job = registry.get_job_for_tenant(session, tenant.id, job_id)
+def get_job(session: Session, tenant: Tenant, job_id: str, *, for_update: bool = False) -> Job:
+    job = registry.get_job_for_tenant(session, tenant.id, job_id, for_update=for_update)
     if job is None:
         raise not_found("fine-tuning job", job_id, param="fine_tuning_job_id")
     return job
@@ -134,13 +134,7 @@ def list_jobs(session: Session, tenant: Tenant, after: str | None, limit: int) -
 
 def cancel_job(session: Session, tenant: Tenant, job_id: str) -> Job:
     # Row lock: the worker may be moving the job from queued to running right now.
-    if not registry.is_plausible_id(job_id):
-        raise not_found("fine-tuning job", job_id, param="fine_tuning_job_id")
-    job = session.scalars(
-        select(Job).where(Job.id == job_id, Job.tenant_id == tenant.id).with_for_update()
-    ).one_or_none()
-    if job is None:
-        raise not_found("fine-tuning job", job_id, param="fine_tuning_job_id")
+    job = get_job(session, tenant, job_id, for_update=True)
     if job.status in registry.FINISHED_STATUSES:
         raise APIError(
             400,
