@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from lorasp_core.config import ALL_LINEAR, LoraSPConfig
+from lorasp_core.train_config import TaskType as TaskType  # re-exported: adapters, checkpoint
 from lorasp_core.wrapping import (
     CLASSIFIER_HEAD_NAMES,
     CONFIG_ATTR,
@@ -22,7 +23,6 @@ from lorasp_core.wrapping import (
     modules_to_save_of,
 )
 
-TaskType = Literal["causal-lm", "seq-cls"]
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
 LORASP_FILE = "lorasp.json"
@@ -51,7 +51,6 @@ class AdapterMetadata:
     label_names: list[str] | None = None
     chat_template: str | None = None
     training_summary: dict[str, Any] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def lorasp_config(self) -> LoraSPConfig:
         return LoraSPConfig(

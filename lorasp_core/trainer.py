@@ -106,10 +106,17 @@ def forward_logits(model: nn.Module, batch: Batch, amp_dtype: torch.dtype | None
 
 def loss_sum_and_targets(logits: torch.Tensor, labels: torch.Tensor, task: str) -> tuple[torch.Tensor, int]:
     """Summed cross-entropy and number of targets, so accumulation weighs every target equally."""
+    count = _count_targets(labels, task)
     if task == "causal-lm":  # predict token t+1 from tokens <= t
         logits, labels = logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1)
     loss = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum")
-    return loss, int((labels != IGNORE_INDEX).sum())
+    return loss, count
+
+
+def _count_targets(labels: torch.Tensor, task: str) -> int:
+    """Labels that contribute to the loss (for causal-lm the first position predicts nothing)."""
+    shifted = labels[:, 1:] if task == "causal-lm" else labels
+    return int((shifted != IGNORE_INDEX).sum())
 
 
 def to_device(batch: Batch, device: torch.device) -> Batch:
@@ -117,12 +124,18 @@ def to_device(batch: Batch, device: torch.device) -> Batch:
 
 
 # -- evaluation ------------------------------------------------------------------------------
-@torch.no_grad()
 def evaluate(model: nn.Module, tokenizer: PreTrainedTokenizerBase, data: Sequence[Example],
              config: TrainConfig, label_names: list[str] | None = None) -> dict[str, float]:
     """Mean loss per target (+ accuracy for seq-cls) on `data`; the model's train/eval mode is kept."""
     label_names = resolve_label_names(config, data, label_names)
     examples = tokenize_all(data, tokenizer, config, label_names)
+    return _evaluate_tokenized(model, examples, pad_token_id(tokenizer), config)
+
+
+@torch.no_grad()
+def _evaluate_tokenized(model: nn.Module, examples: Sequence[TokenizedExample], pad_id: int,
+                        config: TrainConfig) -> dict[str, float]:
+    """`evaluate` on already tokenized examples (train tokenizes its eval data once)."""
     device = next(model.parameters()).device
     amp_dtype = autocast_dtype(config.mixed_precision, device)
     was_training = model.training
@@ -130,7 +143,7 @@ def evaluate(model: nn.Module, tokenizer: PreTrainedTokenizerBase, data: Sequenc
     try:
         loss_total, targets, correct = 0.0, 0, 0
         for indices in padded_batches(len(examples), config.batch_size, seed=0, epoch=0, shuffle=False):
-            batch = to_device(collate([examples[i] for i in indices], pad_token_id(tokenizer)), device)
+            batch = to_device(collate([examples[i] for i in indices], pad_id), device)
             logits = forward_logits(model, batch, amp_dtype)
             loss, count = loss_sum_and_targets(logits, batch["labels"], config.task)
             loss_total, targets = loss_total + float(loss), targets + count
@@ -169,6 +182,7 @@ def train(
         examples = packed_rows(examples, config.max_length, eos_id)
     if not examples:
         raise ValueError("no training examples")
+    eval_examples = tokenize_all(eval_data, tokenizer, config, label_names) if eval_data else []
     steps_per_epoch = len(step_groups(epoch_batches(examples, config, 0), config.grad_accum_steps))
     total_steps = config.epochs * steps_per_epoch
     if config.max_steps is not None:
@@ -259,7 +273,7 @@ def train(
                 # evaluation, progress, checkpoint
                 step_eval: dict[str, float] | None = None
                 if eval_data and config.eval_every_steps and step % config.eval_every_steps == 0:
-                    step_eval = eval_metrics = evaluate(model, tokenizer, eval_data, config, label_names)
+                    step_eval = eval_metrics = _evaluate_tokenized(model, eval_examples, pad_id, config)
                     evaluated_at_step = step
                     for callback in callbacks:
                         callback.on_evaluate(step, step_eval)
@@ -284,7 +298,7 @@ def train(
         ):
             last_checkpoint = checkpoint(step, epoch, next_group)
         if eval_data and not cancelled and evaluated_at_step != step:
-            eval_metrics = evaluate(model, tokenizer, eval_data, config, label_names)
+            eval_metrics = _evaluate_tokenized(model, eval_examples, pad_id, config)
             for callback in callbacks:
                 callback.on_evaluate(step, eval_metrics)
         model.train(was_training)
@@ -293,11 +307,6 @@ def train(
                        train_loss=loss_sum / step if step else None, eval_metrics=eval_metrics,
                        cancelled=cancelled, last_checkpoint=last_checkpoint,
                        optimizer_state_bytes=optimizer_state_bytes(optimizer, model))
-
-
-def _count_targets(labels: torch.Tensor, task: str) -> int:
-    shifted = labels[:, 1:] if task == "causal-lm" else labels
-    return int((shifted != IGNORE_INDEX).sum())
 
 
 def _base_model_name(model: nn.Module) -> str:

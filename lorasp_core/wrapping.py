@@ -139,13 +139,18 @@ def trainable_parameters(model: nn.Module) -> int:
     return sum(parameter.numel() for parameter in model.parameters() if parameter.requires_grad)
 
 
-def adapter_optimizer_state_entries(optimizer: torch.optim.Optimizer, model: nn.Module) -> int:
-    """Elements of Adam's exp_avg/exp_avg_sq held for the LoRA adapter parameters (not the head)."""
-    adapter_parameters = {
+def _adapter_parameter_ids(model: nn.Module) -> set[int]:
+    """ids of the trainable LoRA A/B parameters (what the optimizer state is keyed by; no head)."""
+    return {
         id(parameter)
         for _, layer in lorasp_layers(model)
         for parameter in (layer.lora_A_trainable, layer.lora_B_trainable)
     }
+
+
+def adapter_optimizer_state_entries(optimizer: torch.optim.Optimizer, model: nn.Module) -> int:
+    """Elements of Adam's exp_avg/exp_avg_sq held for the LoRA adapter parameters (not the head)."""
+    adapter_parameters = _adapter_parameter_ids(model)
     total = 0
     for parameter, state in optimizer.state.items():
         if id(parameter) in adapter_parameters:
@@ -165,11 +170,7 @@ def unmerge_adapters(model: nn.Module) -> None:
 
 def optimizer_state_bytes(optimizer: torch.optim.Optimizer, model: nn.Module) -> dict[str, int]:
     """Bytes of per-element optimizer state (Adam moments; scalar step counters excluded) by owner."""
-    adapter_parameters = {
-        id(parameter)
-        for _, layer in lorasp_layers(model)
-        for parameter in (layer.lora_A_trainable, layer.lora_B_trainable)
-    }
+    adapter_parameters = _adapter_parameter_ids(model)
     totals = {"adapter": 0, "other": 0}
     for parameter, state in optimizer.state.items():
         owner = "adapter" if id(parameter) in adapter_parameters else "other"

@@ -10,12 +10,13 @@ import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-TaskType = Literal["causal-lm", "seq-cls"]
-TASK_TYPES: tuple[TaskType, ...] = ("causal-lm", "seq-cls")
+from lorasp_core.train_config import TASKS
+from lorasp_core.train_config import TaskType as TaskType  # re-exported: models/__init__, loading
+
+TASK_TYPES: tuple[TaskType, ...] = TASKS
 
 CACHE_ENV_VAR = "LORASP_MODEL_CACHE"
 
