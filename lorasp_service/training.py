@@ -42,9 +42,6 @@ from lorasp_service.training_progress import JobProgressCallback, LeaseKeeper
 
 log = logging.getLogger(__name__)
 
-DEFAULT_LEARNING_RATE = 1e-3
-
-
 class JobFailure(Exception):
     """A failure the user can act on: becomes the job's `error`."""
 
@@ -56,43 +53,25 @@ class JobFailure(Exception):
         return {"code": self.code, "message": self.message, "param": self.param}
 
 
-def training_hyperparameters(job: Job) -> dict[str, Any]:
-    """The resolved hyperparameters the API stored: `method[type].hyperparameters` over OpenAI's trio."""
-    merged: dict[str, Any] = dict(job.hyperparameters or {})
-    method = job.method or {}
-    section = method.get(str(method.get("type", ""))) if method else None
-    if isinstance(section, dict):
-        merged.update(section.get("hyperparameters") or {})
-    return {key: value for key, value in merged.items() if value is not None and value != "auto"}
-
-
 def build_configs(job: Job, settings: Settings, task: TaskType, checkpoint_dir: Path,
                   resume_from: Path | None) -> tuple[LoraSPConfig, TrainConfig]:
-    hp = training_hyperparameters(job)
-    target_modules = hp.get("target_modules")
-    if isinstance(target_modules, list):
-        target_modules = tuple(target_modules)
     try:
+        # The API stored the spec fully resolved (defaults, "auto", multiplier): no second defaults here.
+        hp = registry.job_training_hyperparameters(job)
+        target_modules = hp["target_modules"]
         lora = LoraSPConfig(
-            r=int(hp.get("rank", hp.get("r", 8))), alpha=float(hp.get("alpha", 16.0)),
-            dropout=float(hp.get("dropout", 0.0)), target_modules=target_modules,
-            freeze_ratio=float(hp.get("freeze_ratio", 0.5)), mask_seed=int(hp.get("mask_seed", job.seed)),
-            init_seed=int(hp.get("init_seed", job.seed)),
+            r=int(hp["rank"]), alpha=float(hp["alpha"]), dropout=float(hp["dropout"]),
+            target_modules=tuple(target_modules) if isinstance(target_modules, list) else target_modules,
+            freeze_ratio=float(hp["freeze_ratio"]), mask_seed=int(hp["mask_seed"]), init_seed=job.seed,
         )
-        learning_rate = hp.get("effective_learning_rate")
-        if learning_rate is None:
-            learning_rate = float(hp.get("learning_rate", DEFAULT_LEARNING_RATE)) * float(
-                hp.get("learning_rate_multiplier", 1.0))
         config = TrainConfig(
-            task=task,
-            epochs=int(hp.get("n_epochs", 1)), batch_size=int(hp.get("batch_size", 8)),
-            learning_rate=float(learning_rate), weight_decay=float(hp.get("weight_decay", 0.0)),
-            warmup_ratio=float(hp.get("warmup_ratio", 0.0)), max_length=int(hp.get("max_length", 512)),
-            max_steps=int(hp["max_steps"]) if "max_steps" in hp else None, seed=job.seed,
+            task=task, epochs=int(hp["n_epochs"]), batch_size=int(hp["batch_size"]),
+            learning_rate=float(hp["effective_learning_rate"]), weight_decay=float(hp["weight_decay"]),
+            warmup_ratio=float(hp["warmup_ratio"]), max_length=int(hp["max_length"]), seed=job.seed,
             checkpoint_every_steps=settings.checkpoint_every_steps, checkpoint_dir=str(checkpoint_dir),
             resume_from=str(resume_from) if resume_from else None,
         )
-    except (ValueError, TypeError) as error:
+    except (KeyError, ValueError, TypeError) as error:
         raise JobFailure("invalid_hyperparameters", f"invalid hyperparameters: {error}", "method") from error
     return lora, config
 
