@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO, cast
 
 
 class BlobTooLargeError(ValueError):
@@ -100,15 +100,14 @@ class BlobStorage:
     def archive_dir(self, dir_key: str, archive_key: str) -> tuple[int, str]:
         """Write `dir_key` as a .tar.gz at `archive_key` (files at the archive root)."""
         source = self.path(dir_key)
-        tmp = self._tmp(".tar.gz")
-        try:
-            with tarfile.open(tmp, "w:gz") as tar:
-                for item in sorted(source.iterdir()):
-                    tar.add(item, arcname=item.name)
-            with tmp.open("rb") as handle:
-                return self.write_bytes(archive_key, iter(lambda: handle.read(1 << 20), b""))
-        finally:
-            tmp.unlink(missing_ok=True)
+        # Streamed through the hashing writer: written once, hashed on the way (the tar closes first).
+        with (
+            self._hashed_writer(archive_key) as writer,
+            tarfile.open(fileobj=cast(IO[bytes], writer), mode="w|gz") as tar,
+        ):
+            for item in sorted(source.iterdir()):
+                tar.add(item, arcname=item.name)
+        return writer.size, writer.digest.hexdigest()
 
     def delete(self, key: str) -> None:
         path = self.path(key)
@@ -117,10 +116,3 @@ class BlobStorage:
         else:
             path.unlink(missing_ok=True)
 
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
