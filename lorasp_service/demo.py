@@ -142,13 +142,14 @@ def run_demo(client: httpx.Client) -> None:
     model = job["fine_tuned_model"]
     print(f"fine-tuned model: {model} ({job['trained_tokens']} trained tokens)\n")
     agree_tuned = agree_base = 0
-    for messages, expected in unseen_reviews():
+    reviews = unseen_reviews()
+    for messages, expected in reviews:
         tuned, base = ask(client, model, messages), ask(client, BASE_MODEL, messages)
         agree_tuned += tuned.lower().startswith(expected)
         agree_base += base.lower().startswith(expected)
         print(f"review: {messages[-1]['content']!r} (expected: {expected})")
         print(f"  fine-tuned: {tuned!r}\n  base model: {base!r}")
-    total = len(unseen_reviews())
+    total = len(reviews)
     print(f"\nanswered as expected: fine-tuned {agree_tuned}/{total}, base model {agree_base}/{total}")
 
 

@@ -8,7 +8,8 @@ One configuration, built from the one `Settings`, for the API (producer) and the
   after a visibility timeout longer than the longest job.
 * Embedded default: `filesystem://`, a broker that needs no server: messages are files under
   `<home>/broker/`. It cannot redeliver the message of a worker that was killed; `lorasp worker`
-  re-enqueues such orphaned jobs when it starts (see `lorasp_service.jobs.recover_orphaned_jobs`).
+  re-enqueues such orphaned jobs when it starts (`worker.app._recover_orphaned_jobs`, which uses
+  `lorasp_service.jobs.orphaned_job_ids`; in Redis mode it re-sends running jobs whose lease is dead).
 
 There is no result backend: the database holds the state of every job.
 
