@@ -14,7 +14,6 @@ from lorasp_core.data.formats import (
     DatasetProblem,
     DatasetReport,
     Example,
-    format_of,
     label_names_for,
 )
 from lorasp_core.data.readers import detect_layout, read_examples
@@ -41,7 +40,6 @@ __all__ = [
     "collate",
     "count_tokens",
     "detect_layout",
-    "format_of",
     "label_names_for",
     "length_grouped_batches",
     "packed_rows",

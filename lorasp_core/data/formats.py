@@ -39,14 +39,6 @@ class ClassificationExample:
 Example = ChatExample | CompletionExample | ClassificationExample
 
 
-def format_of(example: Example) -> DatasetFormat:
-    if isinstance(example, ChatExample):
-        return DatasetFormat.CHAT
-    if isinstance(example, CompletionExample):
-        return DatasetFormat.PROMPT_COMPLETION
-    return DatasetFormat.CLASSIFICATION
-
-
 @dataclass(frozen=True)
 class DatasetProblem:
     """One problem in a dataset file. line is 1-based; 0 means the file as a whole."""
