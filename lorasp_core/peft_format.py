@@ -27,7 +27,8 @@ ADAPTER_CONFIG_FILE = "adapter_config.json"
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
 LORASP_FILE = "lorasp.json"
 KEY_PREFIX = "base_model.model."  # PEFT's prefix for every saved key
-_PEFT_TASK_TYPES: dict[str, TaskType] = {"CAUSAL_LM": "causal-lm", "SEQ_CLS": "seq-cls"}
+PEFT_TASK_TYPES: dict[str, TaskType] = {"CAUSAL_LM": "causal-lm", "SEQ_CLS": "seq-cls"}
+_PEFT_TASK_TYPES = PEFT_TASK_TYPES  # the old private name
 _TASK_TO_PEFT: dict[TaskType, str] = {task: peft for peft, task in _PEFT_TASK_TYPES.items()}
 
 

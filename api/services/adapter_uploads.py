@@ -22,8 +22,6 @@ from api.services.adapter_archives import UnsafeArchiveError, unpack_adapter_arc
 from api.services.catalog import enabled_base_models
 from api.services.serving import engine_errors
 from lorasp_core.serving import AdapterLoadError, ServingEngine
-from lorasp_core.serving.adapter_files import read_peft_adapter
-from lorasp_core.serving.classification import adapter_label_names
 from lorasp_service import registry
 from lorasp_service.ids import new_id
 from lorasp_service.orm import Adapter, Tenant
@@ -92,10 +90,7 @@ def upload_adapter(
             raise _invalid(f"Rejected adapter archive: {error}.", code="invalid_archive") from error
         archive.unlink()
         with engine_errors("file"):
-            parsed = read_peft_adapter(adapter_id, root, max_rank=engine.max_rank)
-            resident = engine.base_model(base_model)
-            resident.validate(parsed)
-            labels = adapter_label_names(resident, parsed)
+            parsed, labels = engine.check_adapter(adapter_id, root, base_model)
             limit = settings.serving_max_adapter_bytes
             if limit is not None and parsed.nbytes > limit:
                 raise AdapterLoadError(

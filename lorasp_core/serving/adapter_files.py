@@ -17,13 +17,15 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from lorasp_core.peft_format import (
+    ADAPTER_CONFIG_FILE,
+    ADAPTER_WEIGHTS_FILE,
+    KEY_PREFIX,
+    LORASP_FILE,
+    PEFT_TASK_TYPES,
+)
 from lorasp_core.serving.types import AdapterLoadError
-
-CONFIG_FILE = "adapter_config.json"
-WEIGHTS_FILE = "adapter_model.safetensors"
-LORASP_FILE = "lorasp.json"
-KEY_PREFIX = "base_model.model."
-TASK_TYPES = {"CAUSAL_LM": "causal-lm", "SEQ_CLS": "seq-cls"}
+from lorasp_core.wrapping import _matches
 
 
 @dataclass(frozen=True)
@@ -86,12 +88,12 @@ def _pattern_value(patterns: dict[str, Any], module_path: str, default: Any) -> 
 
 def _check_config(adapter_id: str, config: dict[str, Any]) -> None:
     def bad(problem: str) -> AdapterLoadError:
-        return AdapterLoadError(adapter_id, CONFIG_FILE, problem)
+        return AdapterLoadError(adapter_id, ADAPTER_CONFIG_FILE, problem)
 
     if config.get("peft_type", "LORA") != "LORA":
         raise bad(f"peft_type must be LORA, got {config.get('peft_type')!r}")
-    if config.get("task_type") not in TASK_TYPES:
-        raise bad(f"task_type must be one of {sorted(TASK_TYPES)}, got {config.get('task_type')!r}")
+    if config.get("task_type") not in PEFT_TASK_TYPES:
+        raise bad(f"task_type must be one of {sorted(PEFT_TASK_TYPES)}, got {config.get('task_type')!r}")
     r = config.get("r")
     if not isinstance(r, int) or isinstance(r, bool) or r < 1:
         raise bad(f"r must be a positive integer, got {r!r}")
@@ -109,18 +111,18 @@ def read_peft_adapter(adapter_id: str, path: Path | str, *, max_rank: int) -> Pa
     directory = Path(path)
     if not directory.is_dir():
         raise AdapterLoadError(adapter_id, str(directory), "adapter directory does not exist")
-    config = _read_json(adapter_id, directory / CONFIG_FILE, required=True)
+    config = _read_json(adapter_id, directory / ADAPTER_CONFIG_FILE, required=True)
     assert config is not None
     _check_config(adapter_id, config)
     extra = _read_json(adapter_id, directory / LORASP_FILE, required=False) or {}
 
-    weights_path = directory / WEIGHTS_FILE
+    weights_path = directory / ADAPTER_WEIGHTS_FILE
     if not weights_path.is_file():
-        raise AdapterLoadError(adapter_id, WEIGHTS_FILE, f"missing file (looked in {directory})")
+        raise AdapterLoadError(adapter_id, ADAPTER_WEIGHTS_FILE, f"missing file (looked in {directory})")
     try:
         tensors = load_file(str(weights_path), device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise AdapterLoadError(adapter_id, WEIGHTS_FILE, f"cannot read safetensors: {exc}") from exc
+        raise AdapterLoadError(adapter_id, ADAPTER_WEIGHTS_FILE, f"cannot read safetensors: {exc}") from exc
 
     lora, saved_modules = _split_tensors(adapter_id, config, tensors, max_rank)
     label_names = extra.get("label_names")
@@ -136,7 +138,7 @@ def read_peft_adapter(adapter_id: str, path: Path | str, *, max_rank: int) -> Pa
         adapter_id=adapter_id,
         path=directory,
         base_model_name_or_path=base_name if isinstance(base_name, str) and base_name else None,
-        task=TASK_TYPES[config["task_type"]],
+        task=PEFT_TASK_TYPES[config["task_type"]],
         lora=lora,
         saved_modules=saved_modules,
         label_names=tuple(label_names) if label_names is not None else None,
@@ -149,7 +151,7 @@ def _split_tensors(
     adapter_id: str, config: dict[str, Any], tensors: dict[str, torch.Tensor], max_rank: int
 ) -> tuple[dict[str, LoraPair], dict[str, dict[str, torch.Tensor]]]:
     def bad(problem: str) -> AdapterLoadError:
-        return AdapterLoadError(adapter_id, WEIGHTS_FILE, problem)
+        return AdapterLoadError(adapter_id, ADAPTER_WEIGHTS_FILE, problem)
 
     halves: dict[str, dict[str, torch.Tensor]] = {}
     saved_modules: dict[str, dict[str, torch.Tensor]] = {}
@@ -167,8 +169,7 @@ def _split_tensors(
         if "lora_" in name:
             raise bad(f"unsupported LoRA tensor {key!r} (only lora_A/lora_B weights of linear layers)")
         module_path, _, param = name.rpartition(".")
-        owner = next((m for m in modules_to_save if module_path == m or module_path.endswith("." + m)), None)
-        if owner is None:
+        if not any(_matches(module_path, m) for m in modules_to_save):
             raise bad(
                 f"tensor {key!r} is neither a LoRA weight nor part of modules_to_save {modules_to_save}"
             )

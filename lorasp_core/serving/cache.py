@@ -64,10 +64,6 @@ class AdapterCache:
     def __len__(self) -> int:
         return len(self.entries)
 
-    @property
-    def used_bytes(self) -> int:
-        return sum(entry.nbytes for entry in self.entries.values())
-
     def get(self, adapter_id: str) -> CacheEntry | None:
         return self.entries.get(adapter_id)
 

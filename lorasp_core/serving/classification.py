@@ -26,10 +26,10 @@ def adapter_label_names(resident: ResidentModel, adapter: ParsedAdapter) -> tupl
     if adapter.label_names is not None:
         return adapter.label_names
     width = head_width(resident, adapter)
-    if width is None:
-        return base_label_names(resident)
     base = base_label_names(resident)
-    return base if len(base) == width else tuple(f"LABEL_{i}" for i in range(width))
+    if width is None or len(base) == width:
+        return base
+    return tuple(f"LABEL_{i}" for i in range(width))
 
 
 def head_width(resident: ResidentModel, adapter: ParsedAdapter) -> int | None:

@@ -65,9 +65,10 @@ def pad_token_id(resident: ResidentModel) -> int:
 def sample_token(
     logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None
 ) -> int:
-    """Greedy at temperature 0, otherwise temperature + nucleus (top-p) sampling with the row's generator."""
-    if temperature <= 0:
-        return int(torch.argmax(logits).item())
+    """Temperature + nucleus (top-p) sampling with the row's generator; `temperature` must be > 0
+
+    (callers take the greedy argmax themselves at temperature 0).
+    """
     probs = torch.softmax(logits.float() / temperature, dim=-1)
     if top_p < 1.0:
         sorted_probs, order = torch.sort(probs, descending=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from lorasp_core.serving.adapter_files import read_peft_adapter
+from lorasp_core.serving.adapter_files import ParsedAdapter, read_peft_adapter
 from lorasp_core.serving.cache import AdapterCache, CacheEntry
 from lorasp_core.serving.classification import adapter_label_names
 from lorasp_core.serving.resident import ResidentModel
@@ -62,11 +62,25 @@ class AdapterManager:
                 logger.info("base model %r resident (%.0f ms)", name, (time.perf_counter() - started) * 1e3)
         return resident
 
-    def resident_models(self) -> list[str]:
-        with self._lock:
-            return list(self._residents)
-
     # adapters ---------------------------------------------------------------------------------------
+    def check_adapter(
+        self, adapter_id: str, path: Path | str, base_model: str
+    ) -> tuple[ParsedAdapter, tuple[str, ...] | None]:
+        """Parse an adapter directory and validate it against `base_model` without taking a slot.
+
+        Returns the parsed adapter and its label names (None for a causal LM); raises AdapterLoadError.
+        """
+        parsed, _, labels = self._check(adapter_id, path, base_model)
+        return parsed, labels
+
+    def _check(
+        self, adapter_id: str, path: Path | str, base_model: str
+    ) -> tuple[ParsedAdapter, ResidentModel, tuple[str, ...] | None]:
+        parsed = read_peft_adapter(adapter_id, path, max_rank=self.max_rank)
+        resident = self.base_model(base_model)
+        resident.validate(parsed)
+        return parsed, resident, adapter_label_names(resident, parsed)
+
     def load_adapter(
         self, adapter_id: str, path: Path | str, base_model: str, *, pin: bool = False
     ) -> AdapterInfo:
@@ -83,10 +97,7 @@ class AdapterManager:
                 entry.pinned = entry.pinned or pin
                 self._cache.touch(adapter_id)
                 return self._cache.info(adapter_id)
-        parsed = read_peft_adapter(adapter_id, path, max_rank=self.max_rank)
-        resident = self.base_model(base_model)
-        resident.validate(parsed)
-        labels = adapter_label_names(resident, parsed)
+        parsed, resident, labels = self._check(adapter_id, path, base_model)
         with self._lock:
             existing = self._cache.get(adapter_id)
             if existing is not None and existing.in_use:

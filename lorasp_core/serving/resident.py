@@ -11,7 +11,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from lorasp_core.serving.adapter_files import CONFIG_FILE, WEIGHTS_FILE, ParsedAdapter
+from lorasp_core.peft_format import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE
+from lorasp_core.serving.adapter_files import ParsedAdapter
 from lorasp_core.serving.multi_lora import MultiAdapterLinear, RowDispatchModule, SlotSelection, linear_dims
 from lorasp_core.serving.types import AdapterLoadError, BaseModelBundle
 
@@ -75,32 +76,32 @@ class ResidentModel:
         base = adapter.base_model_name_or_path
         if base is not None and not any(_same_model_name(base, alias) for alias in self.name_aliases()):
             raise AdapterLoadError(
-                aid, CONFIG_FILE, f"adapter was trained on base model {base!r}, not {self.name!r}"
+                aid, ADAPTER_CONFIG_FILE, f"adapter was trained on base model {base!r}, not {self.name!r}"
             )
         if adapter.task != self.task:
             raise AdapterLoadError(
                 aid,
-                CONFIG_FILE,
+                ADAPTER_CONFIG_FILE,
                 f"adapter task is {adapter.task} but base model {self.name!r} is {self.task}",
             )
         for path, pair in adapter.lora.items():
             module = self._original(path)
             if module is None:
                 raise AdapterLoadError(
-                    aid, WEIGHTS_FILE, f"target module {path!r} not found in {self.name!r}"
+                    aid, ADAPTER_WEIGHTS_FILE, f"target module {path!r} not found in {self.name!r}"
                 )
             dims = linear_dims(module)
             if dims is None:
                 raise AdapterLoadError(
                     aid,
-                    WEIGHTS_FILE,
+                    ADAPTER_WEIGHTS_FILE,
                     f"target module {path!r} is a {type(module).__name__}, not a linear layer",
                 )
             in_features, out_features = dims
             if pair.lora_A.shape[1] != in_features or pair.lora_B.shape[0] != out_features:
                 raise AdapterLoadError(
                     aid,
-                    WEIGHTS_FILE,
+                    ADAPTER_WEIGHTS_FILE,
                     f"module {path!r}: lora_A {tuple(pair.lora_A.shape)} / lora_B {tuple(pair.lora_B.shape)} "
                     f"do not fit the base layer (in={in_features}, out={out_features})",
                 )
@@ -118,17 +119,21 @@ class ResidentModel:
     def _validate_saved_module(self, aid: str, path: str, params: dict[str, torch.Tensor]) -> None:
         module = self._original(path)
         if module is None:
-            raise AdapterLoadError(aid, WEIGHTS_FILE, f"saved module {path!r} not found in {self.name!r}")
+            raise AdapterLoadError(
+                aid, ADAPTER_WEIGHTS_FILE, f"saved module {path!r} not found in {self.name!r}"
+            )
         own = dict(module.named_parameters()) | dict(module.named_buffers())
         for name, tensor in params.items():
             if name not in own:
-                raise AdapterLoadError(aid, WEIGHTS_FILE, f"saved module {path!r} has no parameter {name!r}")
+                raise AdapterLoadError(
+                    aid, ADAPTER_WEIGHTS_FILE, f"saved module {path!r} has no parameter {name!r}"
+                )
             expected = own[name].shape
             # The output dimension (dim 0) may differ: a head with its own number of labels.
             if tensor.ndim != len(expected) or tuple(tensor.shape[1:]) != tuple(expected[1:]):
                 raise AdapterLoadError(
                     aid,
-                    WEIGHTS_FILE,
+                    ADAPTER_WEIGHTS_FILE,
                     f"{path}.{name} has shape {tuple(tensor.shape)}, incompatible with {tuple(expected)}",
                 )
 
@@ -186,9 +191,3 @@ class ResidentModel:
             finally:
                 self.selection.set(None)
 
-    def slot_bytes(self) -> int:
-        """Memory held by preallocated slot tensors (all slots, all wrapped modules)."""
-        return sum(
-            w.lora_A_slots.nbytes + w.lora_B_slots.nbytes + w.scaling_slots.nbytes
-            for w in self.wrappers.values()
-        )

@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 logger = logging.getLogger("lorasp_core.serving")
@@ -26,7 +26,6 @@ class PendingRequest:
 
     model: str
     payload: Any
-    submitted_at: float = field(default_factory=time.perf_counter)
 
 
 class BatchScheduler:
@@ -48,7 +47,6 @@ class BatchScheduler:
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self.batch_sizes: list[int] = []  # every batch run, in order: observable batching for tests/metrics
-        self.batch_hooks: list[Callable[[str, int], None]] = []
         self._holding = 0  # a request taken off the queue while paused: still counts as pending
 
     def submit(self, request: PendingRequest) -> None:
@@ -113,8 +111,6 @@ class BatchScheduler:
                 by_model.setdefault(request.model, []).append(request)
             for model, requests in by_model.items():
                 self.batch_sizes.append(len(requests))
-                for hook in list(self.batch_hooks):
-                    hook(model, len(requests))
                 try:
                     self._run_batch(model, requests)
                 except Exception:  # run_batch reports errors to its requests; never kill the thread
