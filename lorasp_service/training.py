@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 # The outcome of a run that lost its lease: the job is another worker's now, its status unchanged.
 LEASE_LOST = "lease_lost"
 
+
 class JobFailure(Exception):
     """A failure the user can act on: becomes the job's `error`."""
 
