@@ -79,7 +79,7 @@ def finish_job(
     message: str,
     *,
     error: dict[str, Any] | None = None,
-    level: EventLevel = EventLevel.INFO,
+    level: EventLevel | str = EventLevel.INFO,
 ) -> bool:
     """Move a job this worker holds into failed / cancelled; False if the lease was lost."""
     target = JobStatus(status)

@@ -74,7 +74,7 @@ def transition(
     target: JobStatus,
     message: str,
     *,
-    level: EventLevel = EventLevel.INFO,
+    level: EventLevel | str = EventLevel.INFO,
     error: dict[str, Any] | None = None,
 ) -> None:
     """Move a job held in this session (created here, or row-locked) and add the event saying so."""
@@ -95,7 +95,7 @@ def transition_where(
     *,
     guard: ColumnElement[bool] | None = None,
     values: Mapping[str, Any] | None = None,
-    level: EventLevel = EventLevel.INFO,
+    level: EventLevel | str = EventLevel.INFO,
     data: dict[str, Any] | None = None,
 ) -> bool:
     """Compare-and-set: move the job if it is still in `current` (and `guard` holds); True if it moved.
