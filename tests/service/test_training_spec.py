@@ -161,3 +161,16 @@ def test_a_stored_spec_with_a_wrong_type_is_refused_naming_the_field() -> None:
 def test_a_spec_the_engine_rejects_fails_when_the_worker_builds_its_config() -> None:
     with pytest.raises(ValueError, match="freeze_ratio"):
         replace(TrainingSpec(seed=1, mask_seed=1), freeze_ratio=1.0).to_lora_config()
+
+
+def test_the_worker_turns_a_bad_stored_spec_into_a_job_failure_on_method(tmp_path: Path) -> None:
+    from lorasp_service.training import JobFailure, build_configs
+
+    job = Job(seed=1, method=TrainingSpec(seed=1, mask_seed=1).method_json())
+    lora, train = build_configs(job, Settings(home=tmp_path), "causal-lm", tmp_path / "ckpt", None)
+    assert lora == LoraSPConfig(mask_seed=1, init_seed=1) and train.checkpoint_dir == str(tmp_path / "ckpt")
+    job.method["supervised"]["hyperparameters"]["freeze_ratio"] = 1.0  # parses, but the engine refuses it
+    with pytest.raises(JobFailure) as raised:
+        build_configs(job, Settings(home=tmp_path), "causal-lm", tmp_path / "ckpt", None)
+    assert (raised.value.code, raised.value.param) == ("invalid_hyperparameters", "method")
+    assert "freeze_ratio" in raised.value.message
