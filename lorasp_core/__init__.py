@@ -7,7 +7,44 @@ stays cheap and a submodule can be used on its own.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    # What `__getattr__` resolves at run time, spelled out for type checkers: without these every
+    # `from lorasp_core import X` is `Any` and callers go unchecked. tests/core/test_exports.py keeps
+    # this list and `_EXPORTS` equal.
+    from lorasp_core.adapters import (
+        AdapterMetadata,
+        apply_lorasp,
+        load_adapter,
+        read_adapter_metadata,
+        save_adapter,
+        trainable_parameters,
+    )
+    from lorasp_core.config import DEFAULT_TARGET_MODULES, LoraSPConfig
+    from lorasp_core.data import (
+        ChatExample,
+        ClassificationExample,
+        CompletionExample,
+        DatasetError,
+        DatasetFormat,
+        DatasetProblem,
+        DatasetReport,
+        label_names_for,
+        read_examples,
+        validate_dataset,
+    )
+    from lorasp_core.layers import LoraSPLinear
+    from lorasp_core.models import (
+        CATALOG,
+        CatalogEntry,
+        LoadedModel,
+        ModelUnavailableError,
+        load_base_model,
+        make_tiny_tokenizer,
+    )
+    from lorasp_core.serving import AdapterLoadError, ServingEngine
+    from lorasp_core.trainer import ProgressEvent, TrainCallback, TrainConfig, TrainResult, evaluate, train
 
 _EXPORTS: dict[str, str] = {
     # adapter
@@ -50,7 +87,42 @@ _EXPORTS: dict[str, str] = {
     "AdapterLoadError": "lorasp_core.serving",
 }
 
-__all__ = sorted(_EXPORTS)
+# == sorted(_EXPORTS); a literal so that linters see the re-exports.
+__all__ = [
+    "AdapterLoadError",
+    "AdapterMetadata",
+    "CATALOG",
+    "CatalogEntry",
+    "ChatExample",
+    "ClassificationExample",
+    "CompletionExample",
+    "DEFAULT_TARGET_MODULES",
+    "DatasetError",
+    "DatasetFormat",
+    "DatasetProblem",
+    "DatasetReport",
+    "LoadedModel",
+    "LoraSPConfig",
+    "LoraSPLinear",
+    "ModelUnavailableError",
+    "ProgressEvent",
+    "ServingEngine",
+    "TrainCallback",
+    "TrainConfig",
+    "TrainResult",
+    "apply_lorasp",
+    "evaluate",
+    "label_names_for",
+    "load_adapter",
+    "load_base_model",
+    "make_tiny_tokenizer",
+    "read_adapter_metadata",
+    "read_examples",
+    "save_adapter",
+    "train",
+    "trainable_parameters",
+    "validate_dataset",
+]
 
 
 def __getattr__(name: str) -> Any:

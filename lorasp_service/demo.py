@@ -21,6 +21,8 @@ from typing import Any
 import httpx
 from tqdm import tqdm
 
+from lorasp_service.jobs import TERMINAL_STATUSES, JobStatus
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TRAINING_FILE = REPO_ROOT / "examples" / "sentiment-chat.jsonl"
 UNSEEN_FILE = REPO_ROOT / "examples" / "sentiment-chat-val.jsonl"  # no overlap with the training file
@@ -103,7 +105,7 @@ def follow_job(client: httpx.Client, job_id: str) -> dict[str, Any]:
                 loss, speed = metrics["train_loss"], metrics["tokens_per_second"]
                 bar.set_postfix(loss=f"{loss:.3f}", tokens_s=f"{speed:.0f}")
                 bar.refresh()
-            if job["status"] in ("succeeded", "failed", "cancelled"):
+            if job["status"] in TERMINAL_STATUSES:
                 return job
             time.sleep(1.0)
     finally:
@@ -137,7 +139,7 @@ def run_demo(client: httpx.Client) -> None:
     }))
     print(f"created job {job['id']} on {BASE_MODEL}: {json.dumps(HYPERPARAMETERS)}")
     job = follow_job(client, job["id"])
-    if job["status"] != "succeeded":
+    if job["status"] != JobStatus.SUCCEEDED:
         raise SystemExit(f"job {job['id']} ended {job['status']}: {job.get('error')}")
     model = job["fine_tuned_model"]
     print(f"fine-tuned model: {model} ({job['trained_tokens']} trained tokens)\n")

@@ -5,14 +5,7 @@ Helpers add/flush but never commit; the calling service owns the transaction. Bl
 returned as storage keys so that the caller removes them only after its commit succeeded (the
 database never points at a missing blob).
 
-A job's resolved training spec lives in `Job.method`:
-`{"type": "lorasp" | "supervised", <type>: {"hyperparameters": {...}}}` where the hyperparameters are
-fully resolved (no "auto", no missing key); `job_training_hyperparameters(job)` returns that dict.
-Keys: rank, alpha, dropout, freeze_ratio, target_modules (list | "all-linear" | None = per-architecture
-default), mask_seed, n_epochs, batch_size, learning_rate, learning_rate_multiplier,
-effective_learning_rate (= learning_rate × learning_rate_multiplier, what the optimizer uses),
-weight_decay, warmup_ratio, max_length. `Job.hyperparameters` holds OpenAI's resolved trio
-{n_epochs, batch_size, learning_rate_multiplier}.
+A job's spec, statuses and events belong to the job domain, `lorasp_service.jobs`.
 """
 
 from __future__ import annotations
@@ -20,24 +13,13 @@ from __future__ import annotations
 import secrets
 import string
 from datetime import UTC, datetime
-from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from lorasp_service.ids import new_id
+from lorasp_service.jobs.status import ACTIVE_STATUSES
 from lorasp_service.orm import Adapter, Checkpoint, File, Job, JobEvent
 from lorasp_service.storage import BlobStorage
-
-# Job statuses (OpenAI's names).
-VALIDATING_FILES = "validating_files"
-QUEUED = "queued"
-RUNNING = "running"
-SUCCEEDED = "succeeded"
-FAILED = "failed"
-CANCELLED = "cancelled"
-ACTIVE_STATUSES = frozenset({VALIDATING_FILES, QUEUED, RUNNING})
-FINISHED_STATUSES = frozenset({SUCCEEDED, FAILED, CANCELLED})
 
 _ADAPTER_TOKEN_ALPHABET = string.ascii_letters + string.digits
 MAX_ID_LENGTH = 256
@@ -92,28 +74,6 @@ def get_checkpoint(session: Session, job_id: str, checkpoint_id: str) -> Checkpo
     return session.scalars(
         select(Checkpoint).where(Checkpoint.id == checkpoint_id, Checkpoint.job_id == job_id)
     ).one_or_none()
-
-
-def add_job_event(
-    session: Session,
-    job: Job,
-    message: str,
-    *,
-    level: str = "info",
-    type: str = "message",
-    data: dict[str, Any] | None = None,
-) -> JobEvent:
-    """Append an event (`type` "message" or "metrics"; metrics carry step, train_loss, ... in data)."""
-    event = JobEvent(id=new_id("ftevent"), job_id=job.id, level=level, type=type, message=message, data=data)
-    session.add(event)
-    session.flush()
-    return event
-
-
-def job_training_hyperparameters(job: Job) -> dict[str, Any]:
-    """The fully resolved LoRA-SP training hyperparameters stored by the API (see module docstring)."""
-    method_type = job.method["type"]
-    return dict(job.method[method_type]["hyperparameters"])
 
 
 def new_adapter_id(base_model: str, suffix: str | None, token: str | None = None) -> str:

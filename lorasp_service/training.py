@@ -35,12 +35,17 @@ from lorasp_core.train_config import TaskType
 from lorasp_core.trainer import TrainConfig, train
 from lorasp_service import jobs, registry
 from lorasp_service.db import session_scope
+from lorasp_service.jobs import JobStatus
 from lorasp_service.orm import Adapter, File, Job
 from lorasp_service.settings import Settings
 from lorasp_service.storage import BlobStorage
 from lorasp_service.training_progress import JobProgressCallback, LeaseKeeper
 
 log = logging.getLogger(__name__)
+
+# The outcome of a run that lost its lease: the job is another worker's now, its status unchanged.
+LEASE_LOST = "lease_lost"
+
 
 class JobFailure(Exception):
     """A failure the user can act on: becomes the job's `error`."""
@@ -55,25 +60,15 @@ class JobFailure(Exception):
 
 def build_configs(job: Job, settings: Settings, task: TaskType, checkpoint_dir: Path,
                   resume_from: Path | None) -> tuple[LoraSPConfig, TrainConfig]:
+    """The engine's configs from the spec the API resolved and stored (no second set of defaults)."""
     try:
-        # The API stored the spec fully resolved (defaults, "auto", multiplier): no second defaults here.
-        hp = registry.job_training_hyperparameters(job)
-        target_modules = hp["target_modules"]
-        lora = LoraSPConfig(
-            r=int(hp["rank"]), alpha=float(hp["alpha"]), dropout=float(hp["dropout"]),
-            target_modules=tuple(target_modules) if isinstance(target_modules, list) else target_modules,
-            freeze_ratio=float(hp["freeze_ratio"]), mask_seed=int(hp["mask_seed"]), init_seed=job.seed,
+        spec = jobs.TrainingSpec.from_job(job)
+        return spec.to_lora_config(), spec.to_train_config(
+            task, checkpoint_dir=checkpoint_dir, resume_from=resume_from,
+            checkpoint_every_steps=settings.checkpoint_every_steps,
         )
-        config = TrainConfig(
-            task=task, epochs=int(hp["n_epochs"]), batch_size=int(hp["batch_size"]),
-            learning_rate=float(hp["effective_learning_rate"]), weight_decay=float(hp["weight_decay"]),
-            warmup_ratio=float(hp["warmup_ratio"]), max_length=int(hp["max_length"]), seed=job.seed,
-            checkpoint_every_steps=settings.checkpoint_every_steps, checkpoint_dir=str(checkpoint_dir),
-            resume_from=str(resume_from) if resume_from else None,
-        )
-    except (KeyError, ValueError, TypeError) as error:
+    except ValueError as error:  # InvalidSpecError, or a value the engine's configs reject
         raise JobFailure("invalid_hyperparameters", f"invalid hyperparameters: {error}", "method") from error
-    return lora, config
 
 
 def read_dataset(path: Path, param: str) -> list[Example]:
@@ -102,7 +97,7 @@ def _target_module_names(adapter_dir: Path) -> list[str]:
 
 
 def run_claimed_job(settings: Settings, job_id: str, worker_id: str, claim: jobs.Claim) -> str:
-    """Run a job whose lease this worker holds; returns the outcome (the job's new status)."""
+    """Run a job whose lease this worker holds; returns the outcome (the job's new status, or LEASE_LOST)."""
     keeper = LeaseKeeper(settings, job_id, worker_id, claim.attempt)
     keeper.start()
     work_dir = settings.home / "work" / f"{job_id}-attempt-{claim.attempt}"
@@ -111,26 +106,27 @@ def run_claimed_job(settings: Settings, job_id: str, worker_id: str, claim: jobs
     except JobFailure as failure:
         log.info("job %s failed: %s", job_id, failure.message)
         _fail(settings, job_id, worker_id, claim, failure)
-        return "failed"
+        return JobStatus.FAILED
     except SoftTimeLimitExceeded:
         message = f"the job ran longer than its time limit of {settings.job_time_limit_seconds} s"
         _fail(settings, job_id, worker_id, claim, JobFailure("time_limit_exceeded", message))
-        return "failed"
+        return JobStatus.FAILED
     except jobs.TRANSIENT_DB_ERRORS:
         raise  # the task retries; the lease (same worker id) is taken over by the retry
     except Exception as error:  # noqa: BLE001 - any other error fails the job with its message
         log.exception("job %s: training error", job_id)
         unexpected = JobFailure("training_error", f"{type(error).__name__}: {error}")
         _fail(settings, job_id, worker_id, claim, unexpected)
-        return "failed"
+        return JobStatus.FAILED
     finally:
         keeper.stop()
         shutil.rmtree(work_dir, ignore_errors=True)
 
 
 def _fail(settings: Settings, job_id: str, worker_id: str, claim: jobs.Claim, failure: JobFailure) -> None:
-    jobs.finish_job(settings, job_id, worker_id, claim.attempt, "failed",
-                    f"Fine-tuning job failed: {failure.message}", error=failure.as_error(), level="error")
+    jobs.finish_job(settings, job_id, worker_id, claim.attempt, JobStatus.FAILED,
+                    f"Fine-tuning job failed: {failure.message}", error=failure.as_error(),
+                    level=jobs.EventLevel.ERROR)
 
 
 def _train_and_register(settings: Settings, job_id: str, worker_id: str, claim: jobs.Claim,
@@ -174,11 +170,11 @@ def _train_and_register(settings: Settings, job_id: str, worker_id: str, claim: 
 
     if keeper.lost:
         log.warning("job %s: lease lost during training; leaving the job to its new worker", job_id)
-        return "lease_lost"
+        return LEASE_LOST
     if result.cancelled:
-        jobs.finish_job(settings, job_id, worker_id, claim.attempt, "cancelled",
+        jobs.finish_job(settings, job_id, worker_id, claim.attempt, JobStatus.CANCELLED,
                         f"Fine-tuning job cancelled at step {result.steps} of {result.total_steps}")
-        return "cancelled"
+        return JobStatus.CANCELLED
 
     adapter_key, archive_key = f"adapters/{job_id}", f"adapters/{job_id}.tar.gz"
     summary = {"job_id": job_id, "steps": result.steps, "trained_tokens": result.trained_tokens,
@@ -195,5 +191,5 @@ def _train_and_register(settings: Settings, job_id: str, worker_id: str, claim: 
         label_names=label_names,
     )
     if not jobs.complete_job(settings, job_id, worker_id, claim.attempt, adapter, result.trained_tokens):
-        return "lease_lost"
-    return "succeeded"
+        return LEASE_LOST
+    return JobStatus.SUCCEEDED

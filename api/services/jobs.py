@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -12,9 +11,9 @@ from api.deps import EnqueueJob
 from api.errors import APIError, not_found
 from api.schemas.job_requests import CreateFineTuningJobRequest
 from api.services.catalog import FORMATS_FOR_TASK, enabled_base_models
-from api.services.job_spec import resolve_spec
+from api.services.job_spec import build_spec
 from api.services.paging import fetch_page, newer_first_after
-from lorasp_service import registry
+from lorasp_service import jobs, registry
 from lorasp_service.ids import new_id
 from lorasp_service.orm import Checkpoint, File, Job, JobEvent, Tenant
 from lorasp_service.settings import Settings
@@ -71,26 +70,23 @@ def create_job(
         validation = _file_for_job(session, tenant, request.validation_file, "validation_file", entry.task)
         if entry.task == "seq-cls":
             _check_validation_labels(training, validation)
-    spec = resolve_spec(request, settings)
+    spec = build_spec(request, settings)
     job = Job(
         id=new_id("ftjob"),
         tenant_id=tenant.id,
         model=request.model,
         training_file_id=training.id,
         validation_file_id=request.validation_file,
-        status=registry.VALIDATING_FILES,
-        hyperparameters=spec.hyperparameters,
-        method=spec.method,
+        status=jobs.JobStatus.VALIDATING_FILES,
         suffix=request.suffix,
-        seed=spec.seed,
         user_metadata=request.metadata,
     )
+    spec.store_on(job)
     session.add(job)
     session.flush()
-    registry.add_job_event(session, job, f"Created fine-tuning job: {job.id}")
-    registry.add_job_event(session, job, f"Validating training file: {training.id}")
-    job.status = registry.QUEUED
-    registry.add_job_event(session, job, "Files validated, moving job to queued state")
+    jobs.add_event(session, job.id, f"Created fine-tuning job: {job.id}")
+    jobs.add_event(session, job.id, f"Validating training file: {training.id}")
+    jobs.transition(session, job, jobs.JobStatus.QUEUED, "Files validated, moving job to queued state")
     session.commit()
     _send_to_workers(session, job, enqueue)
     return job
@@ -102,11 +98,10 @@ def _send_to_workers(session: Session, job: Job, enqueue: EnqueueJob) -> None:
         enqueue(job.id)
     except Exception as error:
         logger.exception("could not enqueue job %s", job.id)
-        job.status = registry.FAILED
-        job.finished_at = datetime.now(UTC)
-        job.error = {"code": "queue_unavailable", "message": "The job queue is unreachable.", "param": None}
-        registry.add_job_event(
-            session, job, "Could not queue the job: the broker is unreachable", level="error"
+        error_body = {"code": "queue_unavailable", "message": "The job queue is unreachable.", "param": None}
+        jobs.transition(
+            session, job, jobs.JobStatus.FAILED, "Could not queue the job: the broker is unreachable",
+            level=jobs.EventLevel.ERROR, error=error_body,
         )
         session.commit()
         raise APIError(
@@ -135,22 +130,15 @@ def list_jobs(session: Session, tenant: Tenant, after: str | None, limit: int) -
 def cancel_job(session: Session, tenant: Tenant, job_id: str) -> Job:
     # Row lock: the worker may be moving the job from queued to running right now.
     job = get_job(session, tenant, job_id, for_update=True)
-    if job.status in registry.FINISHED_STATUSES:
+    try:
+        jobs.request_cancel(session, job)
+    except jobs.JobNotCancellableError as error:
         raise APIError(
             400,
-            f"Job '{job_id}' has already {job.status} and cannot be cancelled.",
+            f"Job '{job_id}' has already {error.current} and cannot be cancelled.",
             param="fine_tuning_job_id",
             code="job_not_cancellable",
-        )
-    if job.status == registry.RUNNING:
-        if not job.cancel_requested:
-            job.cancel_requested = True
-            registry.add_job_event(session, job, "Cancellation requested; the job stops at its next step")
-    else:
-        job.status = registry.CANCELLED
-        job.cancel_requested = True
-        job.finished_at = datetime.now(UTC)
-        registry.add_job_event(session, job, "Fine-tuning job cancelled")
+        ) from error
     session.commit()
     return job
 

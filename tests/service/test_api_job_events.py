@@ -10,8 +10,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 from lorasp_service.ids import new_id
+from lorasp_service.jobs import add_event
 from lorasp_service.orm import Checkpoint, Job
-from lorasp_service.registry import add_job_event
 
 JOBS = "/v1/fine_tuning/jobs"
 
@@ -29,7 +29,7 @@ def test_metrics_events_carry_training_data(
     job = db.get(Job, job_id)
     assert job is not None
     metrics = {"step": 10, "train_loss": 1.25, "learning_rate": 0.001, "tokens_per_second": 812.5}
-    add_job_event(db, job, "Step 10/30: training loss=1.250", type="metrics", data=metrics)
+    add_event(db, job.id, "Step 10/30: training loss=1.250", type="metrics", data=metrics)
     db.commit()
     newest = client.get(f"{JOBS}/{job_id}/events?limit=1", headers=alice).json()
     assert newest["has_more"] is True
@@ -45,7 +45,7 @@ def test_events_page_by_sequence_newest_first(
     job = db.get(Job, job_id)
     assert job is not None
     for step in range(5):
-        add_job_event(db, job, f"step {step}")
+        add_event(db, job.id, f"step {step}")
     db.commit()
     messages, after = [], None
     while True:

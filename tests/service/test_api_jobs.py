@@ -11,9 +11,14 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 from lorasp_service.orm import Job
-from lorasp_service.registry import job_training_hyperparameters
 
 JOBS = "/v1/fine_tuning/jobs"
+
+
+def job_training_hyperparameters(job: Job | None) -> dict[str, Any]:
+    """The resolved knobs as stored on the job (the JSON shape the worker reads back)."""
+    assert job is not None
+    return dict(job.method[job.method["type"]]["hyperparameters"])
 
 
 def create(client: TestClient, headers: dict[str, str], **body: Any) -> Any:

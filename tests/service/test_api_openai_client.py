@@ -11,8 +11,8 @@ from api_helpers import chat_rows, jsonl
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
+from lorasp_service.jobs import add_event
 from lorasp_service.orm import Job
-from lorasp_service.registry import add_job_event
 
 
 @pytest.fixture()
@@ -41,7 +41,7 @@ def test_files_jobs_events_checkpoints_and_models_through_the_openai_client(
 
     row = db.get(Job, job.id)
     assert row is not None
-    add_job_event(db, row, "Step 1/2: training loss=0.9", type="metrics", data={"step": 1, "train_loss": 0.9})
+    add_event(db, row.id, "Step 1/2: training loss=0.9", type="metrics", data={"step": 1, "train_loss": 0.9})
     db.commit()
     events = openai_client.fine_tuning.jobs.list_events(job.id, limit=2).data
     assert events[0].type == "metrics" and events[0].data == {"step": 1, "train_loss": 0.9}

@@ -11,8 +11,8 @@ from sqlalchemy.orm import Session
 
 from lorasp_service.auth import create_tenant_with_key, revoke_api_key, tenant_for_key
 from lorasp_service.ids import new_id
+from lorasp_service.jobs import add_event
 from lorasp_service.orm import ApiKey, Checkpoint, Job
-from lorasp_service.registry import add_job_event
 
 PROTECTED = [
     ("GET", "/v1/files"),
@@ -65,7 +65,7 @@ def alices_resources(
     job_id = create_job(client, alice, file_id).json()["id"]
     job = db.get(Job, job_id)
     assert job is not None
-    event = add_job_event(db, job, "hello")
+    event = add_event(db, job.id, "hello")
     checkpoint = Checkpoint(id=new_id("ftckpt"), job_id=job_id, step=1, storage_key=f"ck/{job_id}")
     db.add(checkpoint)
     db.commit()

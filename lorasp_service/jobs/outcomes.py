@@ -1,0 +1,125 @@
+"""What a worker holding a job's lease writes: metrics, checkpoints, and the job's final status.
+
+Every write is fenced by the lease (`lease.held_by`): a worker that lost its lease changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, update
+
+from lorasp_service.db import session_scope
+from lorasp_service.ids import new_id
+from lorasp_service.jobs.events import EventLevel, EventType, add_event, utcnow
+from lorasp_service.jobs.lease import held_by
+from lorasp_service.jobs.status import JobStatus, changed_rows, transition_where
+from lorasp_service.orm import Adapter, Checkpoint, Job
+from lorasp_service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def record_metrics(
+    settings: Settings,
+    job_id: str,
+    worker_id: str,
+    attempt: int,
+    message: str,
+    data: dict[str, Any],
+    estimated_finish: datetime | None,
+) -> bool:
+    """A metrics event plus a heartbeat; False if the lease was lost (nothing is written then)."""
+    with session_scope(settings) as session:
+        statement = (
+            update(Job)
+            .where(Job.id == job_id, Job.status == JobStatus.RUNNING, held_by(worker_id, attempt))
+            .values(heartbeat_at=utcnow(), estimated_finish=estimated_finish)
+        )
+        held = changed_rows(session, statement)
+        if held:
+            add_event(session, job_id, message, type=EventType.METRICS, data=data)
+        session.commit()
+        return held == 1
+
+
+def register_checkpoint(
+    settings: Settings, job_id: str, step: int, storage_key: str, metrics: dict[str, Any]
+) -> None:
+    """A Checkpoint row for a directory already copied into storage (re-saving a step replaces it)."""
+    with session_scope(settings) as session:
+        existing = session.scalars(
+            select(Checkpoint).where(Checkpoint.job_id == job_id, Checkpoint.step == step)
+        ).first()
+        if existing is None:
+            session.add(
+                Checkpoint(
+                    id=new_id("ftckpt"),
+                    job_id=job_id,
+                    step=step,
+                    storage_key=storage_key,
+                    metrics=metrics,
+                    created_at=utcnow(),
+                )
+            )
+        else:
+            existing.storage_key, existing.metrics = storage_key, metrics
+        add_event(session, job_id, f"Checkpoint created at step {step}", data={"step": step})
+        session.commit()
+
+
+def finish_job(
+    settings: Settings,
+    job_id: str,
+    worker_id: str,
+    attempt: int,
+    status: JobStatus | str,
+    message: str,
+    *,
+    error: dict[str, Any] | None = None,
+    level: EventLevel | str = EventLevel.INFO,
+) -> bool:
+    """Move a job this worker holds into failed / cancelled; False if the lease was lost."""
+    target = JobStatus(status)
+    with session_scope(settings) as session:
+        if transition_where(
+            session,
+            job_id,
+            JobStatus.RUNNING,
+            target,
+            message,
+            guard=held_by(worker_id, attempt),
+            values={"error": error},
+            level=level,
+        ):
+            session.commit()
+            return True
+        session.rollback()
+        log.warning("job %s: lease lost before it could be marked %s", job_id, target.value)
+        return False
+
+
+def complete_job(
+    settings: Settings, job_id: str, worker_id: str, attempt: int, adapter: Adapter, trained_tokens: int
+) -> bool:
+    """Register the adapter and mark the job succeeded, in one transaction, if the lease is still held."""
+    with session_scope(settings) as session:
+        values = {"fine_tuned_model": adapter.id, "trained_tokens": trained_tokens, "error": None}
+        if not transition_where(
+            session,
+            job_id,
+            JobStatus.RUNNING,
+            JobStatus.SUCCEEDED,
+            f"New fine-tuned model created: {adapter.id}",
+            guard=held_by(worker_id, attempt),
+            values=values,
+        ):
+            session.rollback()
+            log.warning("job %s: lease lost before it could be marked succeeded", job_id)
+            return False
+        session.add(adapter)
+        add_event(session, job_id, "The job has successfully completed")
+        session.commit()
+        return True

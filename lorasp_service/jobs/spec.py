@@ -1,0 +1,157 @@
+"""`TrainingSpec`: what a fine-tuning job trains with, fully resolved, in one typed shape.
+
+The API builds it once from the request (`api/services/job_spec.py`) and stores it on the job as JSON;
+the worker reads it back (`TrainingSpec.from_job`) and turns it into the engine's configs. A knob the
+request leaves out (or sets to "auto") takes the engine's own default: the field defaults of
+`LoraSPConfig` and `TrainConfig` are read here, not copied. Only "auto" epochs (3) and the learning-rate
+multiplier (1.0) are service policy, as OpenAI's are.
+
+Stored shape (unchanged from before this type existed): `Job.hyperparameters` holds OpenAI's trio
+{n_epochs, batch_size, learning_rate_multiplier}; `Job.method` is
+`{"type": t, t: {"hyperparameters": {...every knob..., "effective_learning_rate": ...}}}` with `t` one of
+"supervised" / "lorasp"; `Job.seed` is the seed (also the LoRA-SP init seed).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import MISSING, dataclass, fields
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import TypeAdapter, ValidationError
+
+from lorasp_core.config import LoraSPConfig
+from lorasp_core.train_config import TaskType, TrainConfig
+from lorasp_service.orm import Job
+
+MethodType = Literal["supervised", "lorasp"]
+TargetModules = tuple[str, ...] | Literal["all-linear"] | None
+
+
+def _field_defaults(cls: type) -> dict[str, Any]:
+    return {f.name: f.default for f in fields(cls) if f.default is not MISSING}
+
+
+LORA_DEFAULTS = _field_defaults(LoraSPConfig)
+TRAIN_DEFAULTS = _field_defaults(TrainConfig)
+# Service policy for OpenAI's "auto" (the engine's own default is a single epoch).
+AUTO_N_EPOCHS = 3
+AUTO_LEARNING_RATE_MULTIPLIER = 1.0
+# Keys of `Job.hyperparameters` (OpenAI's trio), in the order the API has always stored them.
+OPENAI_HYPERPARAMETERS = ("n_epochs", "batch_size", "learning_rate_multiplier")
+
+
+class InvalidSpecError(ValueError):
+    """A stored spec that does not parse (a job written by hand, or by an incompatible version)."""
+
+
+@dataclass(frozen=True)
+class TrainingSpec:
+    seed: int
+    mask_seed: int
+    method_type: MethodType = "supervised"
+    n_epochs: int = AUTO_N_EPOCHS
+    batch_size: int = TRAIN_DEFAULTS["batch_size"]
+    learning_rate_multiplier: float = AUTO_LEARNING_RATE_MULTIPLIER
+    learning_rate: float = TRAIN_DEFAULTS["learning_rate"]
+    rank: int = LORA_DEFAULTS["r"]
+    alpha: float = LORA_DEFAULTS["alpha"]
+    dropout: float = LORA_DEFAULTS["dropout"]
+    freeze_ratio: float = LORA_DEFAULTS["freeze_ratio"]
+    target_modules: TargetModules = LORA_DEFAULTS["target_modules"]  # None: per-architecture default
+    weight_decay: float = TRAIN_DEFAULTS["weight_decay"]
+    warmup_ratio: float = TRAIN_DEFAULTS["warmup_ratio"]
+    max_length: int = TRAIN_DEFAULTS["max_length"]
+
+    @property
+    def effective_learning_rate(self) -> float:
+        """What the optimizer uses: the base learning rate times OpenAI's multiplier."""
+        return self.learning_rate * self.learning_rate_multiplier
+
+    # --- the stored JSON -------------------------------------------------------------------------
+
+    def hyperparameters_json(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in OPENAI_HYPERPARAMETERS}
+
+    def method_json(self) -> dict[str, Any]:
+        targets = self.target_modules
+        resolved = {
+            "n_epochs": self.n_epochs,
+            "batch_size": self.batch_size,
+            "learning_rate_multiplier": self.learning_rate_multiplier,
+            "learning_rate": self.learning_rate,
+            "effective_learning_rate": self.effective_learning_rate,
+            "rank": self.rank,
+            "alpha": self.alpha,
+            "dropout": self.dropout,
+            "freeze_ratio": self.freeze_ratio,
+            "target_modules": list(targets) if isinstance(targets, tuple) else targets,
+            "mask_seed": self.mask_seed,
+            "weight_decay": self.weight_decay,
+            "warmup_ratio": self.warmup_ratio,
+            "max_length": self.max_length,
+        }
+        return {"type": self.method_type, self.method_type: {"hyperparameters": resolved}}
+
+    def store_on(self, job: Job) -> None:
+        job.seed, job.hyperparameters, job.method = self.seed, self.hyperparameters_json(), self.method_json()
+
+    @classmethod
+    def from_json(cls, method: dict[str, Any], seed: int) -> TrainingSpec:
+        """Parse `Job.method` (+ `Job.seed`) as stored by `method_json`; InvalidSpecError if it does not."""
+        try:
+            method_type = method["type"]
+            values = dict(method[method_type]["hyperparameters"])
+        except (KeyError, TypeError) as error:
+            raise InvalidSpecError(f"the stored method has no resolved hyperparameters ({error!r})") from None
+        values.pop("effective_learning_rate", None)  # derived; recomputed from its two factors
+        try:
+            document = json.dumps({**values, "seed": seed, "method_type": method_type})
+            # strict JSON mode: a stored "8" is not silently the rank 8 (ints still pass as floats).
+            return _ADAPTER.validate_json(document, strict=True)
+        except ValidationError as error:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+            raise InvalidSpecError(problems) from None
+
+    @classmethod
+    def from_job(cls, job: Job) -> TrainingSpec:
+        return cls.from_json(job.method, job.seed)
+
+    # --- the engine's configs --------------------------------------------------------------------
+
+    def to_lora_config(self) -> LoraSPConfig:
+        return LoraSPConfig(
+            r=self.rank,
+            alpha=self.alpha,
+            dropout=self.dropout,
+            target_modules=self.target_modules,
+            freeze_ratio=self.freeze_ratio,
+            mask_seed=self.mask_seed,
+            init_seed=self.seed,
+        )
+
+    def to_train_config(
+        self,
+        task: TaskType,
+        *,
+        checkpoint_dir: Path | None = None,
+        resume_from: Path | None = None,
+        checkpoint_every_steps: int | None = None,
+    ) -> TrainConfig:
+        return TrainConfig(
+            task=task,
+            epochs=self.n_epochs,
+            batch_size=self.batch_size,
+            learning_rate=self.effective_learning_rate,
+            weight_decay=self.weight_decay,
+            warmup_ratio=self.warmup_ratio,
+            max_length=self.max_length,
+            seed=self.seed,
+            checkpoint_every_steps=checkpoint_every_steps,
+            checkpoint_dir=str(checkpoint_dir) if checkpoint_dir is not None else None,
+            resume_from=str(resume_from) if resume_from is not None else None,
+        )
+
+
+_ADAPTER: TypeAdapter[TrainingSpec] = TypeAdapter(TrainingSpec)
