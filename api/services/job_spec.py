@@ -13,6 +13,7 @@ from typing import Any
 
 from api.errors import APIError
 from api.schemas.job_requests import CreateFineTuningJobRequest, LoraSPHyperparameters, Method
+from lorasp_core.models.skeleton import check_adapter_targets
 from lorasp_service.jobs import TrainingSpec
 from lorasp_service.jobs.spec import TRAIN_DEFAULTS
 from lorasp_service.settings import Settings
@@ -79,4 +80,16 @@ def build_spec(request: CreateFineTuningJobRequest, settings: Settings) -> Train
             f"{max_length} is above the server's limit of {settings.max_example_tokens} tokens per example."
         )
         raise _too_large(method.type, "max_length", detail)
-    return TrainingSpec(seed=seed, mask_seed=seed, method_type=method.type, **values)
+    spec = TrainingSpec(seed=seed, mask_seed=seed, method_type=method.type, **values)
+    if spec.target_modules is not None:  # the per-architecture defaults always match
+        _check_targets(request.model, spec, settings)
+    return spec
+
+
+def _check_targets(model: str, spec: TrainingSpec, settings: Settings) -> None:
+    """Refuse modules the base model lacks here, where the error can name the field, not in the worker."""
+    try:
+        check_adapter_targets(model, spec.to_lora_config(), settings.model_cache_dir)
+    except ValueError as error:
+        param = f"method.{spec.method_type}.hyperparameters.target_modules"
+        raise APIError(400, f"Invalid value for '{param}': {error}.", param=param) from None

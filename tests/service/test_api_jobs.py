@@ -26,12 +26,20 @@ def create(client: TestClient, headers: dict[str, str], **body: Any) -> Any:
 
 
 def test_create_job_returns_openai_job_commits_and_enqueues(
-    client: TestClient, alice: dict[str, str], chat_file: dict[str, Any], enqueue_recorder: EnqueueRecorder,
+    client: TestClient,
+    alice: dict[str, str],
+    chat_file: dict[str, Any],
+    enqueue_recorder: EnqueueRecorder,
     db: Session,
 ) -> None:
     response = create(
-        client, alice, model="tiny-random-llama", training_file=chat_file["id"], suffix="my-bot",
-        seed=7, metadata={"team": "nlp"},
+        client,
+        alice,
+        model="tiny-random-llama",
+        training_file=chat_file["id"],
+        suffix="my-bot",
+        seed=7,
+        metadata={"team": "nlp"},
     )
     assert response.status_code == 200, response.text
     job = response.json()
@@ -57,13 +65,28 @@ def test_create_job_returns_openai_job_commits_and_enqueues(
 def test_lorasp_method_hyperparameters_are_resolved_and_win(
     client: TestClient, alice: dict[str, str], classification_file: dict[str, Any], db: Session
 ) -> None:
-    method = {"type": "lorasp", "lorasp": {"hyperparameters": {
-        "rank": 4, "alpha": 8, "freeze_ratio": 0.25, "target_modules": ["query", "value"],
-        "learning_rate": 0.002, "learning_rate_multiplier": 0.5, "n_epochs": 2, "batch_size": "auto",
-    }}}
+    method = {
+        "type": "lorasp",
+        "lorasp": {
+            "hyperparameters": {
+                "rank": 4,
+                "alpha": 8,
+                "freeze_ratio": 0.25,
+                "target_modules": ["query", "value"],
+                "learning_rate": 0.002,
+                "learning_rate_multiplier": 0.5,
+                "n_epochs": 2,
+                "batch_size": "auto",
+            }
+        },
+    }
     response = create(
-        client, alice, model="tiny-random-bert", training_file=classification_file["id"],
-        hyperparameters={"n_epochs": 9, "batch_size": 4}, method=method,
+        client,
+        alice,
+        model="tiny-random-bert",
+        training_file=classification_file["id"],
+        hyperparameters={"n_epochs": 9, "batch_size": 4},
+        method=method,
     )
     assert response.status_code == 200, response.text
     job = response.json()
@@ -86,17 +109,53 @@ def test_lorasp_method_hyperparameters_are_resolved_and_win(
         ({"hyperparameters": {"n_epochs": 0}}, 400, "hyperparameters.n_epochs"),
         ({"hyperparameters": {"n_epochs": "3"}}, 400, "hyperparameters.n_epochs"),
         ({"hyperparameters": {"batch_size": 1.5}}, 400, "hyperparameters.batch_size"),
-        ({"hyperparameters": {"learning_rate_multiplier": -1}}, 400,
-         "hyperparameters.learning_rate_multiplier"),
+        (
+            {"hyperparameters": {"learning_rate_multiplier": -1}},
+            400,
+            "hyperparameters.learning_rate_multiplier",
+        ),
         ({"hyperparameters": {"warmup": 1}}, 400, "hyperparameters.warmup"),
-        ({"method": {"type": "lorasp", "lorasp": {"hyperparameters": {"freeze_ratio": 1.0}}}}, 400,
-         "method.lorasp.hyperparameters.freeze_ratio"),
-        ({"method": {"type": "lorasp", "lorasp": {"hyperparameters": {"rank": 65}}}}, 400,
-         "method.lorasp.hyperparameters.rank"),
-        ({"method": {"type": "lorasp", "lorasp": {"hyperparameters": {"target_modules": []}}}}, 400,
-         "method.lorasp.hyperparameters.target_modules"),
-        ({"method": {"type": "supervised", "supervised": {"hyperparameters": {"rank": 4}}}}, 400,
-         "method.supervised.hyperparameters.rank"),
+        (
+            {"method": {"type": "lorasp", "lorasp": {"hyperparameters": {"freeze_ratio": 1.0}}}},
+            400,
+            "method.lorasp.hyperparameters.freeze_ratio",
+        ),
+        (
+            {"method": {"type": "lorasp", "lorasp": {"hyperparameters": {"rank": 65}}}},
+            400,
+            "method.lorasp.hyperparameters.rank",
+        ),
+        (
+            {"method": {"type": "lorasp", "lorasp": {"hyperparameters": {"target_modules": []}}}},
+            400,
+            "method.lorasp.hyperparameters.target_modules",
+        ),
+        # Modules the base model lacks (or that are not linear) are refused here, not in the worker.
+        (
+            {
+                "method": {
+                    "type": "lorasp",
+                    "lorasp": {"hyperparameters": {"target_modules": ["nonexistent_proj"]}},
+                }
+            },
+            400,
+            "method.lorasp.hyperparameters.target_modules",
+        ),
+        (
+            {
+                "method": {
+                    "type": "lorasp",
+                    "lorasp": {"hyperparameters": {"target_modules": ["embed_tokens"]}},
+                }
+            },
+            400,
+            "method.lorasp.hyperparameters.target_modules",
+        ),
+        (
+            {"method": {"type": "supervised", "supervised": {"hyperparameters": {"rank": 4}}}},
+            400,
+            "method.supervised.hyperparameters.rank",
+        ),
         ({"method": {"type": "dpo"}}, 400, "method.type"),
         ({"method": {"type": "lorasp", "supervised": {}}}, 400, "method"),
         ({"suffix": "x" * 65}, 400, "suffix"),
@@ -107,17 +166,38 @@ def test_lorasp_method_hyperparameters_are_resolved_and_win(
     ],
 )
 def test_invalid_job_requests_name_the_param(
-    client: TestClient, alice: dict[str, str], chat_file: dict[str, Any], enqueue_recorder: EnqueueRecorder,
-    body_update: dict[str, Any], status: int, param: str,
+    client: TestClient,
+    alice: dict[str, str],
+    chat_file: dict[str, Any],
+    enqueue_recorder: EnqueueRecorder,
+    body_update: dict[str, Any],
+    status: int,
+    param: str,
 ) -> None:
     body = {"model": "tiny-random-llama", "training_file": chat_file["id"], **body_update}
     assert_error(client.post(JOBS, headers=alice, json=body), status, param=param)
     assert enqueue_recorder.job_ids == []
 
 
+def test_a_missing_target_module_is_named(
+    client: TestClient, alice: dict[str, str], chat_file: dict[str, Any], enqueue_recorder: EnqueueRecorder
+) -> None:
+    method = {
+        "type": "lorasp",
+        "lorasp": {"hyperparameters": {"target_modules": ["q_proj", "nonexistent_proj"]}},
+    }
+    body = {"model": "tiny-random-llama", "training_file": chat_file["id"], "method": method}
+    error = assert_error(
+        client.post(JOBS, headers=alice, json=body), 400, param="method.lorasp.hyperparameters.target_modules"
+    )
+    assert "nonexistent_proj" in error["message"] and "q_proj" not in error["message"]
+    assert enqueue_recorder.job_ids == []
+
+
 def test_missing_required_fields_and_bad_json(client: TestClient, alice: dict[str, str]) -> None:
-    error = assert_error(client.post(JOBS, headers=alice, json={"model": "tiny-random-llama"}), 400,
-                         param="training_file")
+    error = assert_error(
+        client.post(JOBS, headers=alice, json={"model": "tiny-random-llama"}), 400, param="training_file"
+    )
     assert "Missing required parameter" in error["message"]
     error = assert_error(
         client.post(JOBS, headers={**alice, "Content-Type": "application/json"}, content=b"{nope"), 400
@@ -131,8 +211,13 @@ def test_validation_file_labels_must_be_known_to_training(
 ) -> None:
     validation_rows = jsonl(classification_rows(("neg", "meh")))
     validation = upload(client, alice, validation_rows, filename="val.jsonl").json()
-    response = create(client, alice, model="tiny-random-bert", training_file=classification_file["id"],
-                      validation_file=validation["id"])
+    response = create(
+        client,
+        alice,
+        model="tiny-random-bert",
+        training_file=classification_file["id"],
+        validation_file=validation["id"],
+    )
     error = assert_error(response, 400, param="validation_file")
     assert "meh" in error["message"]
 
@@ -141,8 +226,11 @@ def test_broker_failure_fails_the_job_visibly(
     client: TestClient, alice: dict[str, str], chat_file: dict[str, Any], enqueue_recorder: EnqueueRecorder
 ) -> None:
     enqueue_recorder.fail = True
-    assert_error(create(client, alice, model="tiny-random-llama", training_file=chat_file["id"]), 503,
-                 code="queue_unavailable")
+    assert_error(
+        create(client, alice, model="tiny-random-llama", training_file=chat_file["id"]),
+        503,
+        code="queue_unavailable",
+    )
     newest = client.get(f"{JOBS}?limit=1", headers=alice).json()["data"][0]
     assert newest["status"] == "failed" and newest["error"]["code"] == "queue_unavailable"
 
