@@ -12,6 +12,7 @@ from api.deps import EnqueueJob
 from api.errors import APIError, not_found
 from api.schemas.job_requests import CreateFineTuningJobRequest
 from api.services.catalog import FORMATS_FOR_TASK, enabled_base_models
+from api.services.files import lock_files_for_job
 from api.services.job_spec import resolve_spec
 from api.services.paging import fetch_page, newer_first_after
 from lorasp_service import registry
@@ -71,6 +72,8 @@ def create_job(
         validation = _file_for_job(session, tenant, request.validation_file, "validation_file", entry.task)
         if entry.task == "seq-cls":
             _check_validation_labels(training, validation)
+    files = {"training_file": training.id, "validation_file": request.validation_file}
+    lock_files_for_job(session, tenant.id, files)
     spec = resolve_spec(request, settings)
     job = Job(
         id=new_id("ftjob"),
