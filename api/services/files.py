@@ -149,19 +149,21 @@ def lock_files_for_job(
 
     A file deleted meanwhile is a 404 naming the parameter. FOR SHARE lets concurrent job creations on
     one file proceed together; only `delete_file`'s FOR UPDATE waits for them (and then sees the jobs).
+    SQLite has no row locks: there a no-op UPDATE of the row takes the database's write lock first.
     """
     locked: dict[str, File] = {}
+    sqlite = session.get_bind().dialect.name == "sqlite"
     # a fixed order, so two transactions never wait on each other's locks
     for param, file_id in sorted(file_ids.items()):
         if file_id is None:
             continue
         row = None
         if registry.is_plausible_id(file_id):
-            row = session.scalars(
-                select(File)
-                .where(File.id == file_id, File.tenant_id == tenant_id, File.deleted_at.is_(None))
-                .with_for_update(read=True)
-            ).one_or_none()
+            live = (File.id == file_id, File.tenant_id == tenant_id, File.deleted_at.is_(None))
+            if sqlite:
+                touch = update(File).where(*live).values(status=File.status)
+                session.execute(touch.execution_options(synchronize_session=False))
+            row = session.scalars(select(File).where(*live).with_for_update(read=True)).one_or_none()
         if row is None:
             raise not_found("file", file_id, param=param)
         locked[param] = row
@@ -181,11 +183,13 @@ def _file_in_use(file_id: str, job_ids: list[str]) -> APIError:
 
 
 def delete_file(session: Session, storage: BlobStorage, tenant: Tenant, file_id: str) -> str:
-    """One transaction: lock the row, refuse while an unfinished job uses the file, mark it deleted.
+    """One transaction: lock the row, mark it deleted, refuse (roll back) while an unfinished job uses
+    the file.
 
     Of concurrent DELETEs exactly one succeeds: the others wait on the row lock and then no longer find
     the file (PostgreSQL re-checks `deleted_at IS NULL` on the locked row), so they answer 404. The
-    conditional UPDATE gives the same single winner on SQLite, which ignores FOR UPDATE.
+    conditional UPDATE gives the same single winner on SQLite, which ignores FOR UPDATE; the jobs are
+    read after it, under the write lock, so a job committed meanwhile is seen on both databases.
     """
     row = None
     if registry.is_plausible_id(file_id):
@@ -196,11 +200,6 @@ def delete_file(session: Session, storage: BlobStorage, tenant: Tenant, file_id:
         ).one_or_none()
     if row is None:
         raise not_found("file", file_id, param="file_id")
-    active = sorted(
-        job.id for job in registry.active_jobs_using_file(session, row.id) if job.tenant_id == tenant.id
-    )
-    if active:
-        raise _file_in_use(file_id, active)
     marked = session.execute(
         update(File)
         .where(File.id == row.id, File.deleted_at.is_(None))
@@ -211,6 +210,12 @@ def delete_file(session: Session, storage: BlobStorage, tenant: Tenant, file_id:
     if marked.rowcount != 1:
         session.rollback()
         raise not_found("file", file_id, param="file_id")
+    active = sorted(
+        job.id for job in registry.active_jobs_using_file(session, row.id) if job.tenant_id == tenant.id
+    )
+    if active:
+        session.rollback()
+        raise _file_in_use(file_id, active)
     session.commit()
     # after the commit: the database never points at a missing blob
     registry.delete_blobs(storage, [row.storage_key])

@@ -1,7 +1,8 @@
 """Concurrent requests on one file: DELETE vs DELETE and job creation vs DELETE, 20 rounds each.
 
 Every request of a round waits on a barrier, then all go at once through the app (real threads, the real
-PostgreSQL database), so the row locks of `delete_file` / `lock_files_for_job` are what decides.
+PostgreSQL database, and the embedded SQLite default), so the locks taken by `delete_file` and
+`lock_files_for_job` are what decides.
 """
 
 from __future__ import annotations
@@ -10,13 +11,18 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
+from pathlib import Path
 from typing import Any
 
-from api_helpers import assert_error, chat_rows, create_job, jsonl, upload
+from api_helpers import TEST_MAX_UPLOAD_BYTES, assert_error, chat_rows, create_job, jsonl, upload
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from api.deps import get_enqueue
+from api.main import create_app
+from lorasp_service.auth import create_tenant_with_key
+from lorasp_service.db import make_engine, migrate
 from lorasp_service.orm import File, Job
 from lorasp_service.settings import Settings
 
@@ -46,26 +52,20 @@ def _no_server_path(response: Any, settings: Settings) -> None:
     assert str(settings.blob_dir) not in response.text and str(settings.home) not in response.text
 
 
-def test_concurrent_deletes_of_one_file_have_exactly_one_winner(
-    client: TestClient, make_tenant: Callable[[], dict[str, str]], api_settings: Settings
-) -> None:
-    tenant = make_tenant()
+def _delete_race(client: TestClient, tenant: dict[str, str], settings: Settings) -> None:
     for _ in range(ROUNDS):
         file_id = _new_file(client, tenant)
         responses = _together([partial(client.delete, f"/v1/files/{file_id}", headers=tenant)] * DELETERS)
         statuses = sorted(response.status_code for response in responses)
         assert statuses == [200] + [404] * (DELETERS - 1), statuses
         for response in responses:
-            _no_server_path(response, api_settings)
+            _no_server_path(response, settings)
             if response.status_code == 404:
                 assert_error(response, 404, param="file_id", code="not_found")
-        assert not list((api_settings.blob_dir / "files" / tenant["X-Tenant-Id"]).glob(f"{file_id}*"))
+        assert not list((settings.blob_dir / "files" / tenant["X-Tenant-Id"]).glob(f"{file_id}*"))
 
 
-def test_job_creation_and_file_deletion_never_both_win(
-    client: TestClient, make_tenant: Callable[[], dict[str, str]], api_settings: Settings, db: Session
-) -> None:
-    tenant = make_tenant()
+def _job_race(client: TestClient, tenant: dict[str, str], settings: Settings, db: Session) -> None:
     outcomes = {"job": 0, "delete": 0}
     for _ in range(ROUNDS):
         file_id = _new_file(client, tenant)
@@ -75,8 +75,8 @@ def test_job_creation_and_file_deletion_never_both_win(
                 partial(client.delete, f"/v1/files/{file_id}", headers=tenant),
             ]
         )
-        _no_server_path(job, api_settings)
-        _no_server_path(deleted, api_settings)
+        _no_server_path(job, settings)
+        _no_server_path(deleted, settings)
         if job.status_code == 200:
             # the job came first: the file is in use, and the error names the job
             error = assert_error(deleted, 409, param="file_id", code="file_in_use")
@@ -99,7 +99,36 @@ def test_job_creation_and_file_deletion_never_both_win(
     for job_row in db.scalars(select(Job).where(Job.tenant_id == tenant["X-Tenant-Id"])):
         training = db.get(File, job_row.training_file_id)
         assert training is not None
-        assert (api_settings.blob_dir / training.storage_key).is_file()
+        assert (settings.blob_dir / training.storage_key).is_file()
+
+
+def test_concurrent_deletes_of_one_file_have_exactly_one_winner(
+    client: TestClient, make_tenant: Callable[[], dict[str, str]], api_settings: Settings
+) -> None:
+    _delete_race(client, make_tenant(), api_settings)
+
+
+def test_job_creation_and_file_deletion_never_both_win(
+    client: TestClient, make_tenant: Callable[[], dict[str, str]], api_settings: Settings, db: Session
+) -> None:
+    _job_race(client, make_tenant(), api_settings, db)
+
+
+def test_the_same_races_on_the_embedded_sqlite_default(tmp_path: Path) -> None:
+    """SQLite ignores FOR UPDATE / FOR SHARE: the conditional UPDATE and the write lock decide there."""
+    settings = Settings(home=tmp_path / "home", max_upload_bytes=TEST_MAX_UPLOAD_BYTES)
+    migrate(settings)
+    engine = make_engine(settings.database_url)
+    with Session(engine, expire_on_commit=False) as db:
+        tenant_row, key = create_tenant_with_key(db, "sqlite-races")
+        db.commit()
+        tenant = {"Authorization": f"Bearer {key}", "X-Tenant-Id": tenant_row.id}
+        app = create_app(settings)
+        app.dependency_overrides[get_enqueue] = lambda: lambda job_id: None
+        with TestClient(app) as sqlite_client:
+            _delete_race(sqlite_client, tenant, settings)
+            _job_race(sqlite_client, tenant, settings, db)
+    engine.dispose()
 
 
 def test_in_use_names_every_unfinished_job_and_finished_jobs_keep_the_file_id(
