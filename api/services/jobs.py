@@ -72,8 +72,9 @@ def create_job(
         validation = _file_for_job(session, tenant, request.validation_file, "validation_file", entry.task)
         if entry.task == "seq-cls":
             _check_validation_labels(training, validation)
-    files = {"training_file": training.id, "validation_file": request.validation_file}
-    lock_files_for_job(session, tenant.id, files)
+    lock_files_for_job(
+        session, tenant.id, {"training_file": training.id, "validation_file": request.validation_file}
+    )
     spec = resolve_spec(request, settings)
     job = Job(
         id=new_id("ftjob"),
