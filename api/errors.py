@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 logger = logging.getLogger(__name__)
 
@@ -126,8 +127,26 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(400, validation_error_detail(exc.errors()))
 
 
+_PROBED_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def allowed_methods(request: Request) -> str:
+    """Every method some route of the app fully matches for this path. The router raises the 405 from
+    the first route whose path matched, so its own Allow header names only that route's methods (GET,
+    not DELETE); asking each route through the public `matches` works whatever the router nests."""
+    allowed = []
+    for method in _PROBED_METHODS:
+        probe = {**request.scope, "method": method}
+        if any(route.matches(probe)[0] is Match.FULL for route in request.app.router.routes):
+            allowed.append(method)
+    return ", ".join(allowed)
+
+
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    headers = dict(exc.headers) if exc.headers else {}
+    if exc.status_code == 405:
+        headers["Allow"] = allowed_methods(request) or headers.get("Allow", "")
     if exc.status_code == 404:
         message = f"Unknown request URL: {request.method} {request.url.path}."
     elif exc.status_code == 405:
@@ -136,7 +155,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
         message = str(exc.detail)
     code = _HTTP_CODES.get(exc.status_code)
     detail = ErrorDetail(message=message, type="invalid_request_error", param=None, code=code)
-    return error_response(exc.status_code, detail, dict(exc.headers) if exc.headers else None)
+    return error_response(exc.status_code, detail, headers or None)
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:

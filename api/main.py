@@ -5,6 +5,9 @@ The schema is Alembic's: run `lorasp_service.db.migrate(settings)` before servin
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -15,7 +18,10 @@ from api.deps import AppResources
 from api.errors import error_response, file_too_large, install_error_handlers
 from api.routes import adapters, files, health, inference, jobs, models, serving
 from lorasp_core.serving import ServingEngine
+from lorasp_service.blob_sweep import sweep_orphans
 from lorasp_service.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
 
 API_PREFIX = "/v1"
 
@@ -61,6 +67,22 @@ class UploadSizeGuard:
         await self.app(scope, receive, send)
 
 
+async def sweep_orphans_forever(resources: AppResources) -> None:
+    """The orphan sweep at start, then every interval (a blocking pass, so in a thread: /health stays
+    responsive). A failed pass is logged and retried at the next interval, never fatal to the API."""
+    settings = resources.settings
+    while True:
+        try:
+            await asyncio.to_thread(
+                sweep_orphans, resources.sessions, resources.storage, settings.orphan_grace_seconds
+            )
+        except Exception:
+            log.exception("orphan blob sweep failed")
+        if settings.orphan_sweep_interval_seconds <= 0:
+            return
+        await asyncio.sleep(settings.orphan_sweep_interval_seconds)
+
+
 def create_app(settings: Settings | None = None, *, serving_engine: ServingEngine | None = None) -> FastAPI:
     """`serving_engine`: inject one (tests); by default the app builds its own on first use and closes it."""
     settings = settings or get_settings()
@@ -68,7 +90,11 @@ def create_app(settings: Settings | None = None, *, serving_engine: ServingEngin
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        sweeper = asyncio.create_task(sweep_orphans_forever(resources), name="orphan-sweep")
         yield
+        sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeper
         resources.close()
 
     app = FastAPI(

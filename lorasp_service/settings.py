@@ -55,6 +55,15 @@ class Settings(BaseSettings):
     # POST /v1/adapters: cap on the unpacked size of an uploaded archive (zip/tar bomb guard).
     max_adapter_unpacked_bytes: int = 1024 * 1024 * 1024
 
+    # Files (uploads and blob hygiene)
+    # Longest line a dataset may have; None: max_example_tokens * 32 bytes, at least 1 MiB (see
+    # max_line_bytes_limit). Longer lines are refused while the upload streams, never held whole.
+    max_line_bytes: int | None = None
+    # Blobs with no database row (left by a killed API or worker) are deleted once older than this,
+    # at API start and every orphan_sweep_interval_seconds (0 disables the periodic sweep).
+    orphan_grace_seconds: float = 3600.0
+    orphan_sweep_interval_seconds: float = 600.0
+
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:
         self.home = self.home.expanduser()
@@ -80,6 +89,14 @@ class Settings(BaseSettings):
     def embedded(self) -> bool:
         """True when running without servers: filesystem broker (and usually SQLite)."""
         return self.broker_url.startswith("filesystem://")
+
+    @property
+    def max_line_bytes_limit(self) -> int:
+        # A token is rarely more than a few bytes of JSON, even escaped (\uXXXX is 6); 32 per token plus
+        # a floor for the JSON around short examples keeps every example that fits its token limit.
+        if self.max_line_bytes is not None:
+            return self.max_line_bytes
+        return max(self.max_example_tokens * 32, 1024 * 1024)
 
     @property
     def visibility_timeout_seconds(self) -> int:

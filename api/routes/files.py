@@ -65,6 +65,10 @@ def get_file_content(
     )
 
 
-@router.delete("/{file_id}", response_model=FileDeleted)
+@router.delete(
+    "/{file_id}",
+    response_model=FileDeleted,
+    responses={409: {"model": ErrorResponse, "description": "An unfinished job uses the file"}},
+)
 def delete_file(session: SessionDep, storage: StorageDep, tenant: CurrentTenant, file_id: str) -> FileDeleted:
     return FileDeleted(id=file_service.delete_file(session, storage, tenant, file_id))

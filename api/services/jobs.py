@@ -11,6 +11,7 @@ from api.deps import EnqueueJob
 from api.errors import APIError, not_found
 from api.schemas.job_requests import CreateFineTuningJobRequest
 from api.services.catalog import FORMATS_FOR_TASK, enabled_base_models
+from api.services.files import lock_files_for_job
 from api.services.job_spec import build_spec
 from api.services.paging import fetch_page, newer_first_after
 from lorasp_service import jobs, registry
@@ -70,6 +71,9 @@ def create_job(
         validation = _file_for_job(session, tenant, request.validation_file, "validation_file", entry.task)
         if entry.task == "seq-cls":
             _check_validation_labels(training, validation)
+    lock_files_for_job(
+        session, tenant.id, {"training_file": training.id, "validation_file": request.validation_file}
+    )
     spec = build_spec(request, settings)
     job = Job(
         id=new_id("ftjob"),

@@ -17,6 +17,21 @@ from lorasp_core.data.formats import (
 TEXT_KEYS: tuple[str, ...] = ("text", "sentence")  # "sentence" as in GLUE SST-2
 
 
+LONE_SURROGATE_REASON = (
+    "contains a lone surrogate (a \\ud800-\\udfff escape without its pair): not valid Unicode"
+)
+
+
+def is_valid_unicode(text: str) -> bool:
+    """False for a string holding a lone surrogate: json.loads accepts "\\ud800", but no tokenizer or
+    UTF-8 writer can take it, so it would fail the training job long after the upload was accepted."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def json_type_name(value: object) -> str:
     """The JSON name of a value's type, for messages like "must be a string, got null"."""
     if value is None:
@@ -59,6 +74,9 @@ def _string_field(
         return None
     if not allow_empty and not value.strip():
         problems.append(DatasetProblem(line, "empty content", path))
+        return None
+    if not is_valid_unicode(value):
+        problems.append(DatasetProblem(line, LONE_SURROGATE_REASON, path))
         return None
     return value
 
@@ -129,6 +147,8 @@ def parse_classification(obj: dict[str, Any], line: int) -> Example | list[Datas
             )
         elif isinstance(raw_label, str) and not raw_label.strip():
             problems.append(DatasetProblem(line, "empty label", "label"))
+        elif isinstance(raw_label, str) and not is_valid_unicode(raw_label):
+            problems.append(DatasetProblem(line, LONE_SURROGATE_REASON, "label"))
         else:
             label = str(raw_label).strip()
     if text is None or label is None:

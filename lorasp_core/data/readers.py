@@ -1,7 +1,8 @@
 """Streaming readers for JSONL, CSV and TSV dataset files.
 
-Files are read as bytes one physical line at a time and each line is decoded on its own, so an
-undecodable byte is reported on the right line and memory stays constant whatever the file size.
+Files are read as bytes in bounded chunks, split into physical lines (lines.py), and each line is
+decoded on its own, so an undecodable byte is reported on the right line and memory stays constant
+whatever the file size; a line longer than `max_line_bytes` is reported without ever being held.
 Blank lines are skipped silently (a trailing newline or a blank separator line is common and harmless).
 """
 
@@ -15,15 +16,21 @@ from typing import Literal
 
 from lorasp_core.data.fields import TEXT_KEYS, detect_format, json_type_name, parse_object, parse_row
 from lorasp_core.data.formats import DatasetError, DatasetFormat, DatasetProblem, DatasetReport, Example
+from lorasp_core.data.lines import OverlongLine, file_chunks, line_too_long_reason, split_lines
 
 Layout = Literal["jsonl", "csv", "tsv"]
 ScanItem = tuple[int, Example | DatasetProblem]
 
 _UTF8_BOM = b"\xef\xbb\xbf"
 _JSONL_SUFFIXES = {".jsonl", ".json", ".ndjson"}
+# A first line longer than this is sniffed as JSONL (a CSV header is short); the scan then reports it.
+_SNIFF_BYTES = 64 * 1024
 
 
-def _decode_line(raw: bytes, line: int) -> str | DatasetProblem:
+def _decode_line(raw: bytes | OverlongLine, line: int, limit: int | None) -> str | DatasetProblem:
+    if isinstance(raw, OverlongLine):
+        assert limit is not None  # split_lines only drops lines when there is a limit
+        return DatasetProblem(line, line_too_long_reason(limit))
     if line == 1 and raw.startswith(_UTF8_BOM):
         raw = raw[len(_UTF8_BOM) :]
     try:
@@ -44,7 +51,10 @@ def detect_layout(path: Path) -> Layout:
     if suffix == ".tsv":
         return "tsv"
     with path.open("rb") as handle:
-        for raw in handle:
+        # a bounded line: sniffing must not read a huge first line whole
+        for raw in split_lines(file_chunks(handle), _SNIFF_BYTES):
+            if isinstance(raw, OverlongLine):
+                return "jsonl"
             first = raw.removeprefix(_UTF8_BOM).strip()
             if not first:
                 continue
@@ -57,16 +67,18 @@ def detect_layout(path: Path) -> Layout:
 class _DecodedLines:
     """Feeds decoded lines to csv.reader and remembers where the current record started."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, max_line_bytes: int | None) -> None:
         self.path = path
+        self.max_line_bytes = max_line_bytes
         self.record_start: int | None = None
         self.pending: list[DatasetProblem] = []
         self.saw_content = False
 
     def __iter__(self) -> Iterator[str]:
         with self.path.open("rb") as handle:
-            for line, raw in enumerate(handle, start=1):
-                decoded = _decode_line(raw, line)
+            lines = split_lines(file_chunks(handle), self.max_line_bytes)
+            for line, raw in enumerate(lines, start=1):
+                decoded = _decode_line(raw, line, self.max_line_bytes)
                 if isinstance(decoded, DatasetProblem):
                     self.pending.append(decoded)
                     self.saw_content = True
@@ -85,8 +97,14 @@ class DatasetScanner:
     of the first valid example; later examples of another format are reported as problems.
     """
 
-    def __init__(self, path: str | Path, expected_format: DatasetFormat | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        expected_format: DatasetFormat | None = None,
+        max_line_bytes: int | None = None,
+    ) -> None:
         self.path = Path(path)
+        self.max_line_bytes = max_line_bytes
         self.expected_format = expected_format
         self.format: DatasetFormat | None = expected_format
         self.format_line: int | None = None
@@ -124,8 +142,9 @@ class DatasetScanner:
 
     def _scan_jsonl(self) -> Iterator[ScanItem]:
         with self.path.open("rb") as handle:
-            for line, raw in enumerate(handle, start=1):
-                decoded = _decode_line(raw, line)
+            lines = split_lines(file_chunks(handle), self.max_line_bytes)
+            for line, raw in enumerate(lines, start=1):
+                decoded = _decode_line(raw, line, self.max_line_bytes)
                 if isinstance(decoded, DatasetProblem):
                     self.saw_content = True
                     yield line, decoded
@@ -161,7 +180,7 @@ class DatasetScanner:
                 yield from self._accept(parse_object(obj, fmt, line), fmt, line)
 
     def _scan_delimited(self, delimiter: str) -> Iterator[ScanItem]:
-        source = _DecodedLines(self.path)
+        source = _DecodedLines(self.path, self.max_line_bytes)
         # TSV (GLUE style) has no quoting: a sentence may start with a quote character
         if delimiter == "\t":
             reader = csv.reader(source, delimiter=delimiter, quoting=csv.QUOTE_NONE)
@@ -209,9 +228,11 @@ class DatasetScanner:
             )
 
 
-def read_examples(path: str | Path, *, expected_format: DatasetFormat | None = None) -> Iterator[Example]:
+def read_examples(
+    path: str | Path, *, expected_format: DatasetFormat | None = None, max_line_bytes: int | None = None
+) -> Iterator[Example]:
     """Stream the examples of a file; raise DatasetError (with a one-problem report) on the first bad line."""
-    scanner = DatasetScanner(path, expected_format)
+    scanner = DatasetScanner(path, expected_format, max_line_bytes)
     examples_so_far = 0
     for _line, item in scanner:
         if isinstance(item, DatasetProblem):

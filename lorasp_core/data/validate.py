@@ -77,21 +77,24 @@ def validate_dataset(
     min_examples: int = 1,
     max_problems: int = 20,
     expected_format: DatasetFormat | None = None,
+    max_line_bytes: int | None = None,
 ) -> DatasetReport:
     """Read `path` once, streaming (constant memory), and report its problems and statistics.
 
     Problems carry 1-based line numbers (0 for the whole file). Blank lines are skipped, not reported.
     Token statistics and the max_tokens check need a tokenizer; max_tokens without one is ignored.
+    A line longer than `max_line_bytes` (None: no limit) is a problem, found without holding the line.
     """
     if max_problems < 1:
         raise ValueError(f"max_problems must be >= 1, got {max_problems}")
     path = Path(path)
     collector = _ProblemCollector(max_problems)
     if not path.is_file():
-        collector.add(DatasetProblem(0, f"no such file: {path}"))
+        # the name only: the report reaches clients, the server's directories must not
+        collector.add(DatasetProblem(0, f"no such file: {path.name}"))
         return DatasetReport(expected_format, 0, None, None, problems=collector.problems)
     counter = None if tokenizer is None else _TokenCounter(tokenizer, max_tokens)
-    scanner = DatasetScanner(path, expected_format)
+    scanner = DatasetScanner(path, expected_format, max_line_bytes)
     examples = 0
     label_counts: dict[str, int] = {}
     for line, item in scanner:

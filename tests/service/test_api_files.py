@@ -10,6 +10,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from api.deps import get_enqueue
+from api.main import create_app
 from lorasp_service.orm import File
 from lorasp_service.settings import Settings
 
@@ -158,6 +160,47 @@ def test_file_used_by_an_active_job_cannot_be_deleted(
         json={"model": "tiny-random-llama", "training_file": chat_file["id"]},
     )
     assert job.status_code == 200, job.text
-    assert_error(client.delete(f"/v1/files/{chat_file['id']}", headers=alice), 400, code="file_in_use")
+    assert_error(client.delete(f"/v1/files/{chat_file['id']}", headers=alice), 409, code="file_in_use")
     client.post(f"/v1/fine_tuning/jobs/{job.json()['id']}/cancel", headers=alice)
     assert client.delete(f"/v1/files/{chat_file['id']}", headers=alice).status_code == 200
+
+
+def test_a_line_over_the_limit_is_refused_naming_it_and_nothing_is_kept(
+    api_settings: Settings, alice: dict[str, str]
+) -> None:
+    settings = api_settings.model_copy(update={"max_line_bytes": 1024})
+    app = create_app(settings)
+    app.dependency_overrides[get_enqueue] = lambda: lambda job_id: None
+    fits = jsonl([{"prompt": "p" * 900, "completion": "c"}])
+    over = jsonl(chat_rows(2)) + jsonl([{"prompt": "p" * 2000, "completion": "c"}]) + jsonl(chat_rows(2))
+    with TestClient(app) as limited:
+        before = _stored_blobs(settings, alice["X-Tenant-Id"])
+        error = assert_error(upload(limited, alice, over), 400, param="file", code="invalid_file_format")
+        assert "line 3" in error["message"] and "1024 bytes" in error["message"], error
+        assert _stored_blobs(settings, alice["X-Tenant-Id"]) == before
+        assert not list((settings.blob_dir / ".tmp").iterdir())
+        assert upload(limited, alice, fits).status_code == 200
+
+
+def test_the_default_line_limit_follows_the_token_limit() -> None:
+    assert Settings(max_example_tokens=100_000).max_line_bytes_limit == 3_200_000
+    assert Settings(max_example_tokens=16).max_line_bytes_limit == 1024 * 1024  # the floor
+    assert Settings(max_line_bytes=77).max_line_bytes_limit == 77
+
+
+def test_a_lone_surrogate_in_a_training_file_is_refused_at_upload(
+    client: TestClient, alice: dict[str, str]
+) -> None:
+    bad = b'{"messages": [{"role": "user", "content": "a\\ud800"}, {"role": "assistant", "content": "b"}]}\n'
+    error = assert_error(upload(client, alice, jsonl(chat_rows(2)) + bad), 400, param="file")
+    assert "line 3" in error["message"] and "lone surrogate" in error["message"], error
+    assert "messages[0].content" in error["message"]
+
+
+def test_405_allow_lists_every_method_of_the_path(client: TestClient, alice: dict[str, str]) -> None:
+    response = client.post("/v1/files/file-anything", headers=alice)
+    assert_error(response, 405, code="method_not_allowed")
+    assert {method.strip() for method in response.headers["allow"].split(",")} == {"GET", "DELETE"}
+    only_get = client.put("/v1/files/file-anything/content", headers=alice)
+    assert_error(only_get, 405)
+    assert only_get.headers["allow"] == "GET"
