@@ -9,6 +9,9 @@ from torch import nn
 
 FinishReason = Literal["stop", "length"]
 
+# torch.Generator.manual_seed takes any 64-bit value, signed or unsigned (negatives wrap around).
+MIN_SEED, MAX_SEED = -(2**63), 2**64 - 1
+
 
 class AdapterLoadError(ValueError):
     """An adapter directory cannot be served: corrupt, incomplete or incompatible with its base model.
@@ -96,6 +99,8 @@ class GenerationRequest:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.stop is not None and any(not s for s in self.stop):
             raise ValueError("stop strings must be non-empty")
+        if self.seed is not None and not MIN_SEED <= self.seed <= MAX_SEED:
+            raise ValueError(f"seed must be in [{MIN_SEED}, {MAX_SEED}], got {self.seed}")
 
 
 @dataclass(frozen=True)
