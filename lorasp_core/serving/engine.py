@@ -25,6 +25,7 @@ from lorasp_core.serving.types import (
     GenerationChunk,
     GenerationRequest,
     GenerationResult,
+    TemplateBudget,
 )
 
 logger = logging.getLogger("lorasp_core.serving")
@@ -53,9 +54,18 @@ class ServingEngine(AdapterManager):
         max_rank: int = 64,
         batch_window_ms: float = 5.0,
         max_batch_size: int = 32,
+        max_pinned_per_owner: int | None = None,
+        max_resident_per_owner: int | None = None,
+        template_budget: TemplateBudget | None = None,
     ) -> None:
         super().__init__(
-            base_loader, max_adapters=max_adapters, max_adapter_bytes=max_adapter_bytes, max_rank=max_rank
+            base_loader,
+            max_adapters=max_adapters,
+            max_adapter_bytes=max_adapter_bytes,
+            max_rank=max_rank,
+            max_pinned_per_owner=max_pinned_per_owner,
+            max_resident_per_owner=max_resident_per_owner,
+            template_budget=template_budget,
         )
         self._scheduler = BatchScheduler(
             self._run_scheduled_batch, batch_window_s=batch_window_ms / 1000.0, max_batch_size=max_batch_size
@@ -70,10 +80,8 @@ class ServingEngine(AdapterManager):
         try:
             if resident.task != "causal-lm":
                 raise ValueError(f"base model {request.model!r} is not a causal LM")
-            with resident.tokenizer_lock:
-                prompt_ids = render_prompt_ids(
-                    resident.tokenizer, request, entry.chat_template if entry else None
-                )
+            template = entry.chat_template if entry else None
+            prompt_ids = render_prompt_ids(resident, request, template, self.template_budget)
             limit = getattr(getattr(resident.model, "config", None), "max_position_embeddings", None)
             if limit is not None and len(prompt_ids) + request.max_tokens > int(limit):
                 raise ValueError(

@@ -48,6 +48,10 @@ class ResidentModel:
         # HF fast tokenizers are not safe to share across threads (padding/truncation settings mutate
         # the Rust object: "Already borrowed"); request threads and the decoder share this one.
         self.tokenizer_lock = threading.Lock()
+        # What transformers passes a chat template besides the messages (bos_token, eos_token, ...),
+        # read once so that rendering never touches the shared tokenizer.
+        special = getattr(self.tokenizer, "special_tokens_map", None) or {}
+        self.template_variables: dict[str, str] = {str(k): str(v) for k, v in dict(special).items()}
 
     def name_aliases(self) -> list[str]:
         config = getattr(self.model, "config", None)
@@ -190,4 +194,3 @@ class ResidentModel:
                 yield
             finally:
                 self.selection.set(None)
-

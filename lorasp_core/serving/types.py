@@ -34,6 +34,37 @@ class AdapterCacheFullError(RuntimeError):
     """No adapter can be evicted to make room: all resident adapters are pinned or serving requests."""
 
 
+class AdapterQuotaError(AdapterCacheFullError):
+    """The owner (tenant) of the adapter already has its quota of pinned or resident adapters, all of
+    them pinned or serving. Only ever raised for the owner of the adapter being loaded or pinned."""
+
+    def __init__(self, owner: str, kind: Literal["pinned", "resident"], limit: int) -> None:
+        self.owner = owner
+        self.kind = kind
+        self.limit = limit
+        super().__init__(f"owner {owner!r} already has its quota of {limit} {kind} adapters")
+
+
+class ChatTemplateError(ValueError):
+    """A chat template that cannot be rendered: it does not parse, raises, or exceeds its budget."""
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+        super().__init__(f"chat template {problem}")
+
+
+@dataclass(frozen=True)
+class TemplateBudget:
+    """What one chat-template render may spend: wall time, and characters of any string it builds."""
+
+    timeout_ms: float = 200.0
+    max_chars: int = 262_144
+
+    def __post_init__(self) -> None:
+        if self.timeout_ms <= 0 or self.max_chars < 1:
+            raise ValueError(f"template budget must be positive, got {self}")
+
+
 class BaseModelBundle(Protocol):
     """What `base_loader(name)` returns; `lorasp_core.models.LoadedModel` satisfies it structurally."""
 
