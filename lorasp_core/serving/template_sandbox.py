@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from datetime import datetime
 from functools import wraps
@@ -171,6 +171,22 @@ class BudgetedEnvironment(ImmutableSandboxedEnvironment):
             dict=dict,
             namespace=_TemplateNamespace,
         )
+        self.globals.pop("lipsum", None)  # generates text in one uninterruptible call; no template needs it
+
+    def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
+        # A {% for %} body with no call or lookup in it never reaches a hook (nested loops over a long
+        # message would run unchecked): every loop iterates through budgeted_iter instead.
+        tree = super()._parse(source, name, filename)
+        for loop in tree.find_all(nodes.For):
+            budgeted = nodes.EnvironmentAttribute("budgeted_iter").set_lineno(loop.lineno)
+            loop.iter = nodes.Call(budgeted, [loop.iter], [], None, None).set_lineno(loop.lineno)
+        return tree
+
+    def budgeted_iter(self, iterable: Any) -> Iterator[Any]:
+        for index, item in enumerate(iterable):
+            if index % 64 == 0:
+                _tick()
+            yield item
 
     def budgeted_concat(self, parts: Sequence[Any]) -> str:
         meter = _tick()

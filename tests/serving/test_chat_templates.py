@@ -61,6 +61,7 @@ HOSTILE = {
     "mutation": ("{{ messages.append(1) }}", "unsafe"),
     "too_long": ("x" * (MAX_TEMPLATE_CHARS + 1), "over the limit"),
     "empty": ("{# nothing #}", "empty prompt"),
+    "lipsum": ("{{ lipsum(5000) }}", "undefined"),
 }
 
 
@@ -90,6 +91,16 @@ def test_hostile_templates_fail_with_their_reason_within_the_budget(name: str) -
         check_chat_template(template, budget=BUDGET)
     assert reason in caught.value.problem, caught.value.problem
     assert time.monotonic() - started < 10  # a hang guard: the budget is 0.3 s
+
+
+def test_loops_without_calls_over_a_long_message_are_cut_off() -> None:
+    """No call, lookup or output inside the loops: only the per-iteration hook can stop them."""
+    loops = "{% set c = messages[0].content %}{% for a in c %}{% for b in c %}{% for d in c %}"
+    template = loops + "{% endfor %}{% endfor %}{% endfor %}"
+    started = time.monotonic()
+    with pytest.raises(ChatTemplateError, match="300 ms"):
+        render_chat_template(template, [{"role": "user", "content": "x" * 3000}], budget=BUDGET)
+    assert time.monotonic() - started < 10  # a hang guard: 2.7e10 iterations otherwise
 
 
 def test_bounded_but_legitimate_templates_render() -> None:
