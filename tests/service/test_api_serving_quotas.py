@@ -116,3 +116,9 @@ def test_seq_cls_adapter_counts_against_its_owner_only(
     assert len(loaded_ids(quota_client, alice)) == 3
     bob_says = quota_client.post("/v1/classifications", headers=bob, json={"model": ids[4], "input": "x"})
     assert bob_says.status_code == 200, bob_says.text
+
+
+def test_quota_errors_are_documented(quota_client: TestClient) -> None:
+    paths = quota_client.get("/openapi.json").json()["paths"]
+    for path in ("/v1/adapters/{adapter_id}/load", "/v1/chat/completions", "/v1/classifications"):
+        assert "429" in paths[path]["post"]["responses"], path
