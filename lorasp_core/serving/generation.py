@@ -29,10 +29,12 @@ def render_prompt_ids(
         text = render_chat_template(
             template, request.messages, budget=budget, variables=resident.template_variables
         )
+        _check_length(resident, text)
         with resident.tokenizer_lock:
             ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     else:
         assert request.prompt is not None
+        _check_length(resident, request.prompt)
         with resident.tokenizer_lock:
             ids = tokenizer(request.prompt)["input_ids"]
     if not ids and getattr(tokenizer, "bos_token_id", None) is not None:
@@ -40,6 +42,15 @@ def render_prompt_ids(
     if not ids:
         raise ValueError("the prompt is empty")
     return [int(i) for i in ids]
+
+
+def _check_length(resident: ResidentModel, text: str) -> None:
+    limit = resident.max_text_chars
+    if limit is not None and len(text) > limit:
+        raise ValueError(
+            f"the prompt is {len(text)} characters long, more than the model's context can hold "
+            f"(at most {limit} characters)"
+        )
 
 
 class GenerationStream(Iterator[GenerationChunk]):
