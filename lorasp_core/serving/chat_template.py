@@ -66,7 +66,14 @@ def render_chat_template(
         chunks: list[str] = []
         total = 0
         plain = [{str(k): str(v) for k, v in message.items()} for message in messages]
-        context = {**(variables or {}), "messages": plain, "add_generation_prompt": add_generation_prompt}
+        # tools/documents as transformers passes them when absent (None, not undefined: `is not none`).
+        context = {
+            **(variables or {}),
+            "messages": plain,
+            "tools": None,
+            "documents": None,
+            "add_generation_prompt": add_generation_prompt,
+        }
         for chunk in template.generate(**context):
             total += len(chunk)
             meter.size(total)

@@ -103,6 +103,15 @@ def test_loops_without_calls_over_a_long_message_are_cut_off() -> None:
     assert time.monotonic() - started < 10  # a hang guard: 2.7e10 iterations otherwise
 
 
+def test_absent_tools_are_none_as_in_transformers() -> None:
+    template = "{% if tools is not none %}TOOLS{% endif %}{% if documents is none %}NODOCS{% endif %}ok"
+    ours = render_chat_template(template, PROBE_MESSAGES, budget=BUDGET)
+    theirs = make_tiny_tokenizer().apply_chat_template(
+        list(PROBE_MESSAGES), chat_template=template, tokenize=False
+    )
+    assert ours == theirs == "NODOCSok"
+
+
 def test_bounded_but_legitimate_templates_render() -> None:
     template = "{% for m in messages %}{{ m.role|upper }}: {{ m.content|tojson }}{{ '-' * 3 }}{% endfor %}"
     text = render_chat_template(template, PROBE_MESSAGES, budget=BUDGET)
