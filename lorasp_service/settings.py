@@ -63,6 +63,14 @@ class Settings(BaseSettings):
     # at API start and every orphan_sweep_interval_seconds (0 disables the periodic sweep).
     orphan_grace_seconds: float = 3600.0
     orphan_sweep_interval_seconds: float = 600.0
+    # Serving against hostile tenants (issue 12). Per-tenant adapter quotas, so one tenant cannot take
+    # every slot: at its resident quota a tenant's own LRU adapter is evicted first.
+    serving_max_pinned_per_tenant: int = 2
+    serving_max_resident_per_tenant: int = 4
+    # Budget of one chat-template render (an adapter's template is tenant code): wall time, and the
+    # characters of its output or of any string it builds. The engine refuses values that are not positive.
+    chat_template_timeout_ms: float = 200.0
+    chat_template_max_chars: int = 262_144
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:

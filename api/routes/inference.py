@@ -25,7 +25,11 @@ from api.services import inference as inference_service
 
 router = APIRouter(
     tags=["inference"],
-    responses={**ERROR_RESPONSES, 503: {"model": ErrorResponse, "description": "No adapter slot free"}},
+    responses={
+        **ERROR_RESPONSES,
+        429: {"model": ErrorResponse, "description": "The tenant's quota of resident adapters is full"},
+        503: {"model": ErrorResponse, "description": "No adapter slot free"},
+    },
 )
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}

@@ -43,7 +43,10 @@ def list_loaded_adapters(session: SessionDep, engine: EngineDep, tenant: Current
 @router.post(
     "/{adapter_id:path}/load",
     response_model=LoadedAdapter,
-    responses={503: {"model": ErrorResponse, "description": "Every slot is pinned or serving"}},
+    responses={
+        429: {"model": ErrorResponse, "description": "The tenant's pinned or resident quota is full"},
+        503: {"model": ErrorResponse, "description": "Every slot is pinned or serving"},
+    },
 )
 def load_adapter(
     session: SessionDep, storage: StorageDep, engine: EngineDep, tenant: CurrentTenant, adapter_id: str,

@@ -1,17 +1,40 @@
 """Request and response shapes of /v1/chat/completions, /v1/completions and /v1/classifications.
 
 Requests follow OpenAI's field names; anything we do not implement is refused by name (extra="forbid")
-rather than silently ignored. `stream` is a strict bool; `n` other than 1 is refused.
+rather than silently ignored. `stream` is a strict bool; `n` other than 1 is refused. Text the model
+reads must be valid Unicode: JSON allows a lone surrogate escape ("\\ud800"), which no tokenizer can
+encode, so it is refused here, naming the field, instead of failing inside the engine.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 MAX_CLASSIFICATION_INPUTS = 256
 MAX_STOP_SEQUENCES = 4
+# OpenAI's `seed` is a signed 64-bit integer (the engine's generator would take unsigned ones too).
+MIN_SEED, MAX_SEED = -(2**63), 2**63 - 1
+
+
+def unicode_problem(text: str) -> str | None:
+    """Why `text` cannot be tokenized (a lone surrogate), or None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        return f"contains a lone surrogate (U+{ord(text[error.start]):04X}) at position {error.start}"
+    return None
+
+
+def _valid_text(text: str) -> str:
+    problem = unicode_problem(text)
+    if problem is not None:
+        raise ValueError(f"the text {problem}; send valid Unicode")
+    return text
+
+
+ModelText = Annotated[str, AfterValidator(_valid_text)]
 
 StopField = Annotated[str | list[str] | None, Field(default=None)]
 
@@ -29,6 +52,15 @@ class ChatMessage(BaseModel):
     content: str | list[TextPart]
     name: str | None = None
 
+    @field_validator("content")
+    @classmethod
+    def _content_is_unicode(cls, value: str | list[TextPart]) -> str | list[TextPart]:
+        # Checked here rather than on each union member, so the error names `content` itself.
+        texts = [value] if isinstance(value, str) else [part.text for part in value]
+        for text in texts:
+            _valid_text(text)
+        return value
+
     def as_engine_message(self) -> dict[str, str]:
         content = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
         return {"role": "system" if self.role == "developer" else self.role, "content": content}
@@ -45,7 +77,7 @@ class _SamplingRequest(BaseModel):
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     stop: StopField
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=MIN_SEED, le=MAX_SEED)
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
     n: int = 1
@@ -66,6 +98,8 @@ class _SamplingRequest(BaseModel):
             raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences, got {len(stops)}")
         if any(not s for s in stops):
             raise ValueError("stop sequences must be non-empty strings")
+        for stop in stops:
+            _valid_text(stop)
         return value
 
     def stop_list(self) -> list[str] | None:
@@ -88,7 +122,7 @@ class ChatCompletionRequest(_SamplingRequest):
 
 
 class CompletionRequest(_SamplingRequest):
-    prompt: str
+    prompt: ModelText
     max_tokens: int = Field(default=16, ge=1)  # OpenAI's legacy default
 
 
@@ -96,6 +130,19 @@ class ClassificationRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str = Field(min_length=1)
     input: str | Annotated[list[str], Field(min_length=1, max_length=MAX_CLASSIFICATION_INPUTS)]
+
+    @field_validator("input")
+    @classmethod
+    def _inputs_are_text(cls, value: str | list[str]) -> str | list[str]:
+        # An empty text has no tokens to classify (the tiny tokenizer adds no [CLS]): refuse it by index.
+        for index, text in enumerate([value] if isinstance(value, str) else value):
+            where = "" if isinstance(value, str) else f"input[{index}]: "
+            if not text:
+                raise ValueError(f"{where}the text to classify must not be empty")
+            problem = unicode_problem(text)
+            if problem is not None:
+                raise ValueError(f"{where}the text {problem}; send valid Unicode")
+        return value
 
     def texts(self) -> list[str]:
         return [self.input] if isinstance(self.input, str) else list(self.input)

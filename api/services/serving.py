@@ -24,7 +24,10 @@ from lorasp_core.serving import (
     AdapterCacheFullError,
     AdapterInfo,
     AdapterLoadError,
+    AdapterQuotaError,
+    ChatTemplateError,
     ServingEngine,
+    TemplateBudget,
     UnknownAdapterError,
 )
 from lorasp_service import registry
@@ -51,6 +54,11 @@ def build_serving_engine(settings: Settings) -> ServingEngine:
         max_rank=settings.serving_max_rank,
         batch_window_ms=settings.serving_batch_window_ms,
         max_batch_size=settings.serving_max_batch_size,
+        max_pinned_per_owner=settings.serving_max_pinned_per_tenant,
+        max_resident_per_owner=settings.serving_max_resident_per_tenant,
+        template_budget=TemplateBudget(
+            timeout_ms=settings.chat_template_timeout_ms, max_chars=settings.chat_template_max_chars
+        ),
     )
 
 
@@ -72,6 +80,14 @@ def engine_errors(param: str | None) -> Iterator[None]:
                 param=param, code="adapter_files_missing",
             ) from error
         raise APIError(400, load_error_message(error), param=param, code="invalid_adapter") from error
+    except AdapterQuotaError as error:
+        # The quota is always the requesting tenant's own (adapters are loaded for their owner only).
+        raise APIError(
+            429, f"Your tenant's quota of {error.limit} {error.kind} adapters is full"
+            + (" (each is pinned or serving)" if error.kind == "resident" else "")
+            + f"; unpin or unload one of your adapters (LORASP_SERVING_MAX_{error.kind.upper()}_PER_TENANT).",
+            param=param, code="adapter_quota_exceeded",
+        ) from error
     except AdapterCacheFullError as error:
         raise APIError(
             503, f"No adapter slot is free: every resident adapter is pinned or serving ({error}). "
@@ -80,6 +96,11 @@ def engine_errors(param: str | None) -> Iterator[None]:
         ) from error
     except ModelUnavailableError as error:
         raise APIError(503, str(error), param=param, code="model_unavailable", type="server_error") from error
+    except ChatTemplateError as error:
+        raise APIError(
+            400, f"The model's chat template cannot be used: {error.problem}.",
+            param=param, code="invalid_chat_template",
+        ) from error
 
 
 def tenant_adapter(session: Session, tenant: Tenant, adapter_id: str, *, param: str) -> Adapter:
@@ -94,7 +115,8 @@ def ensure_loaded(
 ) -> AdapterInfo:
     """Hot-load the adapter from its storage directory (a cache hit, just touched, if resident)."""
     with engine_errors(param):
-        return engine.load_adapter(adapter.id, storage.path(adapter.storage_key), adapter.base_model, pin=pin)
+        path = storage.path(adapter.storage_key)
+        return engine.load_adapter(adapter.id, path, adapter.base_model, pin=pin, owner=adapter.tenant_id)
 
 
 def with_reload(

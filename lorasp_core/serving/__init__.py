@@ -10,11 +10,14 @@ from lorasp_core.serving.types import (
     AdapterCacheFullError,
     AdapterInfo,
     AdapterLoadError,
+    AdapterQuotaError,
     BaseModelBundle,
+    ChatTemplateError,
     ClassificationResult,
     GenerationChunk,
     GenerationRequest,
     GenerationResult,
+    TemplateBudget,
     UnknownAdapterError,
 )
 
@@ -23,7 +26,9 @@ __all__ = [
     "AdapterInfo",
     "AdapterLoadError",
     "AdapterManager",
+    "AdapterQuotaError",
     "BaseModelBundle",
+    "ChatTemplateError",
     "ClassificationResult",
     "GenerationChunk",
     "GenerationRequest",
@@ -33,5 +38,6 @@ __all__ = [
     "RowDispatchModule",
     "ServingEngine",
     "SlotSelection",
+    "TemplateBudget",
     "UnknownAdapterError",
 ]

@@ -1,4 +1,6 @@
-"""LRU bookkeeping of resident adapters: capacity by count and bytes, pinning, in-use protection, metrics.
+"""LRU bookkeeping of resident adapters: capacity by count and bytes, pinning, in-use protection, metrics,
+and per-owner (tenant) quotas so one owner cannot take every slot: an owner at its resident quota
+evicts its own least recently used adapter first, and may pin at most its pinned quota.
 
 Pure bookkeeping (no tensors): the engine asks `plan_admission` which adapters to evict *before* it
 changes anything, so a load that cannot fit fails with the engine untouched.
@@ -10,7 +12,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from lorasp_core.serving.types import AdapterCacheFullError, AdapterInfo
+from lorasp_core.serving.types import AdapterCacheFullError, AdapterInfo, AdapterQuotaError
 
 
 @dataclass
@@ -44,17 +46,30 @@ class CacheEntry:
     label_names: tuple[str, ...] | None
     chat_template: str | None
     in_use: int = 0  # requests queued or running with this adapter: never evicted meanwhile
+    owner: str | None = None  # the tenant whose quotas it counts against (None: no quota)
     unload_when_idle: bool = False  # unload_adapter() came while requests were still using it
 
 
 class AdapterCache:
-    def __init__(self, max_adapters: int, max_bytes: int | None = None) -> None:
+    def __init__(
+        self,
+        max_adapters: int,
+        max_bytes: int | None = None,
+        *,
+        max_pinned_per_owner: int | None = None,
+        max_resident_per_owner: int | None = None,
+    ) -> None:
         if max_adapters < 1:
             raise ValueError(f"max_adapters must be >= 1, got {max_adapters}")
         if max_bytes is not None and max_bytes <= 0:
             raise ValueError(f"max_adapter_bytes must be > 0, got {max_bytes}")
+        for name, quota in (("pinned", max_pinned_per_owner), ("resident", max_resident_per_owner)):
+            if quota is not None and quota < 1:
+                raise ValueError(f"max_{name}_per_owner must be >= 1, got {quota}")
         self.max_adapters = max_adapters
         self.max_bytes = max_bytes
+        self.max_pinned_per_owner = max_pinned_per_owner
+        self.max_resident_per_owner = max_resident_per_owner
         self.entries: OrderedDict[str, CacheEntry] = OrderedDict()  # least recently used first
         self.stats: dict[str, AdapterStats] = {}
 
@@ -77,8 +92,34 @@ class AdapterCache:
             stats.hits += 1
         return entry
 
-    def plan_admission(self, nbytes: int, *, replacing: str | None = None) -> list[str]:
-        """Adapters to evict (LRU first) so that one more of `nbytes` fits; raises if impossible.
+    def check_pin(self, owner: str | None, adapter_id: str) -> None:
+        """Raise AdapterQuotaError if `owner` pinning `adapter_id` would exceed its pinned quota."""
+        quota = self.max_pinned_per_owner
+        if owner is None or quota is None:
+            return
+        pinned = sum(
+            1 for e in self.entries.values() if e.owner == owner and e.pinned and e.adapter_id != adapter_id
+        )
+        if pinned >= quota:
+            raise AdapterQuotaError(owner, "pinned", quota)
+
+    def _own_victims(self, owner: str | None, remaining: list[CacheEntry]) -> list[CacheEntry]:
+        """The owner's own LRU adapters that must go so it stays within its resident quota."""
+        quota = self.max_resident_per_owner
+        if owner is None or quota is None:
+            return []
+        own = [e for e in remaining if e.owner == owner]  # least recently used first
+        evictable = [e for e in own if not e.pinned and not e.in_use]
+        excess = len(own) + 1 - quota
+        if excess > len(evictable):
+            raise AdapterQuotaError(owner, "resident", quota)
+        return evictable[: max(excess, 0)]
+
+    def plan_admission(
+        self, nbytes: int, *, replacing: str | None = None, owner: str | None = None
+    ) -> list[str]:
+        """Adapters to evict (LRU first) so that one more of `nbytes`, owned by `owner`, fits; raises if
+        impossible. The owner's own adapters go first while it is at its resident quota.
 
         `replacing` names an entry that the new one replaces (its room counts as free).
         """
@@ -87,8 +128,10 @@ class AdapterCache:
                 f"adapter needs {nbytes} bytes, more than max_adapter_bytes={self.max_bytes}"
             )
         remaining = [e for e in self.entries.values() if e.adapter_id != replacing]
+        own_victims = self._own_victims(owner, remaining)
+        victims = [e.adapter_id for e in own_victims]
+        remaining = [e for e in remaining if e.adapter_id not in victims]
         count, used = len(remaining), sum(e.nbytes for e in remaining)
-        victims: list[str] = []
         for entry in remaining:  # least recently used first
             if count < self.max_adapters and (self.max_bytes is None or used + nbytes <= self.max_bytes):
                 break

@@ -60,10 +60,12 @@ def classify_rows(
         int(getattr(config, "max_position_embeddings", 0)),
     ]
     max_length = min(limit for limit in limits if limit > 0) if any(limits) else 512
+    # Truncation happens after tokenizing the whole text: cut what can never be read first, so a huge
+    # input does not hold the shared tokenizer lock (the kept prefix gives the same first tokens).
+    cap = resident.max_text_chars
+    texts = [text[:cap] for text in texts] if cap is not None else list(texts)
     with resident.tokenizer_lock:
-        encoded = tokenizer(
-            list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt"
-        )
+        encoded = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
     inputs = {k: v for k, v in encoded.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
     with torch.inference_mode(), resident.active_slots(torch.tensor(list(row_slots), dtype=torch.long)):
         logits = resident.model(**inputs).logits.float()

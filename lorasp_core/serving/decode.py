@@ -7,6 +7,7 @@ from the batch and the KV cache as soon as they finish.
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,7 +17,9 @@ from transformers import DynamicCache
 
 from lorasp_core.serving.resident import ResidentModel
 from lorasp_core.serving.text_stream import TextStream
-from lorasp_core.serving.types import FinishReason, GenerationChunk, GenerationResult
+from lorasp_core.serving.types import MAX_SEED, MIN_SEED, FinishReason, GenerationChunk, GenerationResult
+
+logger = logging.getLogger("lorasp_core.serving")
 
 
 @dataclass
@@ -31,6 +34,7 @@ class DecodeRow:
     ignore_eos: bool = False
     emit: Callable[[GenerationChunk], None] | None = None  # called from the decoding thread
     cancelled: Callable[[], bool] | None = None  # polled every step: a reader that went away
+    fail: Callable[[BaseException], None] | None = None  # this row (alone) raised; called once
 
 
 @dataclass
@@ -39,6 +43,16 @@ class _RowState:
     generator: torch.Generator | None
     token_ids: list[int] = field(default_factory=list)
     finish_reason: FinishReason | None = None
+    error: BaseException | None = None  # the row failed alone; it is out of the batch
+
+
+def _generator(row: DecodeRow) -> torch.Generator | None:
+    if row.temperature <= 0:
+        return None
+    seed = row.seed if row.seed is not None else random.getrandbits(63)
+    if not MIN_SEED <= seed <= MAX_SEED:
+        raise ValueError(f"seed must be in [{MIN_SEED}, {MAX_SEED}], got {seed}")
+    return torch.Generator().manual_seed(seed)
 
 
 def eos_token_ids(resident: ResidentModel) -> set[int]:
@@ -90,23 +104,31 @@ def _left_pad(rows: list[DecodeRow], pad_id: int) -> tuple[torch.Tensor, torch.T
     return input_ids, attention_mask
 
 
-def decode_batch(resident: ResidentModel, rows: list[DecodeRow]) -> list[GenerationResult]:
-    """Generate for all rows together; chunks go to each row's `emit` as they are produced."""
+def decode_batch(resident: ResidentModel, rows: list[DecodeRow]) -> list[GenerationResult | BaseException]:
+    """Generate for all rows together; chunks go to each row's `emit` as they are produced.
+
+    The result of a row that failed alone is its exception (also passed to its `fail`); an error of the
+    shared forward itself raises, failing the batch.
+    """
     if not rows or any(not row.prompt_ids for row in rows):
         raise ValueError("decode_batch needs at least one row, each with a non-empty prompt")
     eos_ids = eos_token_ids(resident)
-    states = []
+    states: list[_RowState] = []
     for row in rows:
-        generator = None
-        if row.temperature > 0:
-            seed = row.seed if row.seed is not None else random.getrandbits(63)
-            generator = torch.Generator().manual_seed(seed)
-        states.append(_RowState(TextStream(resident.tokenizer, row.stop, resident.tokenizer_lock), generator))
+        state = _RowState(TextStream(resident.tokenizer, row.stop, resident.tokenizer_lock), None)
+        try:
+            state.generator = _generator(row)
+        except Exception as error:
+            _fail(row, state, error)
+        states.append(state)
 
-    step_ids, attention_mask = _left_pad(rows, pad_token_id(resident))
+    alive = [i for i, state in enumerate(states) if state.error is None]  # original row of each position
+    if not alive:
+        return [_result(row, state) for row, state in zip(rows, states, strict=True)]
+    live_rows = [rows[i] for i in alive]
+    step_ids, attention_mask = _left_pad(live_rows, pad_token_id(resident))
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    row_slots = torch.tensor([row.slot for row in rows], dtype=torch.long)
-    alive = list(range(len(rows)))  # original row index of each current batch position
+    row_slots = torch.tensor([row.slot for row in live_rows], dtype=torch.long)
     config = getattr(resident.model, "config", None)
     cache = DynamicCache(config=config)
     with torch.inference_mode():
@@ -126,11 +148,15 @@ def decode_batch(resident: ResidentModel, rows: list[DecodeRow]) -> list[Generat
             keep: list[int] = []
             for position, index in enumerate(alive):
                 row, state = rows[index], states[index]
-                if row.temperature <= 0:
-                    token = int(greedy[position])
-                else:
-                    token = sample_token(logits[position], row.temperature, row.top_p, state.generator)
-                _advance(row, state, token, eos_ids)
+                try:
+                    if row.temperature <= 0:
+                        token = int(greedy[position])
+                    else:
+                        token = sample_token(logits[position], row.temperature, row.top_p, state.generator)
+                    _advance(row, state, token, eos_ids)
+                except Exception as error:  # this row's own failure: drop it, keep the others going
+                    _fail(row, state, error)
+                    continue
                 if state.finish_reason is None:
                     keep.append(position)
                     next_tokens.append(token)
@@ -145,16 +171,28 @@ def decode_batch(resident: ResidentModel, rows: list[DecodeRow]) -> list[Generat
             step_ids = torch.tensor(next_tokens, dtype=torch.long).view(-1, 1)
             attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(alive), 1))], dim=1)
             position_ids = position_ids[:, -1:] + 1
-    return [
-        GenerationResult(
-            text=state.stream.text,
-            prompt_tokens=len(row.prompt_ids),
-            completion_tokens=len(state.token_ids),
-            finish_reason=state.finish_reason or "length",
-            token_ids=list(state.token_ids),
-        )
-        for row, state in zip(rows, states, strict=True)
-    ]
+    return [_result(row, state) for row, state in zip(rows, states, strict=True)]
+
+
+def _fail(row: DecodeRow, state: _RowState, error: BaseException) -> None:
+    state.error = error
+    if row.fail is not None:
+        try:
+            row.fail(error)
+        except Exception:  # a broken callback must not take the batch down either
+            logger.exception("fail callback of a decode row raised")
+
+
+def _result(row: DecodeRow, state: _RowState) -> GenerationResult | BaseException:
+    if state.error is not None:
+        return state.error
+    return GenerationResult(
+        text=state.stream.text,
+        prompt_tokens=len(row.prompt_ids),
+        completion_tokens=len(state.token_ids),
+        finish_reason=state.finish_reason or "length",
+        token_ids=list(state.token_ids),
+    )
 
 
 def _advance(row: DecodeRow, state: _RowState, token: int, eos_ids: set[int]) -> None:

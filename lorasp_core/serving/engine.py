@@ -25,6 +25,7 @@ from lorasp_core.serving.types import (
     GenerationChunk,
     GenerationRequest,
     GenerationResult,
+    TemplateBudget,
 )
 
 logger = logging.getLogger("lorasp_core.serving")
@@ -53,9 +54,18 @@ class ServingEngine(AdapterManager):
         max_rank: int = 64,
         batch_window_ms: float = 5.0,
         max_batch_size: int = 32,
+        max_pinned_per_owner: int | None = None,
+        max_resident_per_owner: int | None = None,
+        template_budget: TemplateBudget | None = None,
     ) -> None:
         super().__init__(
-            base_loader, max_adapters=max_adapters, max_adapter_bytes=max_adapter_bytes, max_rank=max_rank
+            base_loader,
+            max_adapters=max_adapters,
+            max_adapter_bytes=max_adapter_bytes,
+            max_rank=max_rank,
+            max_pinned_per_owner=max_pinned_per_owner,
+            max_resident_per_owner=max_resident_per_owner,
+            template_budget=template_budget,
         )
         self._scheduler = BatchScheduler(
             self._run_scheduled_batch, batch_window_s=batch_window_ms / 1000.0, max_batch_size=max_batch_size
@@ -70,10 +80,8 @@ class ServingEngine(AdapterManager):
         try:
             if resident.task != "causal-lm":
                 raise ValueError(f"base model {request.model!r} is not a causal LM")
-            with resident.tokenizer_lock:
-                prompt_ids = render_prompt_ids(
-                    resident.tokenizer, request, entry.chat_template if entry else None
-                )
+            template = entry.chat_template if entry else None
+            prompt_ids = render_prompt_ids(resident, request, template, self.template_budget)
             limit = getattr(getattr(resident.model, "config", None), "max_position_embeddings", None)
             if limit is not None and len(prompt_ids) + request.max_tokens > int(limit):
                 raise ValueError(
@@ -96,7 +104,16 @@ class ServingEngine(AdapterManager):
         )
         job = _Job(row, stream, request.adapter_id, time.perf_counter())
         row.emit = lambda chunk: self._deliver(job, chunk)
+        row.fail = lambda error: self._fail(job, error)
         return resident, job
+
+    def _fail(self, job: _Job, error: BaseException) -> None:
+        """This row alone failed mid-batch: free its adapter (counting nothing) and tell its reader."""
+        if not job.released:
+            job.released = True
+            self._release(job.adapter_id)
+        if job.stream is not None:
+            job.stream.fail(error)
 
     def _deliver(self, job: _Job, chunk: GenerationChunk) -> None:
         """Forward a chunk; on the final one, first free the adapter and record the request's metrics,
@@ -118,7 +135,10 @@ class ServingEngine(AdapterManager):
         return stream
 
     def generate_batch(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
-        """Run `requests` (same base model) as exactly one batch in the calling thread."""
+        """Run `requests` (same base model) as exactly one batch in the calling thread.
+
+        A row that fails alone does not stop the others; the first such error is raised after the batch.
+        """
         if len({r.model for r in requests}) != 1:
             raise ValueError("generate_batch needs a non-empty list of requests for one base model")
         prepared: list[tuple[ResidentModel, _Job]] = []
@@ -129,7 +149,13 @@ class ServingEngine(AdapterManager):
             for _, job in prepared:
                 self._release(job.adapter_id)
             raise
-        return self._run_jobs(prepared[0][0], [job for _, job in prepared])
+        outcomes = self._run_jobs(prepared[0][0], [job for _, job in prepared])
+        results: list[GenerationResult] = []
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+            results.append(outcome)
+        return results
 
     def _run_scheduled_batch(self, model: str, pending: list[PendingRequest]) -> None:
         jobs: list[_Job] = [p.payload for p in pending]
@@ -140,8 +166,8 @@ class ServingEngine(AdapterManager):
                 if job.stream is not None:
                     job.stream.fail(error)
 
-    def _run_jobs(self, resident: ResidentModel, jobs: list[_Job]) -> list[GenerationResult]:
-        results: list[GenerationResult] | None = None
+    def _run_jobs(self, resident: ResidentModel, jobs: list[_Job]) -> list[GenerationResult | BaseException]:
+        results: list[GenerationResult | BaseException] | None = None
         try:
             results = decode_batch(resident, [job.row for job in jobs])
             return results
@@ -155,7 +181,7 @@ class ServingEngine(AdapterManager):
                 resident.name,
                 len(jobs),
                 len({job.adapter_id for job in jobs}),
-                sum(r.completion_tokens for r in results or []),
+                sum(r.completion_tokens for r in results or [] if isinstance(r, GenerationResult)),
             )
 
     # scheduler controls -----------------------------------------------------------------------------

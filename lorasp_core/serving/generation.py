@@ -5,31 +5,52 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Iterator
-from typing import Any
 
-from lorasp_core.serving.types import GenerationChunk, GenerationRequest
+from lorasp_core.serving.chat_template import render_chat_template
+from lorasp_core.serving.resident import ResidentModel
+from lorasp_core.serving.types import GenerationChunk, GenerationRequest, TemplateBudget
 
 
-def render_prompt_ids(tokenizer: Any, request: GenerationRequest, chat_template: str | None) -> list[int]:
-    """Token ids of the prompt: messages through the adapter's chat template (else the tokenizer's)."""
+def render_prompt_ids(
+    resident: ResidentModel, request: GenerationRequest, chat_template: str | None, budget: TemplateBudget
+) -> list[int]:
+    """Token ids of the prompt: messages through the adapter's chat template (else the tokenizer's).
+
+    The template renders in the budgeted sandbox *outside* the tokenizer lock (it may be a tenant's slow
+    template; the lock is shared by every request on this base model); only tokenizing takes the lock.
+    """
+    tokenizer = resident.tokenizer
     if request.messages is not None:
         template = chat_template or getattr(tokenizer, "chat_template", None)
         if not template:
             raise ValueError(
                 "messages were given but neither the adapter nor the tokenizer has a chat template"
             )
-        text = tokenizer.apply_chat_template(
-            request.messages, chat_template=template, add_generation_prompt=True, tokenize=False
+        text = render_chat_template(
+            template, request.messages, budget=budget, variables=resident.template_variables
         )
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        _check_length(resident, text)
+        with resident.tokenizer_lock:
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     else:
         assert request.prompt is not None
-        ids = tokenizer(request.prompt)["input_ids"]
+        _check_length(resident, request.prompt)
+        with resident.tokenizer_lock:
+            ids = tokenizer(request.prompt)["input_ids"]
     if not ids and getattr(tokenizer, "bos_token_id", None) is not None:
         ids = [tokenizer.bos_token_id]  # an empty prompt still needs one token to condition on
     if not ids:
         raise ValueError("the prompt is empty")
     return [int(i) for i in ids]
+
+
+def _check_length(resident: ResidentModel, text: str) -> None:
+    limit = resident.max_text_chars
+    if limit is not None and len(text) > limit:
+        raise ValueError(
+            f"the prompt is {len(text)} characters long, more than the model's context can hold "
+            f"(at most {limit} characters)"
+        )
 
 
 class GenerationStream(Iterator[GenerationChunk]):

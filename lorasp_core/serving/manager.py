@@ -16,11 +16,20 @@ from pathlib import Path
 
 import torch
 
+from lorasp_core.peft_format import LORASP_FILE
 from lorasp_core.serving.adapter_files import ParsedAdapter, read_peft_adapter
 from lorasp_core.serving.cache import AdapterCache, CacheEntry
+from lorasp_core.serving.chat_template import check_chat_template
 from lorasp_core.serving.classification import adapter_label_names
 from lorasp_core.serving.resident import ResidentModel
-from lorasp_core.serving.types import AdapterInfo, AdapterLoadError, BaseModelBundle, UnknownAdapterError
+from lorasp_core.serving.types import (
+    AdapterInfo,
+    AdapterLoadError,
+    BaseModelBundle,
+    ChatTemplateError,
+    TemplateBudget,
+    UnknownAdapterError,
+)
 
 logger = logging.getLogger("lorasp_core.serving")
 
@@ -33,14 +42,24 @@ class AdapterManager:
         max_adapters: int = 8,
         max_adapter_bytes: int | None = None,
         max_rank: int = 64,
+        max_pinned_per_owner: int | None = None,
+        max_resident_per_owner: int | None = None,
+        template_budget: TemplateBudget | None = None,
     ) -> None:
         if max_rank < 1:
             raise ValueError(f"max_rank must be >= 1, got {max_rank}")
         self._base_loader = base_loader
         self.max_rank = max_rank
-        self._cache = AdapterCache(max_adapters, max_adapter_bytes)
+        self.template_budget = template_budget or TemplateBudget()
+        self._cache = AdapterCache(
+            max_adapters,
+            max_adapter_bytes,
+            max_pinned_per_owner=max_pinned_per_owner,
+            max_resident_per_owner=max_resident_per_owner,
+        )
         self._residents: dict[str, ResidentModel] = {}
-        self._known: dict[str, tuple[Path, str]] = {}  # every loaded adapter id -> (path, base model)
+        # every loaded adapter id -> (path, base model, owner): what a reload after eviction needs
+        self._known: dict[str, tuple[Path, str, str | None]] = {}
         self._lock = threading.RLock()  # adapter bookkeeping; never held across a base-model load
         self._base_load_lock = threading.Lock()
 
@@ -68,9 +87,18 @@ class AdapterManager:
     ) -> tuple[ParsedAdapter, tuple[str, ...] | None]:
         """Parse an adapter directory and validate it against `base_model` without taking a slot.
 
-        Returns the parsed adapter and its label names (None for a causal LM); raises AdapterLoadError.
+        The adapter's chat template, if any, must render a probe conversation within the template
+        budget. Returns the parsed adapter and its label names (None for a causal LM); raises
+        AdapterLoadError.
         """
-        parsed, _, labels = self._check(adapter_id, path, base_model)
+        parsed, resident, labels = self._check(adapter_id, path, base_model)
+        if parsed.chat_template is not None:
+            try:
+                check_chat_template(
+                    parsed.chat_template, budget=self.template_budget, variables=resident.template_variables
+                )
+            except ChatTemplateError as error:
+                raise AdapterLoadError(adapter_id, LORASP_FILE, f"chat_template {error.problem}") from error
         return parsed, labels
 
     def _check(
@@ -82,11 +110,19 @@ class AdapterManager:
         return parsed, resident, adapter_label_names(resident, parsed)
 
     def load_adapter(
-        self, adapter_id: str, path: Path | str, base_model: str, *, pin: bool = False
+        self,
+        adapter_id: str,
+        path: Path | str,
+        base_model: str,
+        *,
+        pin: bool = False,
+        owner: str | None = None,
     ) -> AdapterInfo:
         """Hot-load a PEFT adapter directory into a free slot (evicting LRU adapters if needed).
 
-        Already resident from the same path: a cache hit (touch; `pin=True` pins it). On any
+        Already resident from the same path: a cache hit (touch; `pin=True` pins it). `owner` (a tenant)
+        is held to the per-owner quotas: at its resident quota its own LRU adapter is evicted first; a
+        pin over its pinned quota, or no own adapter to evict, raises AdapterQuotaError. On any
         AdapterLoadError / AdapterCacheFullError the engine is exactly as before.
         """
         started = time.perf_counter()
@@ -94,6 +130,8 @@ class AdapterManager:
         with self._lock:
             entry = self._cache.get(adapter_id)
             if entry is not None and Path(entry.path) == path and entry.base_model == base_model:
+                if pin and not entry.pinned:
+                    self._cache.check_pin(entry.owner, adapter_id)
                 entry.pinned = entry.pinned or pin
                 self._cache.touch(adapter_id)
                 return self._cache.info(adapter_id)
@@ -104,7 +142,11 @@ class AdapterManager:
                 raise AdapterLoadError(
                     adapter_id, str(path), "cannot replace an adapter that is serving requests"
                 )
-            victims = self._cache.plan_admission(parsed.nbytes, replacing=adapter_id if existing else None)
+            if pin:
+                self._cache.check_pin(owner, adapter_id)
+            victims = self._cache.plan_admission(
+                parsed.nbytes, replacing=adapter_id if existing else None, owner=owner
+            )
             if existing is not None:
                 self._evict(adapter_id, reason="replaced")
             for victim in victims:
@@ -126,9 +168,10 @@ class AdapterManager:
                     load_ms=load_ms,
                     label_names=labels,
                     chat_template=parsed.chat_template,
+                    owner=owner,
                 )
             )
-            self._known[adapter_id] = (path, base_model)
+            self._known[adapter_id] = (path, base_model, owner)
             info = self._cache.info(adapter_id)
         logger.info(
             "adapter %r loaded on %r: slot %d, rank %d, %d bytes, %.1f ms",
@@ -173,6 +216,8 @@ class AdapterManager:
             entry = self._cache.get(adapter_id)
             if entry is None:
                 raise UnknownAdapterError(f"adapter {adapter_id!r} is not resident")
+            if pinned and not entry.pinned:
+                self._cache.check_pin(entry.owner, adapter_id)
             entry.pinned = pinned
 
     def loaded_adapters(self) -> list[AdapterInfo]:
@@ -207,7 +252,7 @@ class AdapterManager:
                 raise UnknownAdapterError(f"adapter {adapter_id!r} is not loaded")
             if known[1] != base_model:
                 raise ValueError(f"adapter {adapter_id!r} belongs to {known[1]!r}, not {base_model!r}")
-            self.load_adapter(adapter_id, known[0], base_model)
+            self.load_adapter(adapter_id, known[0], base_model, owner=known[2])
         raise RuntimeError(f"adapter {adapter_id!r} was evicted again while being reloaded")
 
     def _release(self, adapter_id: str | None, tokens: int = 0, latency_ms: float | None = None) -> None:

@@ -23,6 +23,18 @@ def _same_model_name(a: str, b: str) -> bool:
     return a == b or PurePath(a).name == PurePath(b).name
 
 
+def _max_text_chars(model: nn.Module, tokenizer: Any) -> int | None:
+    """Characters beyond which a text cannot fit the model's context, whatever it says: no token covers
+    more characters than the longest vocabulary entry (x4 for normalisers that shrink text). Checked
+    before tokenizing, so a huge text never holds the shared tokenizer lock for long."""
+    context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    get_vocab = getattr(tokenizer, "get_vocab", None)
+    if not context or get_vocab is None:
+        return None
+    longest = max((len(str(token)) for token in get_vocab()), default=1)
+    return int(context) * max(longest, 1) * 4
+
+
 class ResidentModel:
     """A base model kept in memory once, shared by every adapter trained on it.
 
@@ -48,6 +60,11 @@ class ResidentModel:
         # HF fast tokenizers are not safe to share across threads (padding/truncation settings mutate
         # the Rust object: "Already borrowed"); request threads and the decoder share this one.
         self.tokenizer_lock = threading.Lock()
+        # What transformers passes a chat template besides the messages (bos_token, eos_token, ...),
+        # read once so that rendering never touches the shared tokenizer.
+        special = getattr(self.tokenizer, "special_tokens_map", None) or {}
+        self.template_variables: dict[str, str] = {str(k): str(v) for k, v in dict(special).items()}
+        self.max_text_chars = _max_text_chars(self.model, self.tokenizer)
 
     def name_aliases(self) -> list[str]:
         config = getattr(self.model, "config", None)
@@ -190,4 +207,3 @@ class ResidentModel:
                 yield
             finally:
                 self.selection.set(None)
-

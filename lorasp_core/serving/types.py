@@ -9,6 +9,9 @@ from torch import nn
 
 FinishReason = Literal["stop", "length"]
 
+# torch.Generator.manual_seed takes any 64-bit value, signed or unsigned (negatives wrap around).
+MIN_SEED, MAX_SEED = -(2**63), 2**64 - 1
+
 
 class AdapterLoadError(ValueError):
     """An adapter directory cannot be served: corrupt, incomplete or incompatible with its base model.
@@ -29,6 +32,37 @@ class UnknownAdapterError(LookupError):
 
 class AdapterCacheFullError(RuntimeError):
     """No adapter can be evicted to make room: all resident adapters are pinned or serving requests."""
+
+
+class AdapterQuotaError(AdapterCacheFullError):
+    """The owner (tenant) of the adapter already has its quota of pinned or resident adapters, all of
+    them pinned or serving. Only ever raised for the owner of the adapter being loaded or pinned."""
+
+    def __init__(self, owner: str, kind: Literal["pinned", "resident"], limit: int) -> None:
+        self.owner = owner
+        self.kind = kind
+        self.limit = limit
+        super().__init__(f"owner {owner!r} already has its quota of {limit} {kind} adapters")
+
+
+class ChatTemplateError(ValueError):
+    """A chat template that cannot be rendered: it does not parse, raises, or exceeds its budget."""
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+        super().__init__(f"chat template {problem}")
+
+
+@dataclass(frozen=True)
+class TemplateBudget:
+    """What one chat-template render may spend: wall time, and characters of any string it builds."""
+
+    timeout_ms: float = 200.0
+    max_chars: int = 262_144
+
+    def __post_init__(self) -> None:
+        if self.timeout_ms <= 0 or self.max_chars < 1:
+            raise ValueError(f"template budget must be positive, got {self}")
 
 
 class BaseModelBundle(Protocol):
@@ -96,6 +130,8 @@ class GenerationRequest:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.stop is not None and any(not s for s in self.stop):
             raise ValueError("stop strings must be non-empty")
+        if self.seed is not None and not MIN_SEED <= self.seed <= MAX_SEED:
+            raise ValueError(f"seed must be in [{MIN_SEED}, {MAX_SEED}], got {self.seed}")
 
 
 @dataclass(frozen=True)
