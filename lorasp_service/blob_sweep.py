@@ -27,8 +27,8 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from lorasp_service.jobs.status import ACTIVE_STATUSES
 from lorasp_service.orm import Adapter, Checkpoint, File, Job
-from lorasp_service.registry import ACTIVE_STATUSES
 from lorasp_service.storage import BlobStorage
 
 log = logging.getLogger(__name__)
