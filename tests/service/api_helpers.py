@@ -58,3 +58,16 @@ def create_job(client: TestClient, headers: dict[str, str], training_file: str, 
     """POST a tiny-random-llama job (the usual arrangement step of a test)."""
     payload = {"model": "tiny-random-llama", "training_file": training_file, **body}
     return client.post("/v1/fine_tuning/jobs", headers=headers, json=payload)
+
+
+# Lives here, not in conftest: a test module importing "conftest" gets whichever conftest pytest loaded
+# first (tests/core's or tests/serving's when several folders run together).
+class EnqueueRecorder:
+    def __init__(self) -> None:
+        self.job_ids: list[str] = []
+        self.fail = False
+
+    def __call__(self, job_id: str) -> None:
+        if self.fail:
+            raise ConnectionError("broker down (test)")
+        self.job_ids.append(job_id)

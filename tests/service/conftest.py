@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from api_helpers import TEST_MAX_UPLOAD_BYTES, chat_rows, classification_rows, jsonl, upload
+from api_helpers import TEST_MAX_UPLOAD_BYTES, EnqueueRecorder, chat_rows, classification_rows, jsonl, upload
 from fastapi.testclient import TestClient
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
@@ -96,17 +96,6 @@ def alice(make_tenant: Callable[[], dict[str, str]]) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def bob(make_tenant: Callable[[], dict[str, str]]) -> dict[str, str]:
     return make_tenant()
-
-
-class EnqueueRecorder:
-    def __init__(self) -> None:
-        self.job_ids: list[str] = []
-        self.fail = False
-
-    def __call__(self, job_id: str) -> None:
-        if self.fail:
-            raise ConnectionError("broker down (test)")
-        self.job_ids.append(job_id)
 
 
 @pytest.fixture(scope="session")

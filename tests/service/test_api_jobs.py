@@ -5,8 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from api_helpers import assert_error, chat_rows, classification_rows, jsonl, upload
-from conftest import EnqueueRecorder
+from api_helpers import EnqueueRecorder, assert_error, chat_rows, classification_rows, jsonl, upload
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
