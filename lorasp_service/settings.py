@@ -55,6 +55,15 @@ class Settings(BaseSettings):
     # POST /v1/adapters: cap on the unpacked size of an uploaded archive (zip/tar bomb guard).
     max_adapter_unpacked_bytes: int = 1024 * 1024 * 1024
 
+    # Webhooks: one delivery attempt waits at most timeout seconds; a failed attempt (5xx, 408, 429,
+    # timeout, connection error) is retried after base * 2**(attempt-1) seconds, capped, up to max attempts.
+    webhook_timeout_seconds: float = 10.0
+    webhook_max_attempts: int = 8
+    webhook_retry_base_seconds: float = 1.0
+    webhook_retry_max_delay_seconds: float = 600.0
+    # Off: a webhook URL resolving to a loopback, private, link-local, ... address is refused (SSRF).
+    webhook_allow_private_networks: bool = False
+
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:
         self.home = self.home.expanduser()
