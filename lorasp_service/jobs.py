@@ -23,6 +23,7 @@ from lorasp_service.db import session_scope
 from lorasp_service.ids import new_id
 from lorasp_service.orm import Adapter, Checkpoint, Job, JobEvent
 from lorasp_service.settings import Settings
+from lorasp_service.webhooks import emit_job_event
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,7 @@ def claim_job(settings: Settings, job_id: str, worker_id: str) -> Claim:
                     )
                     if done:
                         add_event(session, job_id, "Job cancelled before it started")
+                        emit_job_event(session, job_id, "cancelled")
                         session.commit()
                         return Claim(ClaimOutcome.CANCELLED)
                     session.rollback()
@@ -189,6 +191,7 @@ def _fail_unless_changed(session: Session, job: Job, code: str, message: str) ->
     )
     if done:
         add_event(session, job.id, f"Fine-tuning job failed: {message}", level="error")
+        emit_job_event(session, job.id, "failed")
         session.commit()
         return True
     session.rollback()
@@ -259,6 +262,7 @@ def finish_job(settings: Settings, job_id: str, worker_id: str, attempt: int, st
         )
         if done:
             add_event(session, job_id, message, level=level)
+            emit_job_event(session, job_id, status)
             session.commit()
             return True
         session.rollback()
@@ -291,5 +295,6 @@ def complete_job(settings: Settings, job_id: str, worker_id: str, attempt: int, 
         session.add(adapter)
         add_event(session, job_id, f"New fine-tuned model created: {adapter.id}")
         add_event(session, job_id, "The job has successfully completed")
+        emit_job_event(session, job_id, "succeeded")
         session.commit()
         return True

@@ -18,6 +18,7 @@ from lorasp_service import registry
 from lorasp_service.ids import new_id
 from lorasp_service.orm import Checkpoint, File, Job, JobEvent, Tenant
 from lorasp_service.settings import Settings
+from lorasp_service.webhooks import emit_job_event
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +109,7 @@ def _send_to_workers(session: Session, job: Job, enqueue: EnqueueJob) -> None:
         registry.add_job_event(
             session, job, "Could not queue the job: the broker is unreachable", level="error"
         )
+        emit_job_event(session, job.id, registry.FAILED)
         session.commit()
         raise APIError(
             503, "The job queue is unreachable; the job was marked failed. Retry later.",
@@ -151,6 +153,7 @@ def cancel_job(session: Session, tenant: Tenant, job_id: str) -> Job:
         job.cancel_requested = True
         job.finished_at = datetime.now(UTC)
         registry.add_job_event(session, job, "Fine-tuning job cancelled")
+        emit_job_event(session, job.id, registry.CANCELLED)
     session.commit()
     return job
 
