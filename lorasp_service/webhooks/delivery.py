@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 
 import httpx
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from lorasp_service.db import session_scope
 from lorasp_service.orm import utcnow
@@ -200,3 +200,16 @@ def deliver_and_schedule(settings: Settings, delivery_id: str) -> str:
     if result.retry_in is not None:
         emit.enqueue_delivery(settings, delivery_id, countdown=result.retry_in)
     return result.status.value
+
+
+def pending_delivery_ids(settings: Settings) -> list[str]:
+    """Deliveries not yet delivered nor given up: what a lost message (a broker down at commit, a worker
+    killed with a retry in hand) would leave behind. A worker re-sends them when it starts; a duplicate
+    costs at most an extra attempt."""
+    with session_scope(settings) as session:
+        statement = (
+            select(WebhookDelivery.id)
+            .where(WebhookDelivery.status == DeliveryStatus.PENDING.value)
+            .order_by(WebhookDelivery.created_at)
+        )
+        return list(session.scalars(statement))

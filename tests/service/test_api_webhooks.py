@@ -19,6 +19,7 @@ from api_helpers import assert_error, chat_rows, create_job, jsonl, upload
 from conftest import EnqueueRecorder
 from fastapi.testclient import TestClient
 from openai.types.webhooks import FineTuningJobCancelledWebhookEvent
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 from standardwebhooks.webhooks import Webhook
 from webhook_receiver import running_receiver
@@ -28,7 +29,7 @@ from api.main import create_app
 from lorasp_service import jobs
 from lorasp_service.settings import Settings
 from lorasp_service.webhooks import emit
-from lorasp_service.webhooks.delivery import deliver_and_schedule
+from lorasp_service.webhooks.delivery import deliver_and_schedule, pending_delivery_ids
 from lorasp_service.webhooks.models import WebhookDelivery
 
 HOOKS = "/v1/webhooks"
@@ -363,3 +364,29 @@ def test_a_rolled_back_transition_sends_nothing(
     assert deliveries.sent == [] and db.get(WebhookDelivery, delivery_id) is None
     with pytest.raises(ValueError, match="running"):
         emit.emit_job_event(db, job_id, "running")
+
+
+def test_a_broker_down_at_commit_keeps_the_transition_and_the_delivery_pending(
+    private_client: TestClient,
+    tenant: dict[str, str],
+    private_settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    deliveries: SentDeliveries,
+    db: Session,
+) -> None:
+    def broker_down(settings: Settings, delivery_id: str, countdown: float | None = None) -> None:
+        raise ConnectionError("broker down (test)")
+
+    with running_receiver() as receiver:
+        endpoint = register(private_client, tenant, receiver.url).json()
+        job_id = queued_job(private_client, tenant)
+        monkeypatch.setattr(emit, "enqueue_delivery", broker_down)
+        cancel(private_client, tenant, job_id)  # still a 200: the job is cancelled
+        (lost,) = db.scalars(select(WebhookDelivery.id).where(WebhookDelivery.endpoint_id == endpoint["id"]))
+        assert lost in pending_delivery_ids(private_settings)
+        # What a starting worker does with it: send it again; then it is delivered.
+        monkeypatch.setattr(emit, "enqueue_delivery", deliveries)
+        assert deliver_and_schedule(private_settings, lost) == "delivered"
+        (request,) = receiver.wait_for(1, 5)
+    assert json.loads(request.body)["data"] == {"id": job_id}
+    assert lost not in pending_delivery_ids(private_settings)
