@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -25,6 +25,7 @@ class Receiver:
     statuses: list[int] = field(default_factory=list)  # answered in order, then 200
     delay_seconds: float = 0.0  # wait this long before answering (timeouts)
     redirect_to: str | None = None  # the Location of 3xx answers
+    on_request: Callable[[], None] | None = None  # run before answering (e.g. delete the endpoint)
     requests: list[Received] = field(default_factory=list)
     arrived: threading.Event = field(default_factory=threading.Event)
 
@@ -44,6 +45,8 @@ def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
             headers = {key.lower(): value for key, value in self.headers.items()}
             receiver.requests.append(Received(time.time(), self.path, headers, body))
             receiver.arrived.set()
+            if receiver.on_request is not None:
+                receiver.on_request()
             if receiver.delay_seconds:
                 time.sleep(receiver.delay_seconds)
             status = receiver.statuses.pop(0) if receiver.statuses else 200

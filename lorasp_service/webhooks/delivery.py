@@ -15,9 +15,10 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any, cast
 
 import httpx
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, select, update
 
 from lorasp_service.db import session_scope
 from lorasp_service.orm import utcnow
@@ -143,6 +144,41 @@ def _load(settings: Settings, delivery_id: str) -> _Target | None:
         )
 
 
+def _record(
+    settings: Settings, target: _Target, delivery_id: str, sent: SendResult, status: DeliveryStatus
+) -> bool:
+    """Log the attempt and move the delivery on; False when the endpoint was deleted meanwhile."""
+    with session_scope(settings) as session:
+        # The UPDATE first: it locks the delivery row (a concurrent endpoint delete waits for this commit),
+        # and no row means the endpoint and its deliveries are gone.
+        finished = None if status == DeliveryStatus.PENDING else utcnow()
+        changed = session.execute(
+            update(WebhookDelivery)
+            .where(WebhookDelivery.id == delivery_id)
+            .values(attempts=WebhookDelivery.attempts + 1, status=status.value, finished_at=finished)
+            .execution_options(synchronize_session=False)
+        )
+        if cast("CursorResult[Any]", changed).rowcount != 1:
+            session.rollback()
+            return False
+        session.add(
+            WebhookDeliveryAttempt(
+                id=emit.public_id("whatt"),
+                delivery_id=delivery_id,
+                endpoint_id=target.endpoint_id,
+                event_id=target.event_id,
+                event_type=target.event_type,
+                attempt=target.attempt,
+                status_code=sent.status_code,
+                error=sent.error,
+                duration_ms=round(sent.duration_ms, 3),
+                created_at=utcnow(),
+            )
+        )
+        session.commit()
+        return True
+
+
 def attempt_delivery(
     settings: Settings, delivery_id: str, transport: httpx.BaseTransport | None = None
 ) -> AttemptResult | None:
@@ -158,29 +194,9 @@ def attempt_delivery(
         status = DeliveryStatus.PENDING
     else:
         status = DeliveryStatus.FAILED
-    with session_scope(settings) as session:
-        session.add(
-            WebhookDeliveryAttempt(
-                id=emit.public_id("whatt"),
-                delivery_id=delivery_id,
-                endpoint_id=target.endpoint_id,
-                event_id=target.event_id,
-                event_type=target.event_type,
-                attempt=target.attempt,
-                status_code=sent.status_code,
-                error=sent.error,
-                duration_ms=round(sent.duration_ms, 3),
-                created_at=utcnow(),
-            )
-        )
-        finished = None if status == DeliveryStatus.PENDING else utcnow()
-        session.execute(
-            update(WebhookDelivery)
-            .where(WebhookDelivery.id == delivery_id)
-            .values(attempts=WebhookDelivery.attempts + 1, status=status.value, finished_at=finished)
-            .execution_options(synchronize_session=False)
-        )
-        session.commit()
+    if not _record(settings, target, delivery_id, sent, status):
+        log.info("webhook %s: endpoint deleted during attempt %d", delivery_id, target.attempt)
+        return None
     retry_in = retry_delay(settings, target.attempt) if status == DeliveryStatus.PENDING else None
     log.info(
         "webhook %s attempt %d: %s (%s)",

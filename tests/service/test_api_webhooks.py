@@ -15,6 +15,7 @@ from typing import Any
 
 import openai
 import pytest
+import sqlalchemy as sa
 from api_helpers import assert_error, chat_rows, create_job, jsonl, upload
 from conftest import EnqueueRecorder
 from fastapi.testclient import TestClient
@@ -30,7 +31,7 @@ from lorasp_service import jobs
 from lorasp_service.settings import Settings
 from lorasp_service.webhooks import emit
 from lorasp_service.webhooks.delivery import deliver_and_schedule, pending_delivery_ids
-from lorasp_service.webhooks.models import WebhookDelivery
+from lorasp_service.webhooks.models import WebhookDelivery, WebhookEndpoint
 
 HOOKS = "/v1/webhooks"
 ALL_EVENTS = ["fine_tuning.job.succeeded", "fine_tuning.job.failed", "fine_tuning.job.cancelled"]
@@ -263,6 +264,10 @@ def test_a_receiver_failing_twice_gets_the_event_three_times_with_growing_delays
         f"{HOOKS}/{endpoint['id']}/deliveries", headers=tenant, params={"limit": 2, "after": log[0]["id"]}
     ).json()
     assert [entry["attempt"] for entry in page["data"]] == [2, 1] and page["has_more"] is False
+    unknown = private_client.get(
+        f"{HOOKS}/{endpoint['id']}/deliveries", headers=tenant, params={"after": "whatt_x"}
+    )
+    assert_error(unknown, 404, param="after")
 
 
 @pytest.mark.parametrize(
@@ -390,3 +395,24 @@ def test_a_broker_down_at_commit_keeps_the_transition_and_the_delivery_pending(
         (request,) = receiver.wait_for(1, 5)
     assert json.loads(request.body)["data"] == {"id": job_id}
     assert lost not in pending_delivery_ids(private_settings)
+
+
+def test_an_endpoint_deleted_during_an_attempt_ends_its_delivery(
+    private_client: TestClient,
+    tenant: dict[str, str],
+    private_settings: Settings,
+    deliveries: SentDeliveries,
+    db_engine: sa.Engine,
+) -> None:
+    with running_receiver(statuses=[500]) as receiver:
+        endpoint = register(private_client, tenant, receiver.url).json()
+
+        def delete_endpoint() -> None:
+            with Session(db_engine) as session:
+                session.execute(sa.delete(WebhookEndpoint).where(WebhookEndpoint.id == endpoint["id"]))
+                session.commit()
+
+        receiver.on_request = delete_endpoint
+        cancel(private_client, tenant, queued_job(private_client, tenant))
+        assert deliveries.run_all(private_settings) == ["nothing_to_do"]  # no retry of the 500
+        assert len(receiver.requests) == 1
