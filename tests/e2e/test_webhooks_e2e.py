@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import openai
 import pytest
-from e2e_stack import Stack, chat_rows, wait_for_end
+from e2e_stack import Stack, chat_rows, wait_for_end, wait_until
 from openai.types.webhooks import FineTuningJobSucceededWebhookEvent
 from webhook_receiver import running_receiver
 
@@ -25,7 +25,12 @@ def test_a_succeeded_job_is_delivered_signed_by_a_real_worker(stack: Stack, work
             done = wait_for_end(client, job["id"], 120)
             assert done["status"] == "succeeded", done["error"]
             (request,) = receiver.wait_for(1, 60)
-            log = client.get(f"/webhooks/{endpoint['id']}/deliveries").json()["data"]
+            # The attempt is logged once the receiver's answer is back: shortly after it got the request.
+            log = wait_until(
+                lambda: client.get(f"/webhooks/{endpoint['id']}/deliveries").json()["data"],
+                30,
+                "the delivery log",
+            )
         finally:
             # The stack's tenant is shared by the other e2e tests: their jobs must not be sent here.
             client.delete(f"/webhooks/{endpoint['id']}")
