@@ -20,7 +20,7 @@ from api.errors import invalid_api_key
 from api.services.serving import build_serving_engine
 from lorasp_core.serving import ServingEngine
 from lorasp_service.auth import SHOWN_KEY_CHARS, tenant_for_key
-from lorasp_service.db import make_engine, managed_session
+from lorasp_service.db import SETTINGS_INFO_KEY, make_engine, managed_session
 from lorasp_service.orm import Tenant
 from lorasp_service.settings import Settings
 from lorasp_service.storage import BlobStorage
@@ -43,7 +43,9 @@ class AppResources:
 
     @cached_property
     def sessions(self) -> sessionmaker[Session]:
-        return sessionmaker(bind=self.engine, expire_on_commit=False)
+        # The settings ride along for after-commit hooks (webhook deliveries are sent with them).
+        info = {SETTINGS_INFO_KEY: self.settings}
+        return sessionmaker(bind=self.engine, expire_on_commit=False, info=info)
 
     @cached_property
     def storage(self) -> BlobStorage:

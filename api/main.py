@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.deps import AppResources
 from api.errors import error_response, file_too_large, install_error_handlers
-from api.routes import adapters, files, health, inference, jobs, models, serving
+from api.routes import adapters, files, health, inference, jobs, models, serving, webhooks
 from lorasp_core.serving import ServingEngine
 from lorasp_service.blob_sweep import sweep_orphans
 from lorasp_service.settings import Settings, get_settings
@@ -27,7 +27,8 @@ API_PREFIX = "/v1"
 
 # Routers served under /v1. The serving engineer appends inference.router and serving.router here.
 ROUTERS: list[APIRouter] = [
-    files.router, jobs.router, models.router, adapters.router, inference.router, serving.router
+    files.router, jobs.router, models.router, adapters.router, inference.router, serving.router,
+    webhooks.router,
 ]
 
 # Room for the multipart envelope (boundaries, part headers, the purpose field) around the file itself.
@@ -41,6 +42,7 @@ OPENAPI_TAGS = [
     {"name": "models", "description": "Base models and fine-tuned adapters"},
     {"name": "adapters", "description": "Adapter downloads and uploads (PEFT format), hot-loading"},
     {"name": "inference", "description": "Chat/text completions and classifications (base models, adapters)"},
+    {"name": "webhooks", "description": "Signed job events (Standard Webhooks) and their delivery log"},
     {"name": "health", "description": "Database and broker reachability"},
 ]
 

@@ -12,6 +12,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from lorasp_service.settings import Settings, get_settings
 
+# Key of `Session.info` holding the settings the session was made from (read by after-commit hooks).
+SETTINGS_INFO_KEY = "lorasp.settings"
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 
@@ -45,7 +48,9 @@ def get_engine(settings: Settings | None = None) -> Engine:
 
 
 def session_factory(settings: Settings | None = None) -> sessionmaker[Session]:
-    return sessionmaker(bind=get_engine(settings), expire_on_commit=False)
+    settings = settings or get_settings()
+    # The settings ride along for after-commit hooks (webhook deliveries are sent with them).
+    return sessionmaker(bind=get_engine(settings), expire_on_commit=False, info={SETTINGS_INFO_KEY: settings})
 
 
 def managed_session(factory: sessionmaker[Session]) -> Iterator[Session]:

@@ -102,3 +102,8 @@ def enqueue_job(settings: Settings, job_id: str) -> None:
     """Ask a worker to run `job_id`. Call it only after the job row is committed."""
     _producer(settings).send_task(RUN_JOB_TASK, args=[job_id], queue=settings.queue_name)
     log.info("enqueued job %s on queue %s", job_id, settings.queue_name)
+
+
+def send_task(settings: Settings, name: str, args: list[Any], *, countdown: float | None = None) -> None:
+    """Send any task by name on the settings' queue (`countdown`: run it no earlier than that many s)."""
+    _producer(settings).send_task(name, args=args, queue=settings.queue_name, countdown=countdown)

@@ -71,6 +71,14 @@ class Settings(BaseSettings):
     # characters of its output or of any string it builds. The engine refuses values that are not positive.
     chat_template_timeout_ms: float = 200.0
     chat_template_max_chars: int = 262_144
+    # Webhooks: one delivery attempt waits at most timeout seconds; a failed attempt (5xx, 408, 429,
+    # timeout, connection error) is retried after base * 2**(attempt-1) seconds, capped, up to max attempts.
+    webhook_timeout_seconds: float = 10.0
+    webhook_max_attempts: int = 8
+    webhook_retry_base_seconds: float = 1.0
+    webhook_retry_max_delay_seconds: float = 600.0
+    # Off: a webhook URL resolving to a loopback, private, link-local, ... address is refused (SSRF).
+    webhook_allow_private_networks: bool = False
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:

@@ -7,6 +7,7 @@ from alembic import context
 from lorasp_service.db import make_engine
 from lorasp_service.orm import Base
 from lorasp_service.settings import get_settings
+from lorasp_service.webhooks import models as _webhook_models  # noqa: F401 - their tables in Base.metadata
 
 config = context.config
 url = config.get_main_option("sqlalchemy.url") or get_settings().database_url

@@ -17,7 +17,7 @@ from lorasp_service.settings import get_settings
 log = logging.getLogger(__name__)
 
 celery_app = make_celery(get_settings())
-celery_app.conf.include = ["worker.tasks"]
+celery_app.conf.include = ["worker.tasks", "worker.webhooks"]
 
 
 @worker_init.connect  # type: ignore[untyped-decorator]
@@ -55,3 +55,4 @@ def _recover_orphaned_jobs(**_: Any) -> None:
 
 
 import worker.tasks  # noqa: E402,F401 - registers the tasks on celery_app
+import worker.webhooks  # noqa: E402,F401 - registers the webhook delivery task

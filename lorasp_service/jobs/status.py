@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from lorasp_service.jobs.events import EventLevel, add_event, utcnow
 from lorasp_service.orm import Job
+from lorasp_service.webhooks import emit_job_event
 
 
 class JobStatus(StrEnum):
@@ -84,6 +85,7 @@ def transition(
     if error is not None:
         job.error = error
     add_event(session, job.id, message, level=level)
+    _announce(session, job.id, target)
 
 
 def transition_where(
@@ -110,7 +112,14 @@ def transition_where(
     if not changed_rows(session, statement):
         return False
     add_event(session, job_id, message, level=level, data=data)
+    _announce(session, job_id, target)
     return True
+
+
+def _announce(session: Session, job_id: str, target: JobStatus) -> None:
+    """A final status is announced to the tenant's webhooks, in the transaction that makes the move."""
+    if target in TERMINAL_STATUSES:
+        emit_job_event(session, job_id, target)
 
 
 def changed_rows(session: Session, statement: Update) -> int:

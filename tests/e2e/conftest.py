@@ -43,6 +43,8 @@ def stack(
         "LORASP_CHECKPOINT_EVERY_STEPS": "10",
         "LORASP_HEARTBEAT_INTERVAL_SECONDS": "0.5",
         "LORASP_HEARTBEAT_STALE_SECONDS": "5",
+        # The webhook e2e's receiver listens on 127.0.0.1.
+        "LORASP_WEBHOOK_ALLOW_PRIVATE_NETWORKS": "true",
         "OMP_NUM_THREADS": "1",
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",

@@ -16,6 +16,7 @@ from api_helpers import TEST_MAX_UPLOAD_BYTES, EnqueueRecorder, chat_rows, class
 from fastapi.testclient import TestClient
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
+from webhook_fixtures import deliveries, hook_tenant, private_client, private_settings  # noqa: F401
 
 from api.deps import get_enqueue
 from api.main import create_app
