@@ -122,6 +122,10 @@ class TrainCallback:
     def on_checkpoint(self, step: int, path: Path) -> None:
         return None
 
+    def on_epoch_end(self, step: int, epoch: int, model: Any) -> None:
+        """After the last step of each completed epoch (`epoch` counts from 0), with the model as trained."""
+        return None
+
     def should_stop(self) -> bool:
         """Polled before every step: return True to stop cleanly (cooperative cancellation)."""
         return False

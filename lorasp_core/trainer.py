@@ -290,6 +290,9 @@ def train(
                     callback.on_progress(event)
                 if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0:
                     last_checkpoint = checkpoint(step, epoch, next_group)
+            if not cancelled and next_group == len(groups):  # the epoch ran to its end
+                for callback in callbacks:
+                    callback.on_epoch_end(step, epoch, model)
             if step >= total_steps or cancelled:
                 break
 

@@ -144,4 +144,11 @@ class Adapter(Base):
     freeze_ratio: Mapped[float] = mapped_column(default=0.0)
     target_modules: Mapped[list[Any]] = mapped_column(default=list)
     label_names: Mapped[list[Any] | None] = mapped_column(JSON, default=None)
+    # A user-visible epoch checkpoint of a job (job_id stays NULL: it is unique to the final model).
+    # Servable, downloadable and deletable like any adapter; its id is `<fine_tuned_model>:ckpt-step-N`.
+    checkpoint_job_id: Mapped[str | None] = mapped_column(
+        ForeignKey("fine_tuning_jobs.id", ondelete="CASCADE"), index=True, default=None
+    )
+    step: Mapped[int | None] = mapped_column(Integer, default=None)
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

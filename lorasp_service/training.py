@@ -25,7 +25,6 @@ from lorasp_core import (
     apply_lorasp,
     label_names_for,
     load_base_model,
-    read_adapter_metadata,
     read_examples,
     save_adapter,
     validate_dataset,
@@ -36,6 +35,7 @@ from lorasp_core.trainer import TrainConfig, train
 from lorasp_service import jobs, registry
 from lorasp_service.db import session_scope
 from lorasp_service.jobs import JobStatus
+from lorasp_service.model_checkpoints import EpochCheckpointCallback, target_module_names
 from lorasp_service.orm import Adapter, File, Job
 from lorasp_service.settings import Settings
 from lorasp_service.storage import BlobStorage
@@ -89,11 +89,6 @@ def check_token_lengths(path: Path, tokenizer: Any, settings: Settings, param: s
 
 def fine_tuned_model_id(job: Job) -> str:
     return registry.new_adapter_id(job.model, job.suffix, token=job.id.split("-", 1)[-1][:8])
-
-
-def _target_module_names(adapter_dir: Path) -> list[str]:
-    targets = read_adapter_metadata(adapter_dir).target_modules
-    return [targets] if isinstance(targets, str) else list(targets)
 
 
 def run_claimed_job(settings: Settings, job_id: str, worker_id: str, claim: jobs.Claim) -> str:
@@ -165,8 +160,12 @@ def _train_and_register(settings: Settings, job_id: str, worker_id: str, claim: 
         jobs.record_message(settings, job_id, message, data={"resumed_from_step": claim.resume_step})
     model = apply_lorasp(loaded.model, lora)
     callback = JobProgressCallback(settings, job_id, worker_id, claim.attempt, keeper, storage)
-    result = train(config, model, loaded.tokenizer, train_data, eval_data, callbacks=[callback],
-                   label_names=label_names)
+    chat_template = getattr(loaded.tokenizer, "chat_template", None)
+    epoch_models = EpochCheckpointCallback(
+        settings, storage, job, worker_id, claim.attempt, fine_tuned_model_id(job), task, work_dir,
+        rank=lora.r, freeze_ratio=lora.freeze_ratio, label_names=label_names, chat_template=chat_template)
+    result = train(config, model, loaded.tokenizer, train_data, eval_data,
+                   callbacks=[callback, epoch_models], label_names=label_names)
 
     if keeper.lost:
         log.warning("job %s: lease lost during training; leaving the job to its new worker", job_id)
@@ -179,7 +178,6 @@ def _train_and_register(settings: Settings, job_id: str, worker_id: str, claim: 
     adapter_key, archive_key = f"adapters/{job_id}", f"adapters/{job_id}.tar.gz"
     summary = {"job_id": job_id, "steps": result.steps, "trained_tokens": result.trained_tokens,
                "train_loss": result.train_loss, "eval_metrics": result.eval_metrics}
-    chat_template = getattr(loaded.tokenizer, "chat_template", None)
     saved = save_adapter(model, work_dir / "adapter", base_model_name_or_path=job.model, task_type=task,
                          label_names=label_names, chat_template=chat_template, training_summary=summary)
     storage.put_dir(adapter_key, saved)
@@ -187,8 +185,8 @@ def _train_and_register(settings: Settings, job_id: str, worker_id: str, claim: 
     adapter = Adapter(
         id=fine_tuned_model_id(job), tenant_id=job.tenant_id, job_id=job_id, base_model=job.model, task=task,
         source="training", storage_key=adapter_key, archive_key=archive_key, sha256=digest, bytes=size,
-        rank=lora.r, freeze_ratio=lora.freeze_ratio, target_modules=_target_module_names(saved),
-        label_names=label_names,
+        rank=lora.r, freeze_ratio=lora.freeze_ratio, target_modules=target_module_names(saved),
+        label_names=label_names, step=result.steps, metrics=epoch_models.metrics(result.steps),
     )
     if not jobs.complete_job(settings, job_id, worker_id, claim.attempt, adapter, result.trained_tokens):
         return LEASE_LOST

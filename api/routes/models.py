@@ -36,5 +36,6 @@ def delete_model(
     engine: StartedEngineDep,
 ) -> ModelDeleted:
     deleted = model_service.delete_model(session, storage, settings, tenant, model_id)
-    serving_service.forget_deleted_adapter(engine, deleted)  # a deleted adapter must not stay servable
-    return ModelDeleted(id=deleted)
+    for adapter_id in deleted:  # a deleted adapter (or its job's checkpoint) must not stay servable
+        serving_service.forget_deleted_adapter(engine, adapter_id)
+    return ModelDeleted(id=deleted[0])

@@ -11,6 +11,7 @@ from api.errors import APIError, not_found
 from api.schemas.models import ModelObject
 from api.services.catalog import enabled_base_models, is_base_model
 from lorasp_service import registry
+from lorasp_service.model_checkpoints import checkpoint_adapters
 from lorasp_service.orm import Adapter, Tenant
 from lorasp_service.settings import Settings
 from lorasp_service.storage import BlobStorage
@@ -43,7 +44,8 @@ def get_model(session: Session, settings: Settings, tenant: Tenant, model_id: st
 
 def delete_model(
     session: Session, storage: BlobStorage, settings: Settings, tenant: Tenant, model_id: str
-) -> str:
+) -> list[str]:
+    """Delete the model; returns the ids deleted (the model first, then its job's checkpoints)."""
     if model_id in enabled_base_models(settings):
         raise APIError(
             403,
@@ -54,10 +56,12 @@ def delete_model(
     adapter = registry.get_adapter_for_tenant(session, tenant.id, model_id)
     if adapter is None:
         raise _model_not_found(model_id)
-    blob_keys = registry.delete_adapter(session, adapter)
+    # A job's model goes with its epoch checkpoints (each also a model; deleting one alone is allowed).
+    doomed = [adapter] + (checkpoint_adapters(session, adapter.job_id) if adapter.job_id else [])
+    blob_keys = [key for row in doomed for key in registry.delete_adapter(session, row)]
     session.commit()
     registry.delete_blobs(storage, blob_keys)
-    return model_id
+    return [row.id for row in doomed]
 
 
 def adapter_archive(
