@@ -8,7 +8,7 @@ or checkpoint copy whose row it never wrote. Each kind of blob is kept while a r
 |---|---|
 | `.tmp/*` | never referenced: only its age protects a write in progress |
 | `files/<tenant>/<name>` | a `files` row that is not deleted has this `storage_key` |
-| `adapters/<name>[.tar.gz]` | an `adapters` row has it as key, or `<name>` is an unfinished job |
+| `adapters/<name>[.tar.gz]` | an `adapters` row has it as key, or `<job>[-ckpt-step-N]` is unfinished |
 | `jobs/<job>/checkpoints/step-<n>` | a checkpoint row has this key, or the job is unfinished |
 
 (A job's worker writes its adapter just before the row, hence the unfinished-job exception.)
@@ -96,7 +96,8 @@ def _is_orphan(key: str, active_jobs: set[str]) -> bool:
     """An unreferenced key is an orphan unless an unfinished job is about to register it."""
     kind, _, rest = key.partition("/")
     if kind == "adapters":
-        return rest.removesuffix(ARCHIVE_SUFFIX) not in active_jobs
+        # `<job>-ckpt-step-N`: an epoch checkpoint model, copied in just before its row is committed.
+        return rest.removesuffix(ARCHIVE_SUFFIX).split("-ckpt-step-")[0] not in active_jobs
     if kind == "jobs":
         return rest.split("/")[0] not in active_jobs
     return True

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
@@ -28,6 +28,9 @@ class ModelDetails(BaseModel):
     label_names: list[str] | None = None
     bytes: int | None = None
     sha256: str | None = None
+    # A job's checkpoint model (`<fine_tuned_model>:ckpt-step-N`): its step and that step's metrics.
+    step: int | None = None
+    metrics: dict[str, Any] | None = None
 
 
 class ModelObject(BaseModel):
@@ -48,13 +51,15 @@ class ModelObject(BaseModel):
             kind="adapter",
             task=adapter.task,
             base_model=adapter.base_model,
-            job_id=adapter.job_id,
+            job_id=adapter.job_id or adapter.checkpoint_job_id,
             rank=adapter.rank,
             freeze_ratio=adapter.freeze_ratio,
             target_modules=[str(name) for name in adapter.target_modules or []],
             label_names=None if adapter.label_names is None else [str(n) for n in adapter.label_names],
             bytes=adapter.bytes,
             sha256=adapter.sha256,
+            step=adapter.step if adapter.checkpoint_job_id else None,
+            metrics=adapter.metrics if adapter.checkpoint_job_id else None,
         )
         created = unix_seconds_required(adapter.created_at)
         return cls(id=adapter.id, created=created, owned_by=adapter.tenant_id, lorasp=details)
