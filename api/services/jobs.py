@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 
-from sqlalchemy import select
+from sqlalchemy import String, cast, select
 from sqlalchemy.orm import Session
 
 from api.deps import EnqueueJob
@@ -15,6 +16,7 @@ from api.services.job_spec import build_spec
 from api.services.paging import fetch_page, newer_first_after
 from lorasp_service import jobs, registry
 from lorasp_service.ids import new_id
+from lorasp_service.jobs.auto import DatasetSize
 from lorasp_service.orm import Checkpoint, File, Job, JobEvent, Tenant
 from lorasp_service.settings import Settings
 
@@ -70,7 +72,7 @@ def create_job(
         validation = _file_for_job(session, tenant, request.validation_file, "validation_file", entry.task)
         if entry.task == "seq-cls":
             _check_validation_labels(training, validation)
-    spec = build_spec(request, settings)
+    spec = build_spec(request, settings, DatasetSize.of_file(training))
     job = Job(
         id=new_id("ftjob"),
         tenant_id=tenant.id,
@@ -117,8 +119,25 @@ def get_job(session: Session, tenant: Tenant, job_id: str, *, for_update: bool =
     return job
 
 
-def list_jobs(session: Session, tenant: Tenant, after: str | None, limit: int) -> tuple[list[Job], bool]:
+@dataclass(frozen=True)
+class MetadataFilter:
+    """Which jobs a list keeps: those whose metadata holds every pair, or (only_null) those without any."""
+
+    pairs: dict[str, str] = field(default_factory=dict)
+    only_null: bool = False
+
+
+def list_jobs(
+    session: Session, tenant: Tenant, after: str | None, limit: int, metadata: MetadataFilter | None = None
+) -> tuple[list[Job], bool]:
+    """The tenant's jobs, newest first, kept by `metadata` (see MetadataFilter)."""
     statement = select(Job).where(Job.tenant_id == tenant.id)
+    metadata = metadata or MetadataFilter()
+    for key, value in metadata.pairs.items():
+        statement = statement.where(Job.user_metadata[key].as_string() == value)
+    if metadata.only_null:
+        # A job created without metadata holds JSON null (SQLAlchemy's JSON default), not SQL NULL.
+        statement = statement.where(Job.user_metadata.is_(None) | (cast(Job.user_metadata, String) == "null"))
     if after is not None:
         cursor = registry.get_job_for_tenant(session, tenant.id, after)
         if cursor is None:
