@@ -1,4 +1,4 @@
-"""/v1/fine_tuning/jobs: create, list, read and cancel jobs; their events and checkpoints."""
+"""/v1/fine_tuning/jobs: create, list, read, cancel, pause and resume jobs; their events and checkpoints."""
 
 from __future__ import annotations
 
@@ -102,6 +102,20 @@ def get_job(session: SessionDep, tenant: CurrentTenant, fine_tuning_job_id: str)
 def cancel_job(session: SessionDep, tenant: CurrentTenant, fine_tuning_job_id: str) -> FineTuningJob:
     """Queued: cancelled at once. Running: `cancel_requested` is set and the worker stops the job."""
     return FineTuningJob.from_row(job_service.cancel_job(session, tenant, fine_tuning_job_id))
+
+
+@router.post("/{fine_tuning_job_id}/pause", response_model=FineTuningJob)
+def pause_job(session: SessionDep, tenant: CurrentTenant, fine_tuning_job_id: str) -> FineTuningJob:
+    """Queued: paused at once. Running: `pause_requested` is set; the worker checkpoints and pauses it."""
+    return FineTuningJob.from_row(job_service.pause_job(session, tenant, fine_tuning_job_id))
+
+
+@router.post("/{fine_tuning_job_id}/resume", response_model=FineTuningJob)
+def resume_job(
+    session: SessionDep, tenant: CurrentTenant, enqueue: EnqueueDep, fine_tuning_job_id: str
+) -> FineTuningJob:
+    """Paused: queued again; a worker continues it from the checkpoint its pause wrote."""
+    return FineTuningJob.from_row(job_service.resume_job(session, tenant, fine_tuning_job_id, enqueue))
 
 
 @router.get("/{fine_tuning_job_id}/events", response_model=ListPage[FineTuningJobEvent])

@@ -1,4 +1,5 @@
-"""Fine-tuning jobs: create (validate, commit, then enqueue), read, page, cancel; events and checkpoints."""
+"""Fine-tuning jobs: create (validate, commit, then enqueue), read, page, cancel, pause, resume; events and
+checkpoints."""
 
 from __future__ import annotations
 
@@ -159,6 +160,39 @@ def cancel_job(session: Session, tenant: Tenant, job_id: str) -> Job:
             code="job_not_cancellable",
         ) from error
     session.commit()
+    return job
+
+
+def pause_job(session: Session, tenant: Tenant, job_id: str) -> Job:
+    """Queued: paused at once. Running: `pause_requested`; the worker checkpoints and moves it to paused."""
+    job = get_job(session, tenant, job_id, for_update=True)  # the worker may be claiming it right now
+    try:
+        jobs.request_pause(session, job)
+    except jobs.JobNotPausableError as error:
+        raise APIError(
+            400,
+            f"Job '{job_id}' is {error.current} and cannot be paused: only a queued or running job can.",
+            param="fine_tuning_job_id",
+            code="job_not_pausable",
+        ) from error
+    session.commit()
+    return job
+
+
+def resume_job(session: Session, tenant: Tenant, job_id: str, enqueue: EnqueueJob) -> Job:
+    """Paused -> queued, committed, then enqueued: any worker continues it from its pause checkpoint."""
+    job = get_job(session, tenant, job_id, for_update=True)
+    try:
+        jobs.resume(session, job)
+    except jobs.JobNotResumableError as error:
+        raise APIError(
+            400,
+            f"Job '{job_id}' is {error.current} and cannot be resumed: only a paused job can.",
+            param="fine_tuning_job_id",
+            code="job_not_resumable",
+        ) from error
+    session.commit()
+    _send_to_workers(session, job, enqueue)
     return job
 
 
