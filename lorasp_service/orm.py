@@ -90,6 +90,8 @@ class Job(Base):
     # A pause asked of a running job: its worker checkpoints, stops and moves it to paused.
     pause_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Claims that followed a user's resume: `attempts - resumes` is what the worker-loss limit counts.
+    resumes: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # Lease of the worker running the job: a redelivered message takes the job over only once the
     # heartbeat is stale (its worker died); otherwise it is a no-op.
     worker_id: Mapped[str | None] = mapped_column(String(128), default=None)

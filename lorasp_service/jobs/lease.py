@@ -133,7 +133,8 @@ def claim_job(settings: Settings, job_id: str, worker_id: str) -> Claim:
                 continue
             if not lease_is_dead(job, settings, worker_id, now):
                 return Claim(ClaimOutcome.HELD)
-            if job.attempts >= settings.max_job_attempts:
+            # A resume is a claim too; only the others count against the limit on lost workers.
+            if job.attempts - job.resumes >= settings.max_job_attempts:
                 if _fail_exhausted(session, job):
                     return Claim(ClaimOutcome.EXHAUSTED)
                 continue
@@ -195,7 +196,7 @@ def _latest_checkpoint(session: Session, job_id: str) -> Checkpoint | None:
 
 
 def _fail_exhausted(session: Session, job: Job) -> bool:
-    message = f"the job's worker died {job.attempts} times"
+    message = f"the job's worker died {job.attempts - job.resumes} times"
     error = {"code": "worker_lost", "message": message, "param": None}
     if transition_where(
         session,

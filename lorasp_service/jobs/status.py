@@ -177,4 +177,5 @@ def resume(session: Session, job: Job) -> None:
     if job.status != JobStatus.PAUSED:
         raise JobNotResumableError(job.status, JobStatus.QUEUED)
     job.pause_requested = False
+    job.resumes += 1  # the claim that follows is not a lost worker's retry (see lease.claim_job)
     transition(session, job, JobStatus.QUEUED, "Job resumed")

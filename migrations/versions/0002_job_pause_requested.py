@@ -1,4 +1,5 @@
-"""fine-tuning jobs: pause_requested (a pause asked of a running job, carried out by its worker)
+"""fine-tuning jobs: pause_requested (a pause asked of a running job, carried out by its worker) and
+resumes (claims after a resume, which the limit on lost workers does not count)
 
 Revision ID: 0002_pause
 Revises: 0001
@@ -21,8 +22,10 @@ def upgrade() -> None:
         batch_op.add_column(
             sa.Column("pause_requested", sa.Boolean(), nullable=False, server_default=sa.false())
         )
+        batch_op.add_column(sa.Column("resumes", sa.Integer(), nullable=False, server_default="0"))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("fine_tuning_jobs", schema=None) as batch_op:
+        batch_op.drop_column("resumes")
         batch_op.drop_column("pause_requested")

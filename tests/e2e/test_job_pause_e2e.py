@@ -8,6 +8,7 @@ import io
 import secrets
 import tarfile
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import openai
@@ -15,10 +16,12 @@ import pytest
 import torch
 from e2e_stack import Stack, chat_rows, jsonl, wait_until
 from safetensors.torch import load_file
+from sqlalchemy import update
 
 from lorasp_service import jobs
 from lorasp_service.db import session_scope
 from lorasp_service.orm import File, Job, Tenant
+from lorasp_service.settings import Settings
 
 pytestmark = pytest.mark.services
 
@@ -157,6 +160,25 @@ def test_the_message_of_a_paused_job_is_a_no_op_and_a_resumed_one_continues_from
         session.commit()
     claim = jobs.claim_job(settings, queued_job, "host-a:1")
     assert (claim.outcome, claim.resume_step, claim.resume_key) == (jobs.ClaimOutcome.CLAIMED, 7, key)
+
+
+def test_resumes_do_not_count_as_lost_workers(stack: Stack, queued_job: str) -> None:
+    settings = stack.settings
+    stale = jobs.utcnow() - timedelta(seconds=settings.heartbeat_stale_seconds + 1)
+    dead = {"status": "running", "worker_id": "some-other-host:4242", "heartbeat_at": stale}
+    # As many claims as the limit, but one of them followed a resume: one worker loss short of it.
+    set_job(settings, queued_job, attempts=settings.max_job_attempts, resumes=1, **dead)
+    assert jobs.claim_job(settings, queued_job, "host-b:7").outcome == jobs.ClaimOutcome.TAKEN_OVER
+    set_job(settings, queued_job, attempts=settings.max_job_attempts + 1, resumes=1, **dead)
+    assert jobs.claim_job(settings, queued_job, "host-c:8").outcome == jobs.ClaimOutcome.EXHAUSTED
+    error = stack.job_row(queued_job)["error"]
+    assert error["code"] == "worker_lost" and f"died {settings.max_job_attempts} times" in error["message"]
+
+
+def set_job(settings: Settings, job_id: str, **values: object) -> None:
+    with session_scope(settings) as session:
+        session.execute(update(Job).where(Job.id == job_id).values(**values))
+        session.commit()
 
 
 def test_a_worker_pauses_only_a_job_it_still_holds(stack: Stack, queued_job: str) -> None:

@@ -51,6 +51,8 @@ def test_a_queued_job_pauses_at_once_and_resumes_into_the_queue(
     assert resumed.status_code == 200, resumed.text
     assert resumed.json()["status"] == "queued" and resumed.json()["pause_requested"] is False
     assert messages(db, job_id)[-1] == "Job resumed"
+    db.expire_all()
+    assert db.get(Job, job_id).resumes == 1  # type: ignore[union-attr]
     assert enqueue_recorder.job_ids == [job_id]  # committed first, then sent to the workers
 
 
