@@ -171,6 +171,11 @@ def _train_and_register(settings: Settings, job_id: str, worker_id: str, claim: 
     if keeper.lost:
         log.warning("job %s: lease lost during training; leaving the job to its new worker", job_id)
         return LEASE_LOST
+    if result.cancelled and keeper.pause_requested and not keeper.cancel_requested:
+        # The trainer saved step-<N> and on_checkpoint stored it: resuming continues from there.
+        if not jobs.pause_job(settings, job_id, worker_id, claim.attempt, result.steps):
+            return LEASE_LOST
+        return JobStatus.PAUSED
     if result.cancelled:
         jobs.finish_job(settings, job_id, worker_id, claim.attempt, JobStatus.CANCELLED,
                         f"Fine-tuning job cancelled at step {result.steps} of {result.total_steps}")
