@@ -25,6 +25,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from lorasp_service import checkpoints
 from lorasp_service.ids import new_id
 from lorasp_service.orm import Adapter, Checkpoint, File, Job, JobEvent
 from lorasp_service.storage import BlobStorage
@@ -148,6 +149,8 @@ def delete_adapter(session: Session, adapter: Adapter) -> list[str]:
     The job that produced it keeps its `fine_tuned_model` id (as OpenAI does after a model deletion).
     """
     keys = [adapter.storage_key] + ([adapter.archive_key] if adapter.archive_key else [])
+    if adapter.job_id:  # a trained adapter: its job's leftover checkpoints go with it
+        keys += checkpoints.forget_job_checkpoints(session, adapter.job_id)
     session.delete(adapter)
     session.flush()
     return keys

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -55,6 +55,13 @@ class Settings(BaseSettings):
     # POST /v1/adapters: cap on the unpacked size of an uploaded archive (zip/tar bomb guard).
     max_adapter_unpacked_bytes: int = 1024 * 1024 * 1024
 
+    # Recovery and checkpoints (issue 12). Every worker re-enqueues running jobs whose heartbeat is
+    # stale this often (seconds), so a surviving worker takes over a dead worker's job; None means
+    # heartbeat_stale_seconds / 4.
+    stale_job_sweep_seconds: float | None = Field(default=None, gt=0)
+    # Resume checkpoints kept per job while it runs (the newest ones); all are deleted once it succeeds.
+    checkpoints_kept: int = Field(default=2, ge=1)
+
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:
         self.home = self.home.expanduser()
@@ -80,6 +87,12 @@ class Settings(BaseSettings):
     def embedded(self) -> bool:
         """True when running without servers: filesystem broker (and usually SQLite)."""
         return self.broker_url.startswith("filesystem://")
+
+    @property
+    def stale_sweep_interval_seconds(self) -> float:
+        if self.stale_job_sweep_seconds is not None:
+            return self.stale_job_sweep_seconds
+        return self.heartbeat_stale_seconds / 4
 
     @property
     def visibility_timeout_seconds(self) -> int:
