@@ -29,7 +29,7 @@ from queue import Empty
 from typing import Any
 
 from celery import Celery
-from kombu.entity import Queue
+from kombu.entity import Exchange, Queue
 from kombu.transport import filesystem
 from kombu.utils.scheduling import FairCycle
 
@@ -69,6 +69,12 @@ class InOrderFilesystemTransport(filesystem.Transport):
     """kombu's filesystem transport, but queues are read in priority (listed) order."""
 
     Channel = _InOrderFilesystemChannel
+
+
+def _direct_queue(name: str) -> Queue:
+    # Its own exchange and routing key: Celery would bind a queue declared without them to the default
+    # queue's, and every message for the main queue would then be copied into the resume queue too.
+    return Queue(name, Exchange(name, type="direct"), routing_key=name)  # type: ignore[no-untyped-call]
 
 
 def broker_transport_options(settings: Settings) -> dict[str, Any]:
@@ -113,7 +119,7 @@ def make_celery(settings: Settings) -> Celery:
         task_ignore_result=True,
         task_default_queue=settings.queue_name,
         # A worker consumes both, the resume queue first (see the module docstring).
-        task_queues=[Queue(name) for name in (resume_queue_name(settings), settings.queue_name)],  # type: ignore[no-untyped-call]
+        task_queues=[_direct_queue(name) for name in (resume_queue_name(settings), settings.queue_name)],
         task_create_missing_queues=True,
         task_serializer="json",
         accept_content=["json"],

@@ -37,10 +37,14 @@ def consumption_order(settings: Settings) -> list[str]:
 
     with (
         app.connection_for_read() as connection,
-        connection.Consumer(app.conf.task_queues, callbacks=[on_message], accept=["json"], prefetch_count=1),
+        connection.Consumer(
+            list(app.amqp.queues.values()), callbacks=[on_message], accept=["json"], prefetch_count=1
+        ),
     ):
         while len(received) < 5:
             connection.drain_events(timeout=10)
+        with pytest.raises(TimeoutError):  # and no message was copied into both queues
+            connection.drain_events(timeout=1)
     return received
 
 
