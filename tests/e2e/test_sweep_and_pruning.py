@@ -15,7 +15,7 @@ from lorasp_service import checkpoints, jobs
 from lorasp_service.db import session_scope
 from lorasp_service.orm import Checkpoint, Job
 from lorasp_service.queue import resume_queue_name
-from lorasp_service.recovery import StaleJobSweeper
+from lorasp_service.recovery import RESEND_AFTER_STALE_PERIODS, StaleJobSweeper
 from lorasp_service.settings import Settings
 from lorasp_service.storage import BlobStorage
 
@@ -39,28 +39,37 @@ def messages_for(settings: Settings, queue: str, job_id: str) -> int:
     return sum(job_id in json.loads(item)["headers"]["argsrepr"] for item in items)
 
 
-def test_the_sweep_sends_a_stale_job_to_the_resume_queue_once_per_stale_period(
+def test_the_sweep_sends_a_dead_job_to_the_resume_queue_once_per_dead_lease(
     settings: Settings, job_id: str
 ) -> None:
     mine = settings.model_copy(update={"queue_name": f"sweep-{secrets.token_hex(4)}"})
     sweeper = StaleJobSweeper(mine)
+    resume = resume_queue_name(mine)
     try:
         jobs.claim_job(mine, job_id, DEAD_WORKER)
         assert job_id not in sweeper.sweep_once()  # a fresh heartbeat: its worker may be alive
         make_stale(mine, job_id)
         assert job_id in sweeper.sweep_once()
-        assert job_id not in sweeper.sweep_once()  # already re-sent within the stale period
-        assert messages_for(mine, resume_queue_name(mine), job_id) == 1
+        assert job_id not in sweeper.sweep_once()  # already sent for this dead lease: no pile-up
+        assert messages_for(mine, resume, job_id) == 1
         assert messages_for(mine, mine.queue_name, job_id) == 0
-        # Once the stale period has passed without a take-over, it is sent again.
-        sweeper.recently_sent[job_id] -= mine.heartbeat_stale_seconds
+        # Nobody took it over for a long time (a lost message?): it is sent again.
+        mark, sent_at = sweeper.recently_sent[job_id]
+        sweeper.recently_sent[job_id] = (
+            mark,
+            sent_at - RESEND_AFTER_STALE_PERIODS * mine.heartbeat_stale_seconds,
+        )
         assert job_id in sweeper.sweep_once()
-        assert messages_for(mine, resume_queue_name(mine), job_id) == 2
+        # Another attempt took it over and died too: a new dead lease, sent at once.
+        assert jobs.claim_job(mine, job_id, "host-b:7").outcome == jobs.ClaimOutcome.TAKEN_OVER
+        assert job_id not in sweeper.sweep_once()  # alive again: forgotten
+        assert job_id not in sweeper.recently_sent
+        make_stale(mine, job_id)
+        assert job_id in sweeper.sweep_once()
+        assert messages_for(mine, resume, job_id) == 3
     finally:
         client = redis.Redis.from_url(mine.broker_url)
-        client.delete(
-            mine.broker_key_prefix + resume_queue_name(mine), mine.broker_key_prefix + mine.queue_name
-        )
+        client.delete(mine.broker_key_prefix + resume, mine.broker_key_prefix + mine.queue_name)
 
 
 def add_checkpoints(settings: Settings, storage: BlobStorage, job_id: str, steps: list[int]) -> None:
