@@ -33,7 +33,7 @@ from lorasp_core import (
 from lorasp_core.data import Example
 from lorasp_core.train_config import TaskType
 from lorasp_core.trainer import TrainConfig, train
-from lorasp_service import jobs, registry
+from lorasp_service import checkpoints, jobs, registry
 from lorasp_service.db import session_scope
 from lorasp_service.jobs import JobStatus
 from lorasp_service.orm import Adapter, File, Job
@@ -197,4 +197,5 @@ def _train_and_register(settings: Settings, job_id: str, worker_id: str, claim: 
     )
     if not jobs.complete_job(settings, job_id, worker_id, claim.attempt, adapter, result.trained_tokens):
         return LEASE_LOST
+    checkpoints.discard_after_success(settings, storage, job_id)
     return JobStatus.SUCCEEDED

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lorasp_core.trainer import ProgressEvent, TrainCallback
-from lorasp_service import jobs
+from lorasp_service import checkpoints, jobs
 from lorasp_service.settings import Settings
 from lorasp_service.storage import BlobStorage
 
@@ -100,12 +100,15 @@ class JobProgressCallback(TrainCallback):
     def on_checkpoint(self, step: int, path: Path) -> None:
         if self.keeper.lost:
             return
-        key = f"jobs/{self.job_id}/checkpoints/step-{step}"
+        key = checkpoints.checkpoint_key(self.job_id, step)
         self.storage.put_dir(key, path)  # atomic: a checkpoint row never points at a partial copy
         metrics: dict[str, Any] = {"step": step}
         if self.last_event is not None:
             metrics["train_loss"] = self.last_event.train_loss
         jobs.register_checkpoint(self.settings, self.job_id, step, key, metrics)
+        # Only the newest is ever resumed from: keep a few, not one per checkpoint interval.
+        kept = self.settings.checkpoints_kept
+        checkpoints.prune_checkpoints(self.settings, self.storage, self.job_id, kept)
 
     def should_stop(self) -> bool:
         """A cancel or a pause stops the loop alike (the trainer saves a checkpoint); the caller tells
