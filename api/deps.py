@@ -2,25 +2,31 @@
 
 Everything hangs off `app.state.lorasp` (an `AppResources`), built lazily so that creating the app
 touches neither the database nor the disk.
+
+FastAPI runs every sync (`def`) dependency in the threadpool: a round trip between threads per
+dependency and per request. Those that only read an attribute are `async def` (they run on the event
+loop); only what does I/O (the key lookup, closing a session that holds a connection) goes to a thread.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from functools import cached_property, partial
 from typing import Annotated
 
+import anyio
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
 
 from api.errors import invalid_api_key
 from api.services.serving import build_serving_engine
 from lorasp_core.serving import ServingEngine
 from lorasp_service.auth import SHOWN_KEY_CHARS, tenant_for_key
-from lorasp_service.db import SETTINGS_INFO_KEY, make_engine, managed_session
+from lorasp_service.db import SETTINGS_INFO_KEY, make_engine
 from lorasp_service.orm import Tenant
 from lorasp_service.settings import Settings
 from lorasp_service.storage import BlobStorage
@@ -72,7 +78,7 @@ class AppResources:
                 self._serving = None
 
 
-def get_resources(request: Request) -> AppResources:
+async def get_resources(request: Request) -> AppResources:
     resources: AppResources = request.app.state.lorasp
     return resources
 
@@ -80,21 +86,34 @@ def get_resources(request: Request) -> AppResources:
 ResourcesDep = Annotated[AppResources, Depends(get_resources)]
 
 
-def get_request_settings(resources: ResourcesDep) -> Settings:
+async def get_request_settings(resources: ResourcesDep) -> Settings:
     return resources.settings
 
 
 SettingsDep = Annotated[Settings, Depends(get_request_settings)]
 
 
-def get_session(resources: ResourcesDep) -> Iterator[Session]:
-    yield from managed_session(resources.sessions)
+async def get_session(resources: ResourcesDep) -> AsyncIterator[Session]:
+    """A session whose transaction the service commits explicitly; rolled back and closed at the end.
+
+    Made on the event loop: a Session does no I/O before its first query. Closing one that holds a
+    connection (its rollback on return to the pool) is blocking, so it goes to a thread, shielded so
+    that a client's disconnect cannot leave the connection checked out."""
+    session = resources.sessions()
+    try:
+        yield session
+    finally:
+        if session.in_transaction():
+            with anyio.CancelScope(shield=True):
+                await run_in_threadpool(session.close)
+        else:
+            session.close()
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
-def get_storage(resources: ResourcesDep) -> BlobStorage:
+async def get_storage(resources: ResourcesDep) -> BlobStorage:
     return resources.storage
 
 
@@ -136,7 +155,7 @@ def get_serving_engine(resources: ResourcesDep) -> ServingEngine:
     return resources.serving
 
 
-def get_started_serving_engine(resources: ResourcesDep) -> ServingEngine | None:
+async def get_started_serving_engine(resources: ResourcesDep) -> ServingEngine | None:
     return resources.started_serving
 
 

@@ -9,7 +9,7 @@ import hashlib
 import secrets
 from datetime import UTC, datetime
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from lorasp_service.ids import new_id
@@ -18,6 +18,14 @@ from lorasp_service.orm import ApiKey, Tenant
 API_KEY_PREFIX = "sk-lorasp-"
 # How much of a key is kept in clear (to tell keys apart in listings); fits ApiKey.key_prefix.
 SHOWN_KEY_CHARS = 14
+
+# The per-request lookup, built once: one indexed query (unique key_hash) for key and tenant together,
+# not a second lazy load of `ApiKey.tenant`, and no statement construction on every request.
+_TENANT_FOR_HASH = (
+    select(Tenant)
+    .join(ApiKey, ApiKey.tenant_id == Tenant.id)
+    .where(ApiKey.key_hash == bindparam("key_hash"), ApiKey.revoked_at.is_(None))
+)
 
 
 def hash_api_key(key: str) -> str:
@@ -62,10 +70,7 @@ def tenant_for_key(session: Session, key: str) -> Tenant | None:
     """The tenant owning a valid (existing, not revoked) key, else None."""
     if not key.startswith(API_KEY_PREFIX) or not key.isascii():
         return None
-    api_key = session.scalars(
-        select(ApiKey).where(ApiKey.key_hash == hash_api_key(key), ApiKey.revoked_at.is_(None))
-    ).one_or_none()
-    return None if api_key is None else api_key.tenant
+    return session.scalars(_TENANT_FOR_HASH, {"key_hash": hash_api_key(key)}).one_or_none()
 
 
 def revoke_api_key(session: Session, key: str) -> bool:

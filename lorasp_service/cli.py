@@ -89,11 +89,14 @@ def run_create_key(settings: Settings, tenant_name: str) -> int:
 
 
 def run_worker(settings: Settings, concurrency: int | None, loglevel: str) -> int:
+    from lorasp_service.queue import resume_queue_name
     from worker.app import celery_app
 
     celery_app.worker_main([
         "worker", "--pool=prefork", f"--concurrency={concurrency or settings.worker_concurrency}",
-        f"--queues={settings.queue_name}", f"--loglevel={loglevel}", "--hostname=lorasp@%h",
+        # The resume queue first: jobs whose worker died run before jobs that never started.
+        f"--queues={resume_queue_name(settings)},{settings.queue_name}", f"--loglevel={loglevel}",
+        "--hostname=lorasp@%h",
         "--without-gossip", "--without-mingle",
     ])
     return 0

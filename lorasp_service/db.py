@@ -17,6 +17,13 @@ SETTINGS_INFO_KEY = "lorasp.settings"
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
+# Postgres connections kept open per process. SQLAlchemy's default (5 + 10 overflow) closes every
+# overflow connection on return, so 20 concurrent API requests opened a new connection (a new server
+# backend) for most requests. Kept connections cover the API's usual concurrency (Starlette runs
+# at most 40 sync calls at once); the overflow absorbs bursts of sessions held across awaits.
+POOL_SIZE = 20
+POOL_MAX_OVERFLOW = 20
+
 
 def make_engine(database_url: str) -> Engine:
     if database_url.startswith("sqlite"):
@@ -35,7 +42,10 @@ def make_engine(database_url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(database_url, pool_pre_ping=True)
+    # pre_ping: a connection the server closed (restart, idle timeout) is replaced, not handed out.
+    return create_engine(
+        database_url, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=POOL_MAX_OVERFLOW
+    )
 
 
 @lru_cache(maxsize=4)

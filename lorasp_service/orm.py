@@ -20,6 +20,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -86,7 +87,11 @@ class Job(Base):
     fine_tuned_model: Mapped[str | None] = mapped_column(String(256), default=None)
     trained_tokens: Mapped[int | None] = mapped_column(BigInteger, default=None)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # A pause asked of a running job: its worker checkpoints, stops and moves it to paused.
+    pause_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Claims that followed a user's resume: `attempts - resumes` is what the worker-loss limit counts.
+    resumes: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # Lease of the worker running the job: a redelivered message takes the job over only once the
     # heartbeat is stale (its worker died); otherwise it is a no-op.
     worker_id: Mapped[str | None] = mapped_column(String(128), default=None)

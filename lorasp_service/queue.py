@@ -8,8 +8,14 @@ One configuration, built from the one `Settings`, for the API (producer) and the
   after a visibility timeout longer than the longest job.
 * Embedded default: `filesystem://`, a broker that needs no server: messages are files under
   `<home>/broker/`. It cannot redeliver the message of a worker that was killed; `lorasp worker`
-  re-enqueues such orphaned jobs when it starts (`worker.app._recover_orphaned_jobs`, which uses
-  `lorasp_service.jobs.orphaned_job_ids`; in Redis mode it re-sends running jobs whose lease is dead).
+  re-enqueues such orphaned jobs when it starts, and every worker re-sends running jobs whose lease is
+  dead periodically, in both modes (`lorasp_service.recovery`, which uses
+  `lorasp_service.jobs.orphaned_job_ids`).
+
+A job resumed after its worker died goes to a second queue, `<queue_name>.resume`, that every worker
+consumes *before* the main one (Redis: `queue_order_strategy="priority"`; the filesystem broker: a
+channel that polls its queues in the listed order, below), so an interrupted job runs before jobs that
+never started instead of rejoining the back of the queue.
 
 There is no result backend: the database holds the state of every job.
 
@@ -19,9 +25,13 @@ The API sends tasks *by name*, so it never imports worker code (nor torch).
 from __future__ import annotations
 
 import logging
+from queue import Empty
 from typing import Any
 
 from celery import Celery
+from kombu.entity import Exchange, Queue
+from kombu.transport import filesystem
+from kombu.utils.scheduling import FairCycle
 
 from lorasp_service.settings import Settings
 
@@ -30,6 +40,41 @@ RUN_JOB_TASK = "lorasp.run_job"
 HARD_TIME_LIMIT_GRACE_SECONDS = 120
 
 log = logging.getLogger(__name__)
+
+
+def resume_queue_name(settings: Settings) -> str:
+    """The queue of jobs resumed after their worker died: consumed before `settings.queue_name`."""
+    return f"{settings.queue_name}.resume"
+
+
+class _ListedOrderCycle(FairCycle):
+    """Poll the queues in the order the worker listed them, starting from the first every time.
+
+    kombu's FairCycle resumes after the queue it last read (round robin): the resume queue would then
+    wait behind a message of the main queue every other poll.
+    """
+
+    def get(self, callback: Any, **kwargs: Any) -> Any:
+        self.pos = 0
+        return super().get(callback, **kwargs)  # type: ignore[no-untyped-call]
+
+
+class _InOrderFilesystemChannel(filesystem.Channel):
+    def _reset_cycle(self) -> None:
+        cycle = _ListedOrderCycle(self._get_and_deliver, self._active_queues, Empty)  # type: ignore[no-untyped-call]
+        self._cycle = cycle
+
+
+class InOrderFilesystemTransport(filesystem.Transport):
+    """kombu's filesystem transport, but queues are read in priority (listed) order."""
+
+    Channel = _InOrderFilesystemChannel
+
+
+def _direct_queue(name: str) -> Queue:
+    # Its own exchange and routing key: Celery would bind a queue declared without them to the default
+    # queue's, and every message for the main queue would then be copied into the resume queue too.
+    return Queue(name, Exchange(name, type="direct"), routing_key=name)  # type: ignore[no-untyped-call]
 
 
 def broker_transport_options(settings: Settings) -> dict[str, Any]:
@@ -55,6 +100,8 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
         # (kombu's default sweep period is ~100 s, which only matters for short timeouts).
         options["unacked_restore_interval"] = max(1, min(10, visibility // 4))
         options["unacked_restore_throttle"] = 1
+        # BRPOP the queues in the listed order (the resume queue first), not round robin.
+        options["queue_order_strategy"] = "priority"
         if settings.broker_key_prefix:
             options["global_keyprefix"] = settings.broker_key_prefix
     return options
@@ -65,11 +112,14 @@ def make_celery(settings: Settings) -> Celery:
     app = Celery("lorasp", set_as_current=False)
     app.conf.update(
         broker_url=settings.broker_url,
+        broker_transport=f"{__name__}:InOrderFilesystemTransport" if settings.embedded else None,
         broker_transport_options=broker_transport_options(settings),
         broker_connection_retry_on_startup=True,
         result_backend=None,
         task_ignore_result=True,
         task_default_queue=settings.queue_name,
+        # A worker consumes both, the resume queue first (see the module docstring).
+        task_queues=[_direct_queue(name) for name in (resume_queue_name(settings), settings.queue_name)],
         task_create_missing_queues=True,
         task_serializer="json",
         accept_content=["json"],
@@ -98,10 +148,14 @@ def _producer(settings: Settings) -> Celery:
     return app
 
 
-def enqueue_job(settings: Settings, job_id: str) -> None:
-    """Ask a worker to run `job_id`. Call it only after the job row is committed."""
-    _producer(settings).send_task(RUN_JOB_TASK, args=[job_id], queue=settings.queue_name)
-    log.info("enqueued job %s on queue %s", job_id, settings.queue_name)
+def enqueue_job(settings: Settings, job_id: str, *, resume: bool = False) -> None:
+    """Ask a worker to run `job_id`. Call it only after the job row is committed.
+
+    `resume=True` for a job that already ran (its worker died): it goes ahead of never-started jobs.
+    """
+    queue = resume_queue_name(settings) if resume else settings.queue_name
+    _producer(settings).send_task(RUN_JOB_TASK, args=[job_id], queue=queue)
+    log.info("enqueued job %s on queue %s", job_id, queue)
 
 
 def send_task(settings: Settings, name: str, args: list[Any], *, countdown: float | None = None) -> None:

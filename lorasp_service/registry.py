@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from lorasp_service import checkpoints
 from lorasp_service.jobs.status import ACTIVE_STATUSES
 from lorasp_service.orm import Adapter, Checkpoint, File, Job, JobEvent
 from lorasp_service.storage import BlobStorage
@@ -108,6 +109,8 @@ def delete_adapter(session: Session, adapter: Adapter) -> list[str]:
     The job that produced it keeps its `fine_tuned_model` id (as OpenAI does after a model deletion).
     """
     keys = [adapter.storage_key] + ([adapter.archive_key] if adapter.archive_key else [])
+    if adapter.job_id:  # a trained adapter: its job's leftover checkpoints go with it
+        keys += checkpoints.forget_job_checkpoints(session, adapter.job_id)
     session.delete(adapter)
     session.flush()
     return keys

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -79,6 +79,12 @@ class Settings(BaseSettings):
     webhook_retry_max_delay_seconds: float = 600.0
     # Off: a webhook URL resolving to a loopback, private, link-local, ... address is refused (SSRF).
     webhook_allow_private_networks: bool = False
+    # Recovery and checkpoints (issue 12). Every worker re-enqueues running jobs whose heartbeat is
+    # stale this often (seconds), so a surviving worker takes over a dead worker's job; None means
+    # heartbeat_stale_seconds / 4.
+    stale_job_sweep_seconds: float | None = Field(default=None, gt=0)
+    # Resume checkpoints kept per job while it runs (the newest ones); all are deleted once it succeeds.
+    checkpoints_kept: int = Field(default=2, ge=1)
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:
@@ -113,6 +119,12 @@ class Settings(BaseSettings):
         if self.max_line_bytes is not None:
             return self.max_line_bytes
         return max(self.max_example_tokens * 32, 1024 * 1024)
+
+    @property
+    def stale_sweep_interval_seconds(self) -> float:
+        if self.stale_job_sweep_seconds is not None:
+            return self.stale_job_sweep_seconds
+        return self.heartbeat_stale_seconds / 4
 
     @property
     def visibility_timeout_seconds(self) -> int:

@@ -32,7 +32,7 @@ from lorasp_core import (
 from lorasp_core.data import Example
 from lorasp_core.train_config import TaskType
 from lorasp_core.trainer import TrainConfig, train
-from lorasp_service import jobs, registry
+from lorasp_service import checkpoints, jobs, registry
 from lorasp_service.db import session_scope
 from lorasp_service.jobs import JobStatus
 from lorasp_service.model_checkpoints import EpochCheckpointCallback, target_module_names
@@ -170,6 +170,11 @@ def _train_and_register(settings: Settings, job_id: str, worker_id: str, claim: 
     if keeper.lost:
         log.warning("job %s: lease lost during training; leaving the job to its new worker", job_id)
         return LEASE_LOST
+    if result.cancelled and keeper.pause_requested and not keeper.cancel_requested:
+        # The trainer saved step-<N> and on_checkpoint stored it: resuming continues from there.
+        if not jobs.pause_job(settings, job_id, worker_id, claim.attempt, result.steps):
+            return LEASE_LOST
+        return JobStatus.PAUSED
     if result.cancelled:
         jobs.finish_job(settings, job_id, worker_id, claim.attempt, JobStatus.CANCELLED,
                         f"Fine-tuning job cancelled at step {result.steps} of {result.total_steps}")
@@ -190,4 +195,5 @@ def _train_and_register(settings: Settings, job_id: str, worker_id: str, claim: 
     )
     if not jobs.complete_job(settings, job_id, worker_id, claim.attempt, adapter, result.trained_tokens):
         return LEASE_LOST
+    checkpoints.discard_after_success(settings, storage, job_id)
     return JobStatus.SUCCEEDED

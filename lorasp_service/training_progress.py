@@ -1,7 +1,7 @@
-"""What a running job reports while it trains: lease heartbeats, metrics events, checkpoints, cancel.
+"""What a running job reports while it trains: lease heartbeats, metrics events, checkpoints, cancel/pause.
 
 `LeaseKeeper` is a daemon thread that refreshes the job's heartbeat every `heartbeat_interval_seconds`
-(also while the model loads or a long step runs) and notices a lost lease or a cancel request.
+(also while the model loads or a long step runs) and notices a lost lease or a cancel or pause request.
 `JobProgressCallback` is the `TrainCallback` the training loop calls.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lorasp_core.trainer import ProgressEvent, TrainCallback
-from lorasp_service import jobs
+from lorasp_service import checkpoints, jobs
 from lorasp_service.settings import Settings
 from lorasp_service.storage import BlobStorage
 
@@ -31,6 +31,7 @@ class LeaseKeeper(threading.Thread):
         self.settings, self.job_id, self.worker_id, self.attempt = settings, job_id, worker_id, attempt
         self.lost = False
         self.cancel_requested = False
+        self.pause_requested = False
         self._stopped = threading.Event()
 
     def run(self) -> None:
@@ -41,6 +42,7 @@ class LeaseKeeper(threading.Thread):
                 log.warning("job %s: heartbeat failed (will retry): %s", self.job_id, error)
                 continue
             self.cancel_requested = self.cancel_requested or check.cancel_requested
+            self.pause_requested = self.pause_requested or check.pause_requested
             if not check.held:
                 self.lost = True
                 return
@@ -98,21 +100,29 @@ class JobProgressCallback(TrainCallback):
     def on_checkpoint(self, step: int, path: Path) -> None:
         if self.keeper.lost:
             return
-        key = f"jobs/{self.job_id}/checkpoints/step-{step}"
+        key = checkpoints.checkpoint_key(self.job_id, step)
         self.storage.put_dir(key, path)  # atomic: a checkpoint row never points at a partial copy
         metrics: dict[str, Any] = {"step": step}
         if self.last_event is not None:
             metrics["train_loss"] = self.last_event.train_loss
         jobs.register_checkpoint(self.settings, self.job_id, step, key, metrics)
+        # Only the newest is ever resumed from: keep a few, not one per checkpoint interval.
+        kept = self.settings.checkpoints_kept
+        checkpoints.prune_checkpoints(self.settings, self.storage, self.job_id, kept)
 
     def should_stop(self) -> bool:
-        if self.keeper.lost or self.keeper.cancel_requested:
+        """A cancel or a pause stops the loop alike (the trainer saves a checkpoint); the caller tells
+        them apart by the keeper's flags."""
+        keeper = self.keeper
+        if keeper.lost or keeper.cancel_requested or keeper.pause_requested:
             return True
         now = time.monotonic()
         if now - self._last_cancel_poll_at >= CANCEL_POLL_INTERVAL_SECONDS:
             self._last_cancel_poll_at = now
             try:
-                self.keeper.cancel_requested = jobs.cancel_requested(self.settings, self.job_id)
+                check = jobs.stop_requests(self.settings, self.job_id)
+                keeper.cancel_requested = check.cancel_requested
+                keeper.pause_requested = check.pause_requested
             except jobs.TRANSIENT_DB_ERRORS as error:
-                log.warning("job %s: cancel poll failed: %s", self.job_id, error)
-        return self.keeper.cancel_requested
+                log.warning("job %s: cancel/pause poll failed: %s", self.job_id, error)
+        return keeper.cancel_requested or keeper.pause_requested

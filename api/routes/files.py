@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, Query, UploadFile
 from fastapi.responses import FileResponse
@@ -42,8 +42,11 @@ def list_files(
     purpose: Annotated[str | None, Query(pattern=r"^[a-z0-9_-]{1,64}$")] = None,
     after: str | None = None,
     limit: Annotated[int, Query(ge=1, le=MAX_FILES_PAGE)] = MAX_FILES_PAGE,
+    order: Annotated[
+        Literal["asc", "desc"], Query(description="By created_at; newest first by default")
+    ] = "desc",
 ) -> ListPage[FileObject]:
-    rows, has_more = file_service.list_files(session, tenant, purpose, after, limit)
+    rows, has_more = file_service.list_files(session, tenant, purpose, after, limit, order)
     return list_page([FileObject.from_row(row) for row in rows], [row.id for row in rows], has_more)
 
 

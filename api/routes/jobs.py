@@ -1,15 +1,21 @@
-"""/v1/fine_tuning/jobs: create, list, read and cancel jobs; their events and checkpoints."""
+"""/v1/fine_tuning/jobs: create, list, read, cancel, pause and resume jobs; their events and checkpoints."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import TypeAdapter, ValidationError
 
 from api.deps import CurrentTenant, EnqueueDep, SessionDep, SettingsDep
-from api.errors import ERROR_RESPONSES
+from api.errors import ERROR_RESPONSES, APIError
 from api.schemas.common import ListPage, list_page
-from api.schemas.job_requests import CreateFineTuningJobRequest
+from api.schemas.job_requests import (
+    MAX_METADATA_PAIRS,
+    CreateFineTuningJobRequest,
+    MetadataKey,
+    MetadataValue,
+)
 from api.schemas.jobs import FineTuningJob, FineTuningJobCheckpoint, FineTuningJobEvent
 from api.services import jobs as job_service
 from api.services.paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
@@ -18,6 +24,48 @@ router = APIRouter(prefix="/fine_tuning/jobs", tags=["fine-tuning"], responses=E
 
 PageLimit = Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE, description=f"1 to {MAX_PAGE_SIZE}")]
 Cursor = Annotated[str | None, Query(description="Id of the last item of the previous page")]
+_METADATA_PAIR: TypeAdapter[tuple[MetadataKey, MetadataValue]] = TypeAdapter(
+    tuple[MetadataKey, MetadataValue]
+)
+
+
+def metadata_filter(request: Request) -> job_service.MetadataFilter:
+    """`metadata[k]=v` query parameters (how the official client sends `jobs.list(metadata={k: v})`), or
+    the literal `metadata=null` (only jobs without metadata), as OpenAI's list documents them."""
+    pairs: dict[str, str] = {}
+    only_null = False
+    for name, value in request.query_params.multi_items():
+        if name == "metadata":
+            if value != "null":
+                raise APIError(
+                    400,
+                    "Invalid value for 'metadata': use metadata[key]=value or metadata=null.",
+                    param="metadata",
+                )
+            only_null = True
+            continue
+        if not (name.startswith("metadata[") and name.endswith("]")):
+            continue
+        try:
+            key, text = _METADATA_PAIR.validate_python((name[len("metadata[") : -1], value))
+        except ValidationError as error:
+            detail = error.errors()[0]["msg"]
+            raise APIError(400, f"Invalid value for '{name}': {detail}.", param=name) from None
+        pairs[key] = text
+    if len(pairs) > MAX_METADATA_PAIRS:
+        raise APIError(
+            400, f"Invalid value for 'metadata': at most {MAX_METADATA_PAIRS} pairs.", param="metadata"
+        )
+    if only_null and pairs:
+        raise APIError(
+            400,
+            "Invalid value for 'metadata': metadata=null cannot be combined with metadata[key]=value.",
+            param="metadata",
+        )
+    return job_service.MetadataFilter(pairs=pairs, only_null=only_null)
+
+
+MetadataQuery = Annotated[job_service.MetadataFilter, Depends(metadata_filter)]
 
 
 @router.post("", response_model=FineTuningJob)
@@ -34,9 +82,14 @@ def create_job(
 
 @router.get("", response_model=ListPage[FineTuningJob])
 def list_jobs(
-    session: SessionDep, tenant: CurrentTenant, after: Cursor = None, limit: PageLimit = DEFAULT_PAGE_SIZE
+    session: SessionDep,
+    tenant: CurrentTenant,
+    metadata: MetadataQuery,
+    after: Cursor = None,
+    limit: PageLimit = DEFAULT_PAGE_SIZE,
 ) -> ListPage[FineTuningJob]:
-    jobs, has_more = job_service.list_jobs(session, tenant, after, limit)
+    """Newest first; `metadata[k]=v` keeps only the jobs whose metadata holds every given pair."""
+    jobs, has_more = job_service.list_jobs(session, tenant, after, limit, metadata)
     return list_page([FineTuningJob.from_row(job) for job in jobs], [job.id for job in jobs], has_more)
 
 
@@ -49,6 +102,20 @@ def get_job(session: SessionDep, tenant: CurrentTenant, fine_tuning_job_id: str)
 def cancel_job(session: SessionDep, tenant: CurrentTenant, fine_tuning_job_id: str) -> FineTuningJob:
     """Queued: cancelled at once. Running: `cancel_requested` is set and the worker stops the job."""
     return FineTuningJob.from_row(job_service.cancel_job(session, tenant, fine_tuning_job_id))
+
+
+@router.post("/{fine_tuning_job_id}/pause", response_model=FineTuningJob)
+def pause_job(session: SessionDep, tenant: CurrentTenant, fine_tuning_job_id: str) -> FineTuningJob:
+    """Queued: paused at once. Running: `pause_requested` is set; the worker checkpoints and pauses it."""
+    return FineTuningJob.from_row(job_service.pause_job(session, tenant, fine_tuning_job_id))
+
+
+@router.post("/{fine_tuning_job_id}/resume", response_model=FineTuningJob)
+def resume_job(
+    session: SessionDep, tenant: CurrentTenant, enqueue: EnqueueDep, fine_tuning_job_id: str
+) -> FineTuningJob:
+    """Paused: queued again; a worker continues it from the checkpoint its pause wrote."""
+    return FineTuningJob.from_row(job_service.resume_job(session, tenant, fine_tuning_job_id, enqueue))
 
 
 @router.get("/{fine_tuning_job_id}/events", response_model=ListPage[FineTuningJobEvent])

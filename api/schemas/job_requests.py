@@ -25,6 +25,7 @@ MAX_EPOCHS = 50
 MAX_BATCH_SIZE = 512
 MAX_LR_MULTIPLIER = 100.0
 MAX_TARGET_MODULES = 64
+MAX_METADATA_PAIRS = 16
 
 
 def _int_or_auto(low: int, high: int) -> Callable[[Any], int | str]:
@@ -160,7 +161,9 @@ class CreateFineTuningJobRequest(StrictModel):
         default=None, description="Deprecated by OpenAI in favour of method; the method's values win"
     )
     method: Method | None = None
-    suffix: Suffix | None = Field(default=None, description="Up to 64 of A-Z a-z 0-9 . _ -")
+    suffix: Suffix | None = Field(
+        default=None, description="Up to 64 of A-Z a-z 0-9 . _ - (it becomes part of the model id)"
+    )
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
-    metadata: dict[MetadataKey, MetadataValue] | None = Field(default=None, max_length=16)
+    metadata: dict[MetadataKey, MetadataValue] | None = Field(default=None, max_length=MAX_METADATA_PAIRS)
     integrations: list[Any] | None = Field(default=None, max_length=0, description="Not supported")

@@ -45,6 +45,8 @@ class FineTuningJob(BaseModel):
     user_provided_suffix: str | None
     # lorasp extension: a cancel was asked for while the job runs (the worker stops at the next step).
     cancel_requested: bool = False
+    # lorasp extension: a pause was asked for while the job runs (the worker checkpoints and pauses it).
+    pause_requested: bool = False
 
     @classmethod
     def from_row(cls, job: Job) -> FineTuningJob:
@@ -69,6 +71,7 @@ class FineTuningJob(BaseModel):
             method=job.method,
             user_provided_suffix=job.suffix,
             cancel_requested=job.cancel_requested,
+            pause_requested=job.pause_requested,
         )
 
 

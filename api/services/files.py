@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 from pathlib import PurePath
+from typing import Literal
 
 from fastapi import UploadFile
 from sqlalchemy import CursorResult, select, update
@@ -18,7 +19,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from api.errors import APIError, file_too_large, not_found
-from api.services.paging import fetch_page, newer_first_after
+from api.services.paging import fetch_page, newer_first_after, older_first_after
 from lorasp_core.data import DatasetReport, validate_dataset
 from lorasp_core.data.lines import LineLengthGuard, line_too_long_reason
 from lorasp_service import registry
@@ -128,17 +129,28 @@ def get_file(session: Session, tenant: Tenant, file_id: str) -> File:
 
 
 def list_files(
-    session: Session, tenant: Tenant, purpose: str | None, after: str | None, limit: int
+    session: Session,
+    tenant: Tenant,
+    purpose: str | None,
+    after: str | None,
+    limit: int,
+    order: Literal["asc", "desc"] = "desc",
 ) -> tuple[list[File], bool]:
+    """The tenant's files of `purpose` (all if None), by creation time: newest first unless order="asc"."""
     statement = select(File).where(File.tenant_id == tenant.id, File.deleted_at.is_(None))
     if purpose is not None:
         statement = statement.where(File.purpose == purpose)
+    past_cursor = older_first_after if order == "asc" else newer_first_after
     if after is not None:
         cursor = registry.get_file_for_tenant(session, tenant.id, after)
         if cursor is None:
             raise not_found("file", after, param="after")
-        statement = statement.where(newer_first_after(File.created_at, File.id, cursor.created_at, cursor.id))
-    return fetch_page(session, statement.order_by(File.created_at.desc(), File.id.desc()), limit)
+        statement = statement.where(past_cursor(File.created_at, File.id, cursor.created_at, cursor.id))
+    if order == "asc":
+        statement = statement.order_by(File.created_at.asc(), File.id.asc())
+    else:
+        statement = statement.order_by(File.created_at.desc(), File.id.desc())
+    return fetch_page(session, statement, limit)
 
 
 def lock_files_for_job(

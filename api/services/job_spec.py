@@ -1,20 +1,24 @@
 """Builds a job's `TrainingSpec` from the create-job request, once (the worker reads it back).
 
 Precedence for each knob: the method's hyperparameters, then the top-level `hyperparameters`
-(OpenAI's older field), then the spec's defaults (the engine's, see `lorasp_service.jobs.spec`).
-"auto" means the default. Limits of this server (largest servable rank, longest example) are
-checked here, where the error can name the request field.
+(OpenAI's older field), then the defaults: for OpenAI's three knobs (n_epochs, batch_size,
+learning_rate_multiplier) the values `jobs.auto.auto_hyperparameters` picks for the training file's
+size, for the rest the engine's (see `lorasp_service.jobs.spec`). "auto" means the default.
+Limits of this server (largest servable rank, longest example) are checked here, where the error can
+name the request field.
 """
 
 from __future__ import annotations
 
 import secrets
+from dataclasses import asdict
 from typing import Any
 
 from api.errors import APIError
 from api.schemas.job_requests import CreateFineTuningJobRequest, LoraSPHyperparameters, Method
 from lorasp_core.models.skeleton import check_adapter_targets
 from lorasp_service.jobs import TrainingSpec
+from lorasp_service.jobs.auto import DatasetSize, auto_hyperparameters
 from lorasp_service.jobs.spec import TRAIN_DEFAULTS
 from lorasp_service.settings import Settings
 
@@ -32,7 +36,9 @@ def _too_large(method_type: str, name: str, detail: str) -> APIError:
     return APIError(400, f"Invalid value for '{param}': {detail}", param=param)
 
 
-def build_spec(request: CreateFineTuningJobRequest, settings: Settings) -> TrainingSpec:
+def build_spec(
+    request: CreateFineTuningJobRequest, settings: Settings, training: DatasetSize
+) -> TrainingSpec:
     method = request.method or Method(type="supervised")
     chosen: LoraSPHyperparameters = method.hyperparameters()
     top = request.hyperparameters
@@ -68,6 +74,8 @@ def build_spec(request: CreateFineTuningJobRequest, settings: Settings) -> Train
     values: dict[str, Any] = {
         name: float(value) if name in floats else value for name, value in given.items() if value is not None
     }
+    for name, value in asdict(auto_hyperparameters(training)).items():
+        values.setdefault(name, value)
     rank = values.get("rank", TrainingSpec.rank)
     if rank > settings.serving_max_rank:
         detail = f"{rank} is above the largest rank this server can serve ({settings.serving_max_rank})."

@@ -1,10 +1,12 @@
-"""Fine-tuning jobs: create (validate, commit, then enqueue), read, page, cancel; events and checkpoints."""
+"""Fine-tuning jobs: create (validate, commit, then enqueue), read, page, cancel, pause, resume; events and
+checkpoints."""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 
-from sqlalchemy import select
+from sqlalchemy import String, cast, select
 from sqlalchemy.orm import Session
 
 from api.deps import EnqueueJob
@@ -16,6 +18,7 @@ from api.services.job_spec import build_spec
 from api.services.paging import fetch_page, newer_first_after
 from lorasp_service import jobs, registry
 from lorasp_service.ids import new_id
+from lorasp_service.jobs.auto import DatasetSize
 from lorasp_service.orm import Checkpoint, File, Job, JobEvent, Tenant
 from lorasp_service.settings import Settings
 
@@ -74,7 +77,7 @@ def create_job(
     lock_files_for_job(
         session, tenant.id, {"training_file": training.id, "validation_file": request.validation_file}
     )
-    spec = build_spec(request, settings)
+    spec = build_spec(request, settings, DatasetSize.of_file(training))
     job = Job(
         id=new_id("ftjob"),
         tenant_id=tenant.id,
@@ -121,8 +124,25 @@ def get_job(session: Session, tenant: Tenant, job_id: str, *, for_update: bool =
     return job
 
 
-def list_jobs(session: Session, tenant: Tenant, after: str | None, limit: int) -> tuple[list[Job], bool]:
+@dataclass(frozen=True)
+class MetadataFilter:
+    """Which jobs a list keeps: those whose metadata holds every pair, or (only_null) those without any."""
+
+    pairs: dict[str, str] = field(default_factory=dict)
+    only_null: bool = False
+
+
+def list_jobs(
+    session: Session, tenant: Tenant, after: str | None, limit: int, metadata: MetadataFilter | None = None
+) -> tuple[list[Job], bool]:
+    """The tenant's jobs, newest first, kept by `metadata` (see MetadataFilter)."""
     statement = select(Job).where(Job.tenant_id == tenant.id)
+    metadata = metadata or MetadataFilter()
+    for key, value in metadata.pairs.items():
+        statement = statement.where(Job.user_metadata[key].as_string() == value)
+    if metadata.only_null:
+        # A job created without metadata holds JSON null (SQLAlchemy's JSON default), not SQL NULL.
+        statement = statement.where(Job.user_metadata.is_(None) | (cast(Job.user_metadata, String) == "null"))
     if after is not None:
         cursor = registry.get_job_for_tenant(session, tenant.id, after)
         if cursor is None:
@@ -144,6 +164,39 @@ def cancel_job(session: Session, tenant: Tenant, job_id: str) -> Job:
             code="job_not_cancellable",
         ) from error
     session.commit()
+    return job
+
+
+def pause_job(session: Session, tenant: Tenant, job_id: str) -> Job:
+    """Queued: paused at once. Running: `pause_requested`; the worker checkpoints and moves it to paused."""
+    job = get_job(session, tenant, job_id, for_update=True)  # the worker may be claiming it right now
+    try:
+        jobs.request_pause(session, job)
+    except jobs.JobNotPausableError as error:
+        raise APIError(
+            400,
+            f"Job '{job_id}' is {error.current} and cannot be paused: only a queued or running job can.",
+            param="fine_tuning_job_id",
+            code="job_not_pausable",
+        ) from error
+    session.commit()
+    return job
+
+
+def resume_job(session: Session, tenant: Tenant, job_id: str, enqueue: EnqueueJob) -> Job:
+    """Paused -> queued, committed, then enqueued: any worker continues it from its pause checkpoint."""
+    job = get_job(session, tenant, job_id, for_update=True)
+    try:
+        jobs.resume(session, job)
+    except jobs.JobNotResumableError as error:
+        raise APIError(
+            400,
+            f"Job '{job_id}' is {error.current} and cannot be resumed: only a paused job can.",
+            param="fine_tuning_job_id",
+            code="job_not_resumable",
+        ) from error
+    session.commit()
+    _send_to_workers(session, job, enqueue)
     return job
 
 

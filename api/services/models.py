@@ -4,28 +4,29 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from api.errors import APIError, not_found
 from api.schemas.models import ModelObject
-from api.services.catalog import enabled_base_models, is_base_model
+from api.services.catalog import base_model_objects, enabled_base_models, is_base_model
 from lorasp_service import registry
 from lorasp_service.model_checkpoints import checkpoint_adapters
 from lorasp_service.orm import Adapter, Tenant
 from lorasp_service.settings import Settings
 from lorasp_service.storage import BlobStorage
 
+# Built once: GET /v1/models runs it on every call (newest first, id breaks ties for a stable order).
+_TENANT_ADAPTERS = (
+    select(Adapter)
+    .where(Adapter.tenant_id == bindparam("tenant_id"))
+    .order_by(Adapter.created_at.desc(), Adapter.id)
+)
+
 
 def list_models(session: Session, settings: Settings, tenant: Tenant) -> list[ModelObject]:
-    base = [
-        ModelObject.base(name, entry.task, entry.description)
-        for name, entry in enabled_base_models(settings).items()
-    ]
-    adapters = session.scalars(
-        select(Adapter).where(Adapter.tenant_id == tenant.id).order_by(Adapter.created_at.desc(), Adapter.id)
-    )
-    return base + [ModelObject.from_adapter(adapter) for adapter in adapters]
+    adapters = session.scalars(_TENANT_ADAPTERS, {"tenant_id": tenant.id})
+    return base_model_objects(settings) + [ModelObject.from_adapter(adapter) for adapter in adapters]
 
 
 def _model_not_found(model_id: str) -> APIError:

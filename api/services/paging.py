@@ -1,4 +1,5 @@
-"""Keyset paging, newest first: fetch one row more than asked to know whether there is a next page."""
+"""Keyset paging (newest first, or oldest first where a list takes `order`): fetch one row more than
+asked to know whether there is a next page."""
 
 from __future__ import annotations
 
@@ -23,4 +24,11 @@ def newer_first_after(created_at_column: Any, id_column: Any, cursor_created_at:
     """Rows strictly after the cursor row in (created_at desc, id desc) order."""
     return (created_at_column < cursor_created_at) | (
         (created_at_column == cursor_created_at) & (id_column < cursor_id)
+    )
+
+
+def older_first_after(created_at_column: Any, id_column: Any, cursor_created_at: Any, cursor_id: str) -> Any:
+    """Rows strictly after the cursor row in (created_at asc, id asc) order."""
+    return (created_at_column > cursor_created_at) | (
+        (created_at_column == cursor_created_at) & (id_column > cursor_id)
     )

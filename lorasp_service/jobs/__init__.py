@@ -1,7 +1,8 @@
 """The fine-tuning job as one domain: its spec, its statuses and their moves, its events, its lease.
 
 - `spec`: `TrainingSpec`, built once by the API, stored on the job, read back by the worker.
-- `status`: `JobStatus`, the table of allowed moves, `transition` / `transition_where`, cancel.
+- `status`: `JobStatus`, the table of allowed moves, `transition` / `transition_where`, cancel, pause,
+  resume.
 - `events`: `add_event`, the one writer of job events (and `record_message`).
 - `lease`: claim / take-over / heartbeat of the worker running a job.
 - `outcomes`: a lease holder's writes: metrics, checkpoints, the final status.
@@ -23,9 +24,16 @@ from lorasp_service.jobs.lease import (
     lease_is_dead,
     orphaned_job_ids,
     refresh_lease,
+    stop_requests,
     worker_identity,
 )
-from lorasp_service.jobs.outcomes import complete_job, finish_job, record_metrics, register_checkpoint
+from lorasp_service.jobs.outcomes import (
+    complete_job,
+    finish_job,
+    pause_job,
+    record_metrics,
+    register_checkpoint,
+)
 from lorasp_service.jobs.spec import InvalidSpecError, TrainingSpec
 from lorasp_service.jobs.status import (
     ACTIVE_STATUSES,
@@ -33,9 +41,13 @@ from lorasp_service.jobs.status import (
     TRANSITIONS,
     IllegalTransitionError,
     JobNotCancellableError,
+    JobNotPausableError,
+    JobNotResumableError,
     JobStatus,
     check_transition,
     request_cancel,
+    request_pause,
+    resume,
     transition,
     transition_where,
 )
@@ -52,6 +64,8 @@ __all__ = [
     "IllegalTransitionError",
     "InvalidSpecError",
     "JobNotCancellableError",
+    "JobNotPausableError",
+    "JobNotResumableError",
     "JobStatus",
     "LeaseCheck",
     "TrainingSpec",
@@ -64,12 +78,16 @@ __all__ = [
     "held_by",
     "lease_is_dead",
     "orphaned_job_ids",
+    "pause_job",
     "record_message",
     "record_metrics",
     "refresh_lease",
     "register_checkpoint",
     "request_cancel",
+    "request_pause",
+    "resume",
     "transition",
+    "stop_requests",
     "transition_where",
     "utcnow",
     "worker_identity",

@@ -35,6 +35,7 @@ class ClaimOutcome(StrEnum):
     HELD = "held"  # running under a live lease of another worker: a duplicate message
     CANCELLED = "cancelled"  # cancel was requested before it started
     EXHAUSTED = "exhausted"  # its workers died too often: failed
+    PAUSED = "paused"  # paused while its message waited: resuming sends a new one
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,8 @@ def claim_job(settings: Settings, job_id: str, worker_id: str) -> Claim:
                 return Claim(ClaimOutcome.NOT_FOUND)
             if job.status in TERMINAL_STATUSES:
                 return Claim(ClaimOutcome.TERMINAL)
+            if job.status == JobStatus.PAUSED:
+                return Claim(ClaimOutcome.PAUSED)
             now = utcnow()
             if job.status != JobStatus.RUNNING:
                 if job.cancel_requested:
@@ -115,13 +118,23 @@ def claim_job(settings: Settings, job_id: str, worker_id: str) -> Claim:
                     f"Fine-tuning job started (worker {worker_id})",
                     values=values,
                 ):
+                    # A resumed (once paused) job continues from the checkpoint its pause wrote.
+                    checkpoint = _latest_checkpoint(session, job_id)
                     session.commit()
-                    return Claim(ClaimOutcome.CLAIMED, attempt=job.attempts + 1)
+                    if checkpoint is None:
+                        return Claim(ClaimOutcome.CLAIMED, attempt=job.attempts + 1)
+                    return Claim(
+                        ClaimOutcome.CLAIMED,
+                        attempt=job.attempts + 1,
+                        resume_step=checkpoint.step,
+                        resume_key=checkpoint.storage_key,
+                    )
                 session.rollback()
                 continue
             if not lease_is_dead(job, settings, worker_id, now):
                 return Claim(ClaimOutcome.HELD)
-            if job.attempts >= settings.max_job_attempts:
+            # A resume is a claim too; only the others count against the limit on lost workers.
+            if job.attempts - job.resumes >= settings.max_job_attempts:
                 if _fail_exhausted(session, job):
                     return Claim(ClaimOutcome.EXHAUSTED)
                 continue
@@ -148,9 +161,7 @@ def _take_over(session: Session, job: Job, worker_id: str, now: datetime) -> Cla
         session.rollback()
         return None
     attempt = job.attempts + 1
-    checkpoint = session.scalars(
-        select(Checkpoint).where(Checkpoint.job_id == job.id).order_by(Checkpoint.step.desc()).limit(1)
-    ).first()
+    checkpoint = _latest_checkpoint(session, job.id)
     if checkpoint is None:
         add_event(
             session,
@@ -178,8 +189,14 @@ def _take_over(session: Session, job: Job, worker_id: str, now: datetime) -> Cla
     )
 
 
+def _latest_checkpoint(session: Session, job_id: str) -> Checkpoint | None:
+    return session.scalars(
+        select(Checkpoint).where(Checkpoint.job_id == job_id).order_by(Checkpoint.step.desc()).limit(1)
+    ).first()
+
+
 def _fail_exhausted(session: Session, job: Job) -> bool:
-    message = f"the job's worker died {job.attempts} times"
+    message = f"the job's worker died {job.attempts - job.resumes} times"
     error = {"code": "worker_lost", "message": message, "param": None}
     if transition_where(
         session,
@@ -201,6 +218,7 @@ def _fail_exhausted(session: Session, job: Job) -> bool:
 class LeaseCheck:
     held: bool
     cancel_requested: bool
+    pause_requested: bool = False
 
 
 def refresh_lease(settings: Settings, job_id: str, worker_id: str, attempt: int) -> LeaseCheck:
@@ -212,14 +230,26 @@ def refresh_lease(settings: Settings, job_id: str, worker_id: str, attempt: int)
             .values(heartbeat_at=utcnow())
         )
         held = changed_rows(session, statement) == 1
-        cancel = bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+        cancel, pause = _stop_requests(session, job_id)
         session.commit()
-    return LeaseCheck(held=held, cancel_requested=cancel)
+    return LeaseCheck(held=held, cancel_requested=cancel, pause_requested=pause)
+
+
+def _stop_requests(session: Session, job_id: str) -> tuple[bool, bool]:
+    row = session.execute(select(Job.cancel_requested, Job.pause_requested).where(Job.id == job_id)).first()
+    return (bool(row.cancel_requested), bool(row.pause_requested)) if row is not None else (False, False)
 
 
 def cancel_requested(settings: Settings, job_id: str) -> bool:
     with session_scope(settings) as session:
         return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+
+
+def stop_requests(settings: Settings, job_id: str) -> LeaseCheck:
+    """Whether a cancel or a pause was asked of the job (`held` is not checked here: always True)."""
+    with session_scope(settings) as session:
+        cancel, pause = _stop_requests(session, job_id)
+    return LeaseCheck(held=True, cancel_requested=cancel, pause_requested=pause)
 
 
 def orphaned_job_ids(settings: Settings, *, include_queued: bool = True) -> list[str]:

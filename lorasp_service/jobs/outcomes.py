@@ -101,6 +101,32 @@ def finish_job(
         return False
 
 
+def pause_job(settings: Settings, job_id: str, worker_id: str, attempt: int, step: int) -> bool:
+    """Move a job this worker holds into paused once its checkpoint at `step` is stored; False if the
+    lease was lost. The lease is released (no worker), so resuming may continue on any worker."""
+    with session_scope(settings) as session:
+        if transition_where(
+            session,
+            job_id,
+            JobStatus.RUNNING,
+            JobStatus.PAUSED,
+            "Job paused",
+            guard=held_by(worker_id, attempt),
+            values={
+                "pause_requested": False,
+                "worker_id": None,
+                "heartbeat_at": None,
+                "estimated_finish": None,
+            },
+            data={"step": step},
+        ):
+            session.commit()
+            return True
+        session.rollback()
+        log.warning("job %s: lease lost before it could be marked paused", job_id)
+        return False
+
+
 def complete_job(
     settings: Settings, job_id: str, worker_id: str, attempt: int, adapter: Adapter, trained_tokens: int
 ) -> bool:

@@ -3,8 +3,8 @@
 The API builds it once from the request (`api/services/job_spec.py`) and stores it on the job as JSON;
 the worker reads it back (`TrainingSpec.from_job`) and turns it into the engine's configs. A knob the
 request leaves out (or sets to "auto") takes the engine's own default: the field defaults of
-`LoraSPConfig` and `TrainConfig` are read here, not copied. Only "auto" epochs (3) and the learning-rate
-multiplier (1.0) are service policy, as OpenAI's are.
+`LoraSPConfig` and `TrainConfig` are read here, not copied. OpenAI's three knobs are service policy:
+"auto" epochs, batch size and multiplier are chosen from the training file's size (`jobs/auto.py`).
 
 Stored shape (unchanged from before this type existed): `Job.hyperparameters` holds OpenAI's trio
 {n_epochs, batch_size, learning_rate_multiplier}; `Job.method` is
@@ -23,6 +23,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from lorasp_core.config import LoraSPConfig
 from lorasp_core.train_config import TaskType, TrainConfig
+from lorasp_service.jobs.auto import AUTO_LEARNING_RATE_MULTIPLIER, TARGET_EPOCHS
 from lorasp_service.orm import Job
 
 MethodType = Literal["supervised", "lorasp"]
@@ -35,9 +36,9 @@ def _field_defaults(cls: type) -> dict[str, Any]:
 
 LORA_DEFAULTS = _field_defaults(LoraSPConfig)
 TRAIN_DEFAULTS = _field_defaults(TrainConfig)
-# Service policy for OpenAI's "auto" (the engine's own default is a single epoch).
-AUTO_N_EPOCHS = 3
-AUTO_LEARNING_RATE_MULTIPLIER = 1.0
+# Without a training file to size (a spec built directly), "auto" is OpenAI's usual 3 epochs and a
+# multiplier of 1.0; the API resolves "auto" from the file by `auto.auto_hyperparameters`.
+AUTO_N_EPOCHS = TARGET_EPOCHS
 # Keys of `Job.hyperparameters` (OpenAI's trio), in the order the API has always stored them.
 OPENAI_HYPERPARAMETERS = ("n_epochs", "batch_size", "learning_rate_multiplier")
 

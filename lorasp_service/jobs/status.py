@@ -28,15 +28,21 @@ class JobStatus(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    PAUSED = "paused"  # not in the official client's Literal; it parses without validating (see tests)
 
 
 # Every legal move. A job is created in validating_files and queued in the same transaction (the files
 # were validated at upload), so a worker only ever sees it from queued on. Resuming a job on another
-# worker keeps it running: that is a change of lease (see lease.py), not of status.
+# worker keeps it running: that is a change of lease (see lease.py), not of status. A user's pause moves
+# a queued job at once and a running one when its worker has saved a checkpoint; resume queues it again
+# (the next claim continues from that checkpoint).
 TRANSITIONS: Mapping[JobStatus, frozenset[JobStatus]] = {
     JobStatus.VALIDATING_FILES: frozenset({JobStatus.QUEUED, JobStatus.FAILED, JobStatus.CANCELLED}),
-    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.FAILED, JobStatus.CANCELLED}),
-    JobStatus.RUNNING: frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED}),
+    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.PAUSED}),
+    JobStatus.RUNNING: frozenset(
+        {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.PAUSED}
+    ),
+    JobStatus.PAUSED: frozenset({JobStatus.QUEUED, JobStatus.CANCELLED}),
     JobStatus.SUCCEEDED: frozenset(),
     JobStatus.FAILED: frozenset(),
     JobStatus.CANCELLED: frozenset(),
@@ -149,3 +155,36 @@ def request_cancel(session: Session, job: Job) -> None:
         return
     job.cancel_requested = True
     transition(session, job, JobStatus.CANCELLED, "Fine-tuning job cancelled")
+
+
+class JobNotPausableError(IllegalTransitionError):
+    """Pause asked of a job that is neither queued nor running."""
+
+
+class JobNotResumableError(IllegalTransitionError):
+    """Resume asked of a job that is not paused."""
+
+
+def request_pause(session: Session, job: Job) -> None:
+    """Pause a job the caller has row-locked: a queued one at once, a running one at the worker's next step.
+
+    A running job gets `pause_requested`: its worker saves a checkpoint, frees itself and moves the job to
+    paused (a second pause before then changes nothing).
+    """
+    if job.status == JobStatus.RUNNING and not job.cancel_requested:
+        if not job.pause_requested:
+            job.pause_requested = True
+            add_event(session, job.id, "Pause requested; the job pauses at its next step")
+        return
+    if job.status != JobStatus.QUEUED or job.cancel_requested:
+        raise JobNotPausableError(job.status, JobStatus.PAUSED)
+    transition(session, job, JobStatus.PAUSED, "Job paused")
+
+
+def resume(session: Session, job: Job) -> None:
+    """Queue a paused job the caller has row-locked again; the caller enqueues it after committing."""
+    if job.status != JobStatus.PAUSED:
+        raise JobNotResumableError(job.status, JobStatus.QUEUED)
+    job.pause_requested = False
+    job.resumes += 1  # the claim that follows is not a lost worker's retry (see lease.claim_job)
+    transition(session, job, JobStatus.QUEUED, "Job resumed")

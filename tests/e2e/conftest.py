@@ -16,6 +16,8 @@ import sqlalchemy as sa
 from e2e_stack import REPO_ROOT, Stack, free_port, run_cli, wait_until
 from sqlalchemy.engine import make_url
 
+from lorasp_service.db import session_scope
+from lorasp_service.orm import File, Job, Tenant
 from lorasp_service.settings import Settings
 
 
@@ -93,3 +95,32 @@ def worker(stack: Stack) -> Path:
     if live:
         return stack.worker_logs[stack.workers.index(live[-1])]
     return stack.start_worker()
+
+
+@pytest.fixture
+def settings(stack: Stack) -> Settings:
+    return stack.settings
+
+
+@pytest.fixture
+def job_id(stack: Stack, settings: Settings) -> Iterator[str]:
+    """A queued job row of a tenant of its own, written directly (no message is sent for it).
+
+    No worker runs meanwhile: its stale-job sweep would take over a lease the test plays dead. The job
+    ends cancelled, so no later worker tries to train it (it has no file in storage).
+    """
+    stack.ensure_workers(0)
+    tag = secrets.token_hex(6)
+    with session_scope(settings) as session:
+        session.add(Tenant(id=f"tenant-{tag}", name=f"lease-{tag}"))
+        session.flush()  # no ORM relationships order these inserts
+        session.add(File(id=f"file-{tag}", tenant_id=f"tenant-{tag}", filename="t.jsonl", purpose="fine-tune",
+                         bytes=1, sha256="0" * 64, storage_key=f"files/{tag}"))
+        session.flush()
+        session.add(Job(id=f"ftjob-{tag}", tenant_id=f"tenant-{tag}", model="tiny-random-llama",
+                        training_file_id=f"file-{tag}", status="queued"))
+        session.commit()
+    yield f"ftjob-{tag}"
+    with session_scope(settings) as session:
+        session.execute(sa.update(Job).where(Job.id == f"ftjob-{tag}").values(status="cancelled"))
+        session.commit()

@@ -80,6 +80,32 @@ class Stack:
     def live_workers(self) -> list[subprocess.Popen[bytes]]:
         return [process for process in self.workers if process.poll() is None]
 
+    def ensure_workers(self, count: int) -> None:
+        """Exactly `count` live workers: start more, or stop (SIGTERM) the newest extra ones."""
+        while len(self.live_workers()) < count:
+            self.start_worker()
+        for process in self.live_workers()[count:]:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(60)
+
+    def worker_holding(self, job_id: str) -> subprocess.Popen[bytes] | None:
+        """The live `lorasp worker` whose pool process holds the job's lease (worker_id is host:pid)."""
+        worker_id = self.job_row(job_id)["worker_id"] or ""
+        pid_text = worker_id.rpartition(":")[2]
+        if not pid_text.isdigit():
+            return None
+        try:  # the lease holder is a pool process: its parent is the worker we started
+            fields = Path(f"/proc/{pid_text}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        parent = int(fields[1])
+        return next((process for process in self.live_workers() if process.pid == parent), None)
+
+    def sigkill(self, process: subprocess.Popen[bytes]) -> None:
+        """SIGKILL a worker's whole process group (main and pool processes), as a crash would."""
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(30)
+
     def kill_workers(self, sig: signal.Signals = signal.SIGTERM) -> None:
         for process in self.live_workers():
             os.killpg(process.pid, sig)
@@ -106,6 +132,11 @@ class Stack:
         with self.engine.connect() as conn:
             row = conn.execute(sa.text("SELECT * FROM fine_tuning_jobs WHERE id = :id"), {"id": job_id})
             return dict(row.mappings().one())
+
+    def checkpoint_dirs(self, job_id: str) -> list[str]:
+        """The checkpoint folders the job has in storage."""
+        folder = self.settings.blob_dir / "jobs" / job_id / "checkpoints"
+        return sorted(path.name for path in folder.iterdir()) if folder.is_dir() else []
 
     def count(self, table: str, job_id: str) -> int:
         with self.engine.connect() as conn:

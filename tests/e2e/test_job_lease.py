@@ -3,42 +3,19 @@ later writes on (worker_id, attempts). Called directly: this is the compare-and-
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
-from e2e_stack import Stack
 from sqlalchemy import update
 
 from lorasp_service import jobs
 from lorasp_service.db import session_scope
-from lorasp_service.orm import Checkpoint, File, Job, Tenant
+from lorasp_service.orm import Checkpoint, Job
 from lorasp_service.settings import Settings
 
 pytestmark = pytest.mark.services
 
 DEAD_WORKER = "some-other-host:4242"  # another host: only the heartbeat's age tells whether it is alive
-
-
-@pytest.fixture
-def settings(stack: Stack) -> Settings:
-    return stack.settings
-
-
-@pytest.fixture
-def job_id(settings: Settings) -> Iterator[str]:
-    tag = secrets.token_hex(6)
-    with session_scope(settings) as session:
-        session.add(Tenant(id=f"tenant-{tag}", name=f"lease-{tag}"))
-        session.flush()  # no ORM relationships order these inserts
-        session.add(File(id=f"file-{tag}", tenant_id=f"tenant-{tag}", filename="t.jsonl", purpose="fine-tune",
-                         bytes=1, sha256="0" * 64, storage_key=f"files/{tag}"))
-        session.flush()
-        session.add(Job(id=f"ftjob-{tag}", tenant_id=f"tenant-{tag}", model="tiny-random-llama",
-                        training_file_id=f"file-{tag}", status="queued"))
-        session.commit()
-    yield f"ftjob-{tag}"
 
 
 def set_job(settings: Settings, job_id: str, **values: object) -> None:

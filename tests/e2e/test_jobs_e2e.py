@@ -65,8 +65,12 @@ def test_job_trains_and_registers_a_downloadable_adapter(
         assert max(data["step"] for data in metrics) == metrics[0]["total_steps"] == 24
         assert all(data["train_loss"] > 0 and data["tokens_per_second"] > 0 for data in metrics)
 
-        checkpoints = client.get(f"/fine_tuning/jobs/{job['id']}/checkpoints").json()["data"]
-        assert {10, 20} <= {checkpoint["step_number"] for checkpoint in checkpoints}
+        # It wrote checkpoints at steps 10 and 20, and deleted them once it succeeded (the adapter remains).
+        created = {event["data"]["step"] for event in events
+                   if event["message"].startswith("Checkpoint created")}
+        assert created == {10, 20}
+        assert client.get(f"/fine_tuning/jobs/{job['id']}/checkpoints").json()["data"] == []
+        assert stack.checkpoint_dirs(job["id"]) == []
 
         model = client.get(f"/models/{model_id}")
         assert model.status_code == 200 and model.json()["id"] == model_id
@@ -99,7 +103,9 @@ def test_cancel_stops_a_running_job_and_keeps_its_checkpoint(stack: Stack, worke
         cancelled = wait_for_end(client, job["id"], 20)
         assert cancelled["status"] == "cancelled"
         assert cancelled["fine_tuned_model"] is None
-        assert client.get(f"/fine_tuning/jobs/{job['id']}/checkpoints").json()["data"]
+        kept = client.get(f"/fine_tuning/jobs/{job['id']}/checkpoints").json()["data"]
+        assert 1 <= len(kept) <= stack.settings.checkpoints_kept
+        assert stack.checkpoint_dirs(job["id"]) == sorted(f"step-{row['step_number']}" for row in kept)
         assert any("cancelled" in event["message"].lower() for event in events_of(client, job["id"]))
     assert stack.count("adapters", job["id"]) == 0
 

@@ -9,6 +9,7 @@ from api_helpers import EnqueueRecorder, assert_error, chat_rows, classification
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
+from lorasp_service.jobs import TrainingSpec
 from lorasp_service.orm import Job
 
 JOBS = "/v1/fine_tuning/jobs"
@@ -46,7 +47,8 @@ def test_create_job_returns_openai_job_commits_and_enqueues(
     assert job["status"] == "queued"
     assert job["model"] == "tiny-random-llama" and job["training_file"] == chat_file["id"]
     assert job["validation_file"] is None and job["fine_tuned_model"] is None and job["error"] is None
-    assert job["hyperparameters"] == {"n_epochs": 3, "batch_size": 8, "learning_rate_multiplier": 1.0}
+    # "auto" for a 4-example file (docs/api.md): 100 // 4 = 25 epochs (the cap), a batch of 1.
+    assert job["hyperparameters"] == {"n_epochs": 25, "batch_size": 1, "learning_rate_multiplier": 1.0}
     assert job["seed"] == 7 and job["metadata"] == {"team": "nlp"} and job["user_provided_suffix"] == "my-bot"
     assert job["organization_id"] == alice["X-Tenant-Id"] and job["result_files"] == []
     assert job["method"]["type"] == "supervised"
@@ -59,6 +61,46 @@ def test_create_job_returns_openai_job_commits_and_enqueues(
     messages = [e["message"] for e in client.get(f"{JOBS}/{job['id']}/events", headers=alice).json()["data"]]
     assert messages[0] == "Files validated, moving job to queued state"
     assert messages[-1].startswith("Created fine-tuning job") and len(messages) == 3
+
+
+@pytest.mark.parametrize(
+    ("rows", "given", "echoed"),
+    [
+        # 20 examples: 100 // 20 = 5 epochs so that ~100 examples are seen; 0.2% of 20, rounded up: 1.
+        (20, {}, {"n_epochs": 5, "batch_size": 1, "learning_rate_multiplier": 1.0}),
+        (
+            20,
+            {"n_epochs": "auto", "batch_size": 2},
+            {"n_epochs": 5, "batch_size": 2, "learning_rate_multiplier": 1.0},
+        ),
+        # 40 examples: 3 epochs already see 120, the default stands.
+        (
+            40,
+            {"learning_rate_multiplier": 2},
+            {"n_epochs": 3, "batch_size": 1, "learning_rate_multiplier": 2.0},
+        ),
+    ],
+)
+def test_auto_hyperparameters_follow_the_training_file_size(
+    client: TestClient,
+    alice: dict[str, str],
+    db: Session,
+    rows: int,
+    given: dict[str, Any],
+    echoed: dict[str, Any],
+) -> None:
+    training = upload(client, alice, jsonl(chat_rows(rows))).json()
+    method = {"type": "supervised", "supervised": {"hyperparameters": given}}
+    response = create(client, alice, model="tiny-random-llama", training_file=training["id"], method=method)
+    assert response.status_code == 200, response.text
+    job = response.json()
+    assert job["hyperparameters"] == echoed
+    resolved = job["method"]["supervised"]["hyperparameters"]
+    assert {name: resolved[name] for name in echoed} == echoed
+    row = db.get(Job, job["id"])
+    assert row is not None
+    train = TrainingSpec.from_job(row).to_train_config("causal-lm")  # what the worker will train with
+    assert (train.epochs, train.batch_size) == (echoed["n_epochs"], echoed["batch_size"])
 
 
 def test_lorasp_method_hyperparameters_are_resolved_and_win(

@@ -25,6 +25,10 @@ LEGAL = {
     (JobStatus.RUNNING, JobStatus.SUCCEEDED),
     (JobStatus.RUNNING, JobStatus.FAILED),
     (JobStatus.RUNNING, JobStatus.CANCELLED),
+    (JobStatus.QUEUED, JobStatus.PAUSED),
+    (JobStatus.RUNNING, JobStatus.PAUSED),
+    (JobStatus.PAUSED, JobStatus.QUEUED),
+    (JobStatus.PAUSED, JobStatus.CANCELLED),
 }
 
 
@@ -42,7 +46,10 @@ def test_every_pair_of_statuses_is_legal_exactly_when_the_table_says(
 
 def test_terminal_and_active_statuses_follow_from_the_table() -> None:
     assert {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED} == jobs.TERMINAL_STATUSES
-    assert {JobStatus.VALIDATING_FILES, JobStatus.QUEUED, JobStatus.RUNNING} == jobs.ACTIVE_STATUSES
+    # A paused job still needs its files (it resumes): it is active.
+    assert {JobStatus.VALIDATING_FILES, JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.PAUSED} == (
+        jobs.ACTIVE_STATUSES
+    )
     assert {value.value for value in JobStatus} == {
         "validating_files",
         "queued",
@@ -50,12 +57,13 @@ def test_terminal_and_active_statuses_follow_from_the_table() -> None:
         "succeeded",
         "failed",
         "cancelled",
+        "paused",
     }
 
 
 def test_an_unknown_stored_status_cannot_move() -> None:
     with pytest.raises(IllegalTransitionError):
-        jobs.check_transition("paused", JobStatus.RUNNING)
+        jobs.check_transition("archived", JobStatus.RUNNING)
 
 
 @pytest.fixture()

@@ -16,6 +16,7 @@ from api.services.job_spec import build_spec
 from lorasp_core.config import LoraSPConfig
 from lorasp_core.train_config import TrainConfig
 from lorasp_service.jobs import InvalidSpecError, TrainingSpec
+from lorasp_service.jobs.auto import DatasetSize
 from lorasp_service.jobs.spec import AUTO_N_EPOCHS
 from lorasp_service.orm import Job
 from lorasp_service.settings import Settings
@@ -27,6 +28,10 @@ def request(**body: Any) -> CreateFineTuningJobRequest:
     )
 
 
+# A training file for which "auto" is 3 epochs of batch 8 (the engine's batch size): 4000 examples.
+SIZED_LIKE_THE_ENGINE = DatasetSize(examples=4000, tokens=100_000, bytes=400_000)
+
+
 def stored_and_read_back(spec: TrainingSpec) -> TrainingSpec:
     """What the worker sees: the job's columns written, sent through JSON (as the database does), parsed."""
     job = Job()
@@ -36,7 +41,7 @@ def stored_and_read_back(spec: TrainingSpec) -> TrainingSpec:
 
 
 def test_omitted_knobs_are_the_engine_dataclass_defaults(tmp_path: Path) -> None:
-    spec = build_spec(request(seed=11), Settings(home=tmp_path))
+    spec = build_spec(request(seed=11), Settings(home=tmp_path), SIZED_LIKE_THE_ENGINE)
     back = stored_and_read_back(spec)
     assert back == spec
     # Everything the request left out is LoraSPConfig's / TrainConfig's own default; only "auto" epochs
@@ -67,7 +72,9 @@ def test_a_full_lorasp_request_round_trips_into_the_same_engine_configs(tmp_path
         },
     }
     spec = build_spec(
-        request(seed=5, method=method, hyperparameters={"batch_size": 4}), Settings(home=tmp_path)
+        request(seed=5, method=method, hyperparameters={"batch_size": 4}),
+        Settings(home=tmp_path),
+        SIZED_LIKE_THE_ENGINE,
     )
     back = stored_and_read_back(spec)
     assert back == spec
@@ -109,6 +116,7 @@ def test_the_stored_json_keeps_the_shape_jobs_have_always_had(tmp_path: Path) ->
             },
         ),
         Settings(home=tmp_path),
+        SIZED_LIKE_THE_ENGINE,
     )
     job = Job()
     spec.store_on(job)
@@ -143,10 +151,14 @@ def test_the_stored_json_keeps_the_shape_jobs_have_always_had(tmp_path: Path) ->
 def test_server_limits_name_the_request_field(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path, serving_max_rank=16, max_example_tokens=128)
     with pytest.raises(APIError) as raised:
-        build_spec(request(method={"type": "lorasp", "lorasp": {"hyperparameters": {"rank": 32}}}), settings)
+        build_spec(
+            request(method={"type": "lorasp", "lorasp": {"hyperparameters": {"rank": 32}}}),
+            settings,
+            SIZED_LIKE_THE_ENGINE,
+        )
     assert raised.value.detail.param == "method.lorasp.hyperparameters.rank"
     # An omitted max_length is the engine's default capped at the server's limit, not an error.
-    assert build_spec(request(), settings).max_length == 128
+    assert build_spec(request(), settings, SIZED_LIKE_THE_ENGINE).max_length == 128
 
 
 def test_a_stored_spec_with_a_wrong_type_is_refused_naming_the_field() -> None:
