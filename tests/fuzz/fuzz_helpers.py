@@ -23,9 +23,6 @@ class FuzzTarget:
 # - positive_data_acceptance expects a 2xx for every schema-valid request, but a valid JSON shape can
 #   name what does not exist or is not offered (model "0", an unknown base model, n > 1), which the API
 #   rightly answers 400 naming the field. What this battery asserts is no 5xx and conformance.
-# - allow_header_conformance, for one known defect: a 405's `Allow` header lists one method although
-#   the path has several (issue 12, item 10; being fixed in api/errors.py by the files engineer).
 EXCLUDED_CHECKS = [
     schemathesis.checks.positive_data_acceptance,
-    schemathesis.checks.allow_header_conformance,
 ]

@@ -1,7 +1,7 @@
 """checkpoint adapters: a job's user-visible epoch checkpoints are Adapter rows (servable like models)
 
-Revision ID: 0003_checkpoint_adapters
-Revises: 0002_webhooks
+Revision ID: 0004_checkpoint_adapters
+Revises: 0003_pause
 Create Date: 2026-12-01 20:15:00
 
 Only columns are added (no constraint is dropped), so the migration runs the same on SQLite and Postgres:
@@ -14,8 +14,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0003_checkpoint_adapters"
-down_revision: str | None = "0002_webhooks"
+revision: str = "0004_checkpoint_adapters"
+down_revision: str | None = "0003_pause"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
