@@ -29,7 +29,7 @@ from lorasp_service import jobs
 
 pytestmark = pytest.mark.services
 
-JOBS, KILLS, STEPS = 4, 3, 144
+JOBS, KILLS, STEPS = 5, 3, 144  # 5 jobs: a later kill still finds one running far from its end
 # 24 rows x 30 words, batch 4, 24 epochs: 144 steps, checkpoint every 10 (the stack's setting).
 ROWS, HYPERPARAMETERS = {"count": 24, "words": 30}, {"n_epochs": 24, "batch_size": 4}
 RESULTS_ENV = "LORASP_FAULT_INJECTION_RESULTS"
@@ -94,7 +94,7 @@ def victim(stack: Stack, job_ids: list[str], killed: set[str]) -> tuple[str, Any
 
 
 def kill_one(stack: Stack, job_ids: list[str], killed: set[str]) -> Kill:
-    job_id, holder = wait_until(lambda: victim(stack, job_ids, killed), 120, "a running job to kill")
+    job_id, holder = wait_until(lambda: victim(stack, job_ids, killed), 240, "a running job to kill")
     before = stack.job_row(job_id)
     step, _ = latest_step(stack, job_id)
     checkpoint = newest_checkpoint(stack, job_id)

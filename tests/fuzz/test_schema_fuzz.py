@@ -10,6 +10,7 @@ is a real regression, not a new draw), no Hypothesis database. Nothing leaves th
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import hypothesis
@@ -20,9 +21,11 @@ from hypothesis import HealthCheck
 from api.main import create_app
 from lorasp_service.settings import Settings
 
-# The schema is the app's own; creating an app touches neither a database nor the disk. Each case is
-# sent to the fixture's app of its backend (one test per operation and backend).
-schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(Settings(home=Path("unused"))))
+# The schema is the app's own. Reading it runs the app's lifespan (the start-up blob sweep opens the
+# database), so that app lives in a throwaway folder, not in the checkout. Each case is sent to the
+# fixture's app of its backend (one test per operation and backend).
+_SCHEMA_HOME = Path(tempfile.mkdtemp(prefix="lorasp-fuzz-schema-"))
+schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(Settings(home=_SCHEMA_HOME)))
 
 
 @schema.parametrize()
