@@ -37,6 +37,7 @@ from lorasp_service.db import session_scope
 from lorasp_service.jobs import JobStatus
 from lorasp_service.model_checkpoints import EpochCheckpointCallback, target_module_names
 from lorasp_service.orm import Adapter, File, Job
+from lorasp_service.redaction import without_paths
 from lorasp_service.settings import Settings
 from lorasp_service.storage import BlobStorage
 from lorasp_service.training_progress import JobProgressCallback, LeaseKeeper
@@ -51,6 +52,7 @@ class JobFailure(Exception):
     """A failure the user can act on: becomes the job's `error`."""
 
     def __init__(self, code: str, message: str, param: str | None = None) -> None:
+        message = without_paths(message)  # engine/OS errors name server files by absolute path
         super().__init__(message)
         self.code, self.message, self.param = code, message, param
 
