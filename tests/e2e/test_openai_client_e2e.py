@@ -39,10 +39,11 @@ def test_openai_client_fine_tunes_and_chats_with_the_result(stack: Stack, worker
     assert any(event.type == "metrics" for event in events)
     assert any("successfully completed" in event.message for event in events)
 
-    checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data
-    assert checkpoints and all(checkpoint.fine_tuning_job_id == job.id for checkpoint in checkpoints)
-    # 12 steps (24 rows / batch 4 x 2 epochs), a checkpoint every 10 (LORASP_CHECKPOINT_EVERY_STEPS)
-    assert [checkpoint.step_number for checkpoint in checkpoints] == [10]
+    # The listing holds resume checkpoints, which a job that succeeded no longer keeps (pruned at its end).
+    assert client.fine_tuning.jobs.checkpoints.list(job.id).data == []
+    # 12 steps (24 rows / batch 4 x 2 epochs): the end of epoch 1 (step 6) stays as a servable model.
+    epoch_checkpoint = client.models.retrieve(f"{job.fine_tuned_model}:ckpt-step-6")
+    assert epoch_checkpoint.id == f"{job.fine_tuned_model}:ckpt-step-6"
 
     model = client.models.retrieve(job.fine_tuned_model)
     assert model.id == job.fine_tuned_model
