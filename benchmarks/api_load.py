@@ -17,26 +17,24 @@ import argparse
 import asyncio
 import json
 import os
-import secrets
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
-import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from benchmarks.common import machine_description
 from benchmarks.load_client import LoadResult, Send, run_load
 from lorasp_service.auth import create_tenant_with_key
-from lorasp_service.db import migrate, session_scope
+from lorasp_service.db import migrate, session_scope, temporary_postgres_database
 from lorasp_service.settings import Settings
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -52,19 +50,8 @@ UPLOAD_BYTES = (
 assert len(UPLOAD_BYTES) == 120, len(UPLOAD_BYTES)
 
 
-@contextmanager
-def fresh_database(admin_url: str) -> Iterator[str]:
-    url = make_url(admin_url)
-    name = f"lorasp_bench_{secrets.token_hex(6)}"
-    admin = sa.create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+def fresh_database(admin_url: str) -> AbstractContextManager[str]:
+    return temporary_postgres_database(admin_url, "lorasp_bench")
 
 
 def free_port() -> int:

@@ -12,14 +12,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 from fuzz_helpers import FuzzTarget
-from sqlalchemy.engine import make_url
 
 from api.deps import get_enqueue
 from api.main import create_app
 from lorasp_service.auth import create_tenant_with_key
-from lorasp_service.db import migrate, session_scope
+from lorasp_service.db import migrate, session_scope, temporary_postgres_database
 from lorasp_service.settings import Settings
 
 # Small uploads keep generated multipart bodies cheap; the size guard itself is fuzzed all the same.
@@ -28,17 +26,8 @@ FUZZ_MAX_UPLOAD_BYTES = 64 * 1024
 
 @pytest.fixture(scope="session")
 def fuzz_postgres_url(postgres_admin_url: str) -> Iterator[str]:
-    url = make_url(postgres_admin_url)
-    name = f"lorasp_fuzz_{secrets.token_hex(6)}"
-    admin = sa.create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with temporary_postgres_database(postgres_admin_url, "lorasp_fuzz") as url:
+        yield url
 
 
 def _settings(request: pytest.FixtureRequest, home: Path) -> Settings:

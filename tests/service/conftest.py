@@ -14,7 +14,6 @@ import pytest
 import sqlalchemy as sa
 from api_helpers import TEST_MAX_UPLOAD_BYTES, EnqueueRecorder, chat_rows, classification_rows, jsonl, upload
 from fastapi.testclient import TestClient
-from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 from webhook_fixtures import deliveries, hook_tenant, private_client, private_settings  # noqa: F401
 
@@ -25,7 +24,7 @@ from lorasp_core.models.tiny import tiny_random_llama
 from lorasp_core.peft_format import save_adapter
 from lorasp_core.wrapping import apply_lorasp
 from lorasp_service.auth import create_tenant_with_key
-from lorasp_service.db import make_engine, migrate
+from lorasp_service.db import make_engine, migrate, temporary_postgres_database
 from lorasp_service.orm import Adapter
 from lorasp_service.registry import new_adapter_id
 from lorasp_service.settings import Settings
@@ -34,17 +33,8 @@ from lorasp_service.storage import BlobStorage
 
 @pytest.fixture(scope="session")
 def api_database_url(postgres_admin_url: str) -> Iterator[str]:
-    url = make_url(postgres_admin_url)
-    name = f"lorasp_api_{secrets.token_hex(6)}"
-    admin = sa.create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with temporary_postgres_database(postgres_admin_url, "lorasp_api") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
