@@ -34,14 +34,28 @@ class BudgetExceeded(Exception):
     """Raised inside a render; deliberately not a TemplateError/LookupError that jinja might swallow."""
 
 
+# A render is pure Python and holds the GIL; other tenants' request threads get it back only at the
+# interpreter's switch interval (5 ms) each time they release it for a torch op, so a long render slows
+# their whole request. Every YIELD_EVERY_S of rendering, the render sleeps YIELD_S to hand the GIL over.
+# Templates that render in under a millisecond (all real ones) never reach it.
+YIELD_EVERY_S = 0.001
+YIELD_S = 0.0001
+
+
 class Meter:
     def __init__(self, budget: TemplateBudget) -> None:
         self.budget = budget
-        self.deadline = time.perf_counter() + budget.timeout_ms / 1000.0
+        now = time.perf_counter()
+        self.deadline = now + budget.timeout_ms / 1000.0
+        self.next_yield = now + YIELD_EVERY_S
 
     def tick(self) -> None:
-        if time.perf_counter() > self.deadline:
+        now = time.perf_counter()
+        if now > self.deadline:
             raise BudgetExceeded(f"took longer than its budget of {self.budget.timeout_ms:g} ms to render")
+        if now >= self.next_yield:
+            time.sleep(YIELD_S)
+            self.next_yield = time.perf_counter() + YIELD_EVERY_S
 
     def size(self, chars: int, what: str = "output") -> None:
         if chars > self.budget.max_chars:
