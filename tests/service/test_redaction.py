@@ -32,6 +32,6 @@ def test_absolute_paths_are_cut_to_their_last_component(text: str, expected: str
 
 
 def test_a_job_failure_never_carries_a_server_path() -> None:
-    failure = JobFailure("training_error", "OSError: cannot open /var/lib/lorasp/jobs/ftjob-1/work/x.bin")
+    failure = JobFailure("training_error", "OSError: cannot open /var/lib/lorasp/jobs/ftjob-1/scratch/x.bin")
     assert failure.as_error()["message"] == "OSError: cannot open …/x.bin"
     assert "/var/lib" not in str(failure)
