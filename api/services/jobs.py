@@ -4,6 +4,7 @@ checkpoints."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sqlalchemy import String, cast, select
@@ -151,51 +152,48 @@ def list_jobs(
     return fetch_page(session, statement.order_by(Job.created_at.desc(), Job.id.desc()), limit)
 
 
-def cancel_job(session: Session, tenant: Tenant, job_id: str) -> Job:
-    # Row lock: the worker may be moving the job from queued to running right now.
+def _move_locked(
+    session: Session,
+    tenant: Tenant,
+    job_id: str,
+    move: Callable[[Session, Job], None],
+    refused: type[jobs.IllegalTransitionError],
+    code: str,
+    why: Callable[[str], str],
+) -> Job:
+    """Row-lock the job (its worker may be claiming it right now), apply `move`, commit; a refused move
+    is a 400 `code` whose message is `why(current status)`."""
     job = get_job(session, tenant, job_id, for_update=True)
     try:
-        jobs.request_cancel(session, job)
-    except jobs.JobNotCancellableError as error:
-        raise APIError(
-            400,
-            f"Job '{job_id}' has already {error.current} and cannot be cancelled.",
-            param="fine_tuning_job_id",
-            code="job_not_cancellable",
-        ) from error
+        move(session, job)
+    except refused as error:
+        message = f"Job '{job_id}' {why(error.current)}"
+        raise APIError(400, message, param="fine_tuning_job_id", code=code) from error
     session.commit()
     return job
+
+
+def cancel_job(session: Session, tenant: Tenant, job_id: str) -> Job:
+    return _move_locked(
+        session, tenant, job_id, jobs.request_cancel, jobs.JobNotCancellableError, "job_not_cancellable",
+        lambda current: f"has already {current} and cannot be cancelled.",
+    )
 
 
 def pause_job(session: Session, tenant: Tenant, job_id: str) -> Job:
     """Queued: paused at once. Running: `pause_requested`; the worker checkpoints and moves it to paused."""
-    job = get_job(session, tenant, job_id, for_update=True)  # the worker may be claiming it right now
-    try:
-        jobs.request_pause(session, job)
-    except jobs.JobNotPausableError as error:
-        raise APIError(
-            400,
-            f"Job '{job_id}' is {error.current} and cannot be paused: only a queued or running job can.",
-            param="fine_tuning_job_id",
-            code="job_not_pausable",
-        ) from error
-    session.commit()
-    return job
+    return _move_locked(
+        session, tenant, job_id, jobs.request_pause, jobs.JobNotPausableError, "job_not_pausable",
+        lambda current: f"is {current} and cannot be paused: only a queued or running job can.",
+    )
 
 
 def resume_job(session: Session, tenant: Tenant, job_id: str, enqueue: EnqueueJob) -> Job:
     """Paused -> queued, committed, then enqueued: any worker continues it from its pause checkpoint."""
-    job = get_job(session, tenant, job_id, for_update=True)
-    try:
-        jobs.resume(session, job)
-    except jobs.JobNotResumableError as error:
-        raise APIError(
-            400,
-            f"Job '{job_id}' is {error.current} and cannot be resumed: only a paused job can.",
-            param="fine_tuning_job_id",
-            code="job_not_resumable",
-        ) from error
-    session.commit()
+    job = _move_locked(
+        session, tenant, job_id, jobs.resume, jobs.JobNotResumableError, "job_not_resumable",
+        lambda current: f"is {current} and cannot be resumed: only a paused job can.",
+    )
     _send_to_workers(session, job, enqueue)
     return job
 
