@@ -8,8 +8,7 @@ from typing import Any
 
 import openai
 import pytest
-from api_helpers import assert_error, create_job
-from conftest import EnqueueRecorder
+from api_helpers import EnqueueRecorder, assert_error, create_job
 from fastapi.testclient import TestClient
 from sqlalchemy import update
 from sqlalchemy.orm import Session
