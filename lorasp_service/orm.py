@@ -85,6 +85,11 @@ class Job(Base):
     user_metadata: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     fine_tuned_model: Mapped[str | None] = mapped_column(String(256), default=None)
+    # Continued training: the fine-tuned model or checkpoint id the job starts from (`model` stays its
+    # base model, which is what the worker loads).
+    parent_model: Mapped[str | None] = mapped_column(String(256), default=None)
+    # Ids of the `fine-tune-results` files the finished job wrote (its step_metrics.csv).
+    result_files: Mapped[list[str] | None] = mapped_column(JSON, default=None)
     trained_tokens: Mapped[int | None] = mapped_column(BigInteger, default=None)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     # A pause asked of a running job: its worker checkpoints, stops and moves it to paused.
