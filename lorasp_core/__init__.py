@@ -34,6 +34,7 @@ if TYPE_CHECKING:
         read_examples,
         validate_dataset,
     )
+    from lorasp_core.evaluation import evaluate
     from lorasp_core.layers import LoraSPLinear
     from lorasp_core.models import (
         CATALOG,
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
         make_tiny_tokenizer,
     )
     from lorasp_core.serving import AdapterLoadError, ServingEngine
-    from lorasp_core.trainer import ProgressEvent, TrainCallback, TrainConfig, TrainResult, evaluate, train
+    from lorasp_core.trainer import ProgressEvent, TrainCallback, TrainConfig, TrainResult, train
 
 _EXPORTS: dict[str, str] = {
     # adapter
@@ -63,7 +64,7 @@ _EXPORTS: dict[str, str] = {
     "ProgressEvent": "lorasp_core.trainer",
     "TrainResult": "lorasp_core.trainer",
     "train": "lorasp_core.trainer",
-    "evaluate": "lorasp_core.trainer",
+    "evaluate": "lorasp_core.evaluation",
     # data
     "DatasetFormat": "lorasp_core.data",
     "DatasetReport": "lorasp_core.data",

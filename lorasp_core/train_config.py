@@ -7,6 +7,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 TaskType = Literal["causal-lm", "seq-cls"]
+# Which validation data an evaluation ran on: the fixed sample (`eval_sample_size` examples, every
+# `eval_every_steps`) or the whole validation set (at the end of the last `full_eval_epochs` epochs).
+EvalScope = Literal["sample", "full"]
 Batching = Literal["group_by_length", "pack", "padded"]
 MixedPrecision = Literal["auto", "bf16", "no"]
 
@@ -45,6 +48,8 @@ class TrainConfig:
     seed: int = 0
     batching: Batching = "group_by_length"
     eval_every_steps: int | None = None
+    eval_sample_size: int = 32
+    full_eval_epochs: int | None = None  # None: a full evaluation at the end of every epoch
     checkpoint_every_steps: int | None = None
     checkpoint_dir: str | None = None
     resume_from: str | None = None
@@ -54,7 +59,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _require(self.task in TASKS, f"task must be one of {TASKS}, got {self.task!r}")
-        for name in ("epochs", "batch_size", "grad_accum_steps", "max_length"):
+        for name in ("epochs", "batch_size", "grad_accum_steps", "max_length", "eval_sample_size"):
             value = getattr(self, name)
             _require(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
                      f"{name} must be an integer >= 1, got {value!r}")
@@ -77,7 +82,7 @@ class TrainConfig:
                  f"mixed_precision must be one of {MIXED_PRECISIONS}, got {self.mixed_precision!r}")
         _require(isinstance(self.device, str) and bool(self.device),
                  f"device must be a device name, got {self.device!r}")
-        for name in ("eval_every_steps", "checkpoint_every_steps", "max_steps"):
+        for name in ("eval_every_steps", "full_eval_epochs", "checkpoint_every_steps", "max_steps"):
             _positive_int_or_none(name, getattr(self, name))
         _require(self.checkpoint_every_steps is None or self.checkpoint_dir is not None,
                  "checkpoint_every_steps needs checkpoint_dir")
@@ -104,7 +109,10 @@ class ProgressEvent:
     elapsed_seconds: float
     eta_seconds: float | None
     trained_tokens: int
-    eval_metrics: dict[str, float] | None = None
+    # share of this step's targets the model predicted right (argmax), before the update
+    train_mean_token_accuracy: float | None = None
+    eval_metrics: dict[str, float] | None = None  # on the fixed validation sample, when it ran this step
+    full_eval_metrics: dict[str, float] | None = None  # on the whole validation set, when it ran this step
 
 
 class TrainCallback:
@@ -116,7 +124,8 @@ class TrainCallback:
     def on_progress(self, event: ProgressEvent) -> None:
         return None
 
-    def on_evaluate(self, step: int, metrics: dict[str, float]) -> None:
+    def on_evaluate(self, step: int, metrics: dict[str, float], scope: EvalScope) -> None:
+        """After each evaluation; `metrics` has loss, mean_token_accuracy (+ perplexity or accuracy)."""
         return None
 
     def on_checkpoint(self, step: int, path: Path) -> None:
@@ -137,7 +146,7 @@ class TrainResult:
     total_steps: int
     trained_tokens: int
     train_loss: float | None  # mean loss over all steps taken (resumed runs included)
-    eval_metrics: dict[str, float] | None
+    eval_metrics: dict[str, float] | None  # the last full evaluation (None without eval data)
     cancelled: bool
     last_checkpoint: Path | None
     # per-element optimizer state at the end: "adapter" (LoRA entries), "other" (head), "total"

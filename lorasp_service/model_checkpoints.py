@@ -9,9 +9,11 @@ resume checkpoints (`Checkpoint` rows, `training_progress`) are a different thin
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +22,11 @@ from sqlalchemy.orm import Session
 
 from lorasp_core import read_adapter_metadata, save_adapter
 from lorasp_core.train_config import ProgressEvent, TaskType, TrainCallback
-from lorasp_service import registry
+from lorasp_service import registry, step_metrics
 from lorasp_service.db import session_scope
 from lorasp_service.jobs.events import add_event, utcnow
 from lorasp_service.jobs.lease import held_by
+from lorasp_service.jobs.spec import KEPT_EPOCH_CHECKPOINTS
 from lorasp_service.jobs.status import JobStatus, changed_rows
 from lorasp_service.orm import Adapter, Job
 from lorasp_service.settings import Settings
@@ -31,11 +34,38 @@ from lorasp_service.storage import BlobStorage
 
 log = logging.getLogger(__name__)
 
-KEPT_EPOCH_CHECKPOINTS = 2
 
 
 def checkpoint_model_id(fine_tuned_model: str, step: int) -> str:
     return f"{fine_tuned_model}:ckpt-step-{step}"
+
+
+@dataclass(frozen=True)
+class JobCheckpoint:
+    """One of a job's user-visible checkpoints as `GET .../checkpoints` lists it: a model, by its
+    `<fine_tuned_model>:ckpt-step-N` id (for the final model too, which that id also resolves to)."""
+
+    id: str
+    model_id: str
+    step: int
+    metrics: dict[str, Any]
+    created_at: datetime
+
+    @classmethod
+    def of(cls, adapter: Adapter) -> JobCheckpoint:
+        step = adapter.step or 0
+        final = adapter.checkpoint_job_id is None
+        model_id = checkpoint_model_id(adapter.id, step) if final else adapter.id
+        # a stable id derived from the model's, so paging cursors survive without a table of their own
+        digest = hashlib.sha256(model_id.encode()).hexdigest()[:24]
+        metrics = {"step": step, **(adapter.metrics or {})}
+        return cls(f"ftckpt-{digest}", model_id, step, metrics, adapter.created_at)
+
+
+def job_models(session: Session, job_id: str) -> list[Adapter]:
+    """The job's final model (if it succeeded) and its checkpoint models, highest step first."""
+    statement = select(Adapter).where((Adapter.job_id == job_id) | (Adapter.checkpoint_job_id == job_id))
+    return list(session.scalars(statement.order_by(Adapter.step.desc(), Adapter.id)))
 
 
 def checkpoint_adapters(session: Session, job_id: str) -> list[Adapter]:
@@ -98,7 +128,6 @@ class EpochCheckpointCallback(TrainCallback):
     chat_template: str | None = None
     total_steps: int = 0
     last_event: ProgressEvent | None = None
-    valid_loss: dict[int, float] = field(default_factory=dict)
 
     def on_train_begin(self, total_steps: int) -> None:
         self.total_steps = total_steps
@@ -106,17 +135,12 @@ class EpochCheckpointCallback(TrainCallback):
     def on_progress(self, event: ProgressEvent) -> None:
         self.last_event = event
 
-    def on_evaluate(self, step: int, metrics: dict[str, float]) -> None:
-        if "loss" in metrics:
-            self.valid_loss[step] = metrics["loss"]
-
     def metrics(self, step: int) -> dict[str, Any]:
-        metrics: dict[str, Any] = {"step": step}
+        """OpenAI's checkpoint metrics of `step`: its training loss and accuracy, and the validation
+        figures of the sample and the full file (evaluated at every checkpoint when there is a file)."""
         if self.last_event is not None and self.last_event.step == step:
-            metrics["train_loss"] = self.last_event.train_loss
-        if step in self.valid_loss:
-            metrics["valid_loss"] = self.valid_loss[step]
-        return metrics
+            return step_metrics.checkpoint_metrics(self.last_event)
+        return {"step": step}
 
     def on_epoch_end(self, step: int, epoch: int, model: Any) -> None:
         if step >= self.total_steps:

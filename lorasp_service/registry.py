@@ -10,6 +10,7 @@ A job's spec, statuses and events belong to the job domain, `lorasp_service.jobs
 
 from __future__ import annotations
 
+import re
 import secrets
 import string
 from datetime import UTC, datetime
@@ -19,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from lorasp_service import checkpoints
 from lorasp_service.jobs.status import ACTIVE_STATUSES
-from lorasp_service.orm import Adapter, Checkpoint, File, Job, JobEvent
+from lorasp_service.orm import Adapter, File, Job, JobEvent
 from lorasp_service.storage import BlobStorage
 
 _ADAPTER_TOKEN_ALPHABET = string.ascii_letters + string.digits
@@ -54,11 +55,27 @@ def get_job_for_tenant(
 
 
 def get_adapter_for_tenant(session: Session, tenant_id: str, adapter_id: str) -> Adapter | None:
+    """The tenant's adapter of this id; `<fine_tuned_model>:ckpt-step-N` for a job's final step is the
+    final model itself (as OpenAI lists it among the job's checkpoints)."""
     if not is_plausible_id(adapter_id):
         return None
-    return session.scalars(
+    found = session.scalars(
         select(Adapter).where(Adapter.id == adapter_id, Adapter.tenant_id == tenant_id)
     ).one_or_none()
+    final_step = FINAL_CHECKPOINT_ID.fullmatch(adapter_id)
+    if found is not None or final_step is None:
+        return found
+    return session.scalars(
+        select(Adapter).where(
+            Adapter.id == final_step["model"],
+            Adapter.tenant_id == tenant_id,
+            Adapter.job_id.is_not(None),
+            Adapter.step == int(final_step["step"]),
+        )
+    ).one_or_none()
+
+
+FINAL_CHECKPOINT_ID = re.compile(r"(?P<model>.+):ckpt-step-(?P<step>[0-9]{1,9})")
 
 
 def get_event(session: Session, job_id: str, event_id: str) -> JobEvent | None:
@@ -66,14 +83,6 @@ def get_event(session: Session, job_id: str, event_id: str) -> JobEvent | None:
         return None
     return session.scalars(
         select(JobEvent).where(JobEvent.id == event_id, JobEvent.job_id == job_id)
-    ).one_or_none()
-
-
-def get_checkpoint(session: Session, job_id: str, checkpoint_id: str) -> Checkpoint | None:
-    if not is_plausible_id(checkpoint_id):
-        return None
-    return session.scalars(
-        select(Checkpoint).where(Checkpoint.id == checkpoint_id, Checkpoint.job_id == job_id)
     ).one_or_none()
 
 

@@ -32,7 +32,7 @@ from lorasp_core import (
 from lorasp_core.data import Example
 from lorasp_core.train_config import TaskType
 from lorasp_core.trainer import TrainConfig, train
-from lorasp_service import checkpoints, jobs, registry
+from lorasp_service import checkpoints, jobs, registry, step_metrics
 from lorasp_service.db import session_scope
 from lorasp_service.jobs import JobStatus
 from lorasp_service.model_checkpoints import EpochCheckpointCallback, target_module_names
@@ -195,7 +195,12 @@ def _train_and_register(settings: Settings, job_id: str, worker_id: str, claim: 
         rank=lora.r, freeze_ratio=lora.freeze_ratio, target_modules=target_module_names(saved),
         label_names=label_names, step=result.steps, metrics=epoch_models.metrics(result.steps),
     )
-    if not jobs.complete_job(settings, job_id, worker_id, claim.attempt, adapter, result.trained_tokens):
+    callback.flush()  # every step's metrics event is in the database before the CSV is made of them
+    with session_scope(settings) as session:
+        results = step_metrics.result_file(session, storage, job)
+    if not jobs.complete_job(settings, job_id, worker_id, claim.attempt, adapter, result.trained_tokens,
+                             [results]):
+        storage.delete(results.storage_key)
         return LEASE_LOST
     checkpoints.discard_after_success(settings, storage, job_id)
     return JobStatus.SUCCEEDED

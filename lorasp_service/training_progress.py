@@ -14,14 +14,14 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from lorasp_core.trainer import ProgressEvent, TrainCallback
-from lorasp_service import checkpoints, jobs
+from lorasp_core.train_config import EvalScope, ProgressEvent, TrainCallback
+from lorasp_service import checkpoints, jobs, step_metrics
 from lorasp_service.settings import Settings
 from lorasp_service.storage import BlobStorage
 
 log = logging.getLogger(__name__)
 
-METRICS_MIN_INTERVAL_SECONDS = 1.0
+METRICS_FLUSH_INTERVAL_SECONDS = 1.0
 CANCEL_POLL_INTERVAL_SECONDS = 0.5
 
 
@@ -52,12 +52,17 @@ class LeaseKeeper(threading.Thread):
 
 
 class JobProgressCallback(TrainCallback):
+    """Every step becomes a metrics event. Events are written in batches (at most one transaction per
+    `METRICS_FLUSH_INTERVAL_SECONDS`, and at once at the first and last step, an epoch's end, a full
+    evaluation, a checkpoint or a stop), so fast steps cost no transaction each and none is dropped."""
+
     def __init__(self, settings: Settings, job_id: str, worker_id: str, attempt: int, keeper: LeaseKeeper,
                  storage: BlobStorage) -> None:
         self.settings, self.job_id, self.worker_id, self.attempt = settings, job_id, worker_id, attempt
         self.keeper, self.storage = keeper, storage
         self.last_event: ProgressEvent | None = None
-        self._last_metrics_at = 0.0
+        self._pending: list[tuple[str, dict[str, Any]]] = []
+        self._last_flush_at = time.monotonic()
         self._last_cancel_poll_at = 0.0
 
     def on_train_begin(self, total_steps: int) -> None:
@@ -66,38 +71,45 @@ class JobProgressCallback(TrainCallback):
 
     def on_progress(self, event: ProgressEvent) -> None:
         self.last_event = event
-        now = time.monotonic()
-        is_edge = event.step <= 1 or event.step >= event.total_steps
-        if not is_edge and now - self._last_metrics_at < METRICS_MIN_INTERVAL_SECONDS:
-            return
-        self._last_metrics_at = now
-        data: dict[str, Any] = {
-            "step": event.step, "total_steps": event.total_steps, "epoch": event.epoch,
-            "train_loss": event.train_loss, "learning_rate": event.learning_rate,
-            "tokens_per_second": event.tokens_per_second, "elapsed_seconds": event.elapsed_seconds,
-            "eta_seconds": event.eta_seconds, "trained_tokens": event.trained_tokens,
-        }
-        if event.eval_metrics:
-            data["eval_metrics"] = dict(event.eval_metrics)
-        estimated_finish = None
-        if event.eta_seconds is not None:
-            estimated_finish = jobs.utcnow() + timedelta(seconds=event.eta_seconds)
         message = f"Step {event.step}/{event.total_steps}: training loss={event.train_loss:.4f}"
-        try:
-            held = jobs.record_metrics(self.settings, self.job_id, self.worker_id, self.attempt, message,
-                                       data, estimated_finish)
-        except jobs.TRANSIENT_DB_ERRORS as error:
-            log.warning("job %s: metrics not recorded: %s", self.job_id, error)
+        if event.eval_metrics is not None:
+            message += f", validation loss={event.eval_metrics['loss']:.4f}"
+        if event.full_eval_metrics is not None:
+            message += f", full validation loss={event.full_eval_metrics['loss']:.4f}"
+        self._pending.append((message, step_metrics.metrics_data(event)))
+        edge = event.step <= 1 or event.step >= event.total_steps or event.full_eval_metrics is not None
+        if edge or time.monotonic() - self._last_flush_at >= METRICS_FLUSH_INTERVAL_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the pending metrics events (a failed write keeps them for the next flush)."""
+        if not self._pending or self.keeper.lost:
             return
+        estimated_finish = None
+        if self.last_event is not None and self.last_event.eta_seconds is not None:
+            estimated_finish = jobs.utcnow() + timedelta(seconds=self.last_event.eta_seconds)
+        try:
+            held = jobs.record_metrics(self.settings, self.job_id, self.worker_id, self.attempt,
+                                       self._pending, estimated_finish)
+        except jobs.TRANSIENT_DB_ERRORS as error:
+            log.warning("job %s: metrics not recorded yet: %s", self.job_id, error)
+            return
+        self._pending, self._last_flush_at = [], time.monotonic()
         if not held:
             self.keeper.lost = True
 
-    def on_evaluate(self, step: int, metrics: dict[str, float]) -> None:
+    def on_evaluate(self, step: int, metrics: dict[str, float], scope: EvalScope) -> None:
+        if scope != "full":  # the sample's figures are in the step's metrics event
+            return
         text = ", ".join(f"{name}={value:.4f}" for name, value in sorted(metrics.items()))
-        jobs.record_message(self.settings, self.job_id, f"Evaluation at step {step}: {text}",
-                            data={"step": step, "eval_metrics": dict(metrics)})
+        jobs.record_message(self.settings, self.job_id, f"Full validation at step {step}: {text}",
+                            data={"step": step, "full_valid_metrics": dict(metrics)})
+
+    def on_epoch_end(self, step: int, epoch: int, model: Any) -> None:
+        self.flush()  # the step's metrics come before the epoch's checkpoint model event
 
     def on_checkpoint(self, step: int, path: Path) -> None:
+        self.flush()
         if self.keeper.lost:
             return
         key = checkpoints.checkpoint_key(self.job_id, step)
@@ -115,6 +127,7 @@ class JobProgressCallback(TrainCallback):
         them apart by the keeper's flags."""
         keeper = self.keeper
         if keeper.lost or keeper.cancel_requested or keeper.pause_requested:
+            self.flush()
             return True
         now = time.monotonic()
         if now - self._last_cancel_poll_at >= CANCEL_POLL_INTERVAL_SECONDS:
@@ -125,4 +138,7 @@ class JobProgressCallback(TrainCallback):
                 keeper.pause_requested = check.pause_requested
             except jobs.TRANSIENT_DB_ERRORS as error:
                 log.warning("job %s: cancel/pause poll failed: %s", self.job_id, error)
-        return keeper.cancel_requested or keeper.pause_requested
+        stopping = keeper.cancel_requested or keeper.pause_requested
+        if stopping:
+            self.flush()
+        return stopping

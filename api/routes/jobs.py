@@ -140,5 +140,5 @@ def list_checkpoints(
     limit: PageLimit = 10,
 ) -> ListPage[FineTuningJobCheckpoint]:
     job, rows, has_more = job_service.list_checkpoints(session, tenant, fine_tuning_job_id, after, limit)
-    items = [FineTuningJobCheckpoint.from_row(row, job) for row in rows]
+    items = [FineTuningJobCheckpoint.of(row, job) for row in rows]
     return list_page(items, [row.id for row in rows], has_more)

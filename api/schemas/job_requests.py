@@ -81,6 +81,13 @@ TargetModules = Annotated[
 ]
 
 
+EvalEvery = Annotated[
+    int | Literal["auto"],
+    PlainValidator(_int_or_auto(1, 1_000_000), json_schema_input_type=int | Literal["auto"]),
+    Field(description="Steps between validations on a fixed sample of the validation file"),
+]
+
+
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -105,6 +112,7 @@ class LoraSPHyperparameters(SupervisedHyperparameters):
     weight_decay: float | None = Field(default=None, ge=0, le=1)
     warmup_ratio: float | None = Field(default=None, ge=0, lt=1)
     max_length: int | None = Field(default=None, ge=16, le=32768)
+    eval_every: EvalEvery | None = None
 
 
 class SupervisedMethodParams(StrictModel):

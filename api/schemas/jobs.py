@@ -7,7 +7,8 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from api.schemas.common import unix_seconds, unix_seconds_required
-from lorasp_service.orm import Checkpoint, Job, JobEvent
+from lorasp_service.model_checkpoints import JobCheckpoint
+from lorasp_service.orm import Job, JobEvent
 
 
 class JobError(BaseModel):
@@ -60,7 +61,7 @@ class FineTuningJob(BaseModel):
             hyperparameters=JobHyperparameters(**job.hyperparameters),
             model=job.model,
             organization_id=job.tenant_id,
-            result_files=[],
+            result_files=list(job.result_files or []),
             seed=job.seed,
             status=job.status,
             trained_tokens=job.trained_tokens,
@@ -107,12 +108,12 @@ class FineTuningJobCheckpoint(BaseModel):
     fine_tuning_job_id: str
 
     @classmethod
-    def from_row(cls, checkpoint: Checkpoint, job: Job) -> FineTuningJobCheckpoint:
+    def of(cls, checkpoint: JobCheckpoint, job: Job) -> FineTuningJobCheckpoint:
         return cls(
             id=checkpoint.id,
             created_at=unix_seconds_required(checkpoint.created_at),
-            fine_tuned_model_checkpoint=f"{job.fine_tuned_model or job.id}:ckpt-step-{checkpoint.step}",
+            fine_tuned_model_checkpoint=checkpoint.model_id,
             step_number=checkpoint.step,
-            metrics=checkpoint.metrics or {},
+            metrics=checkpoint.metrics,
             fine_tuning_job_id=job.id,
         )

@@ -18,7 +18,7 @@ from api.errors import APIError
 from api.schemas.job_requests import CreateFineTuningJobRequest, LoraSPHyperparameters, Method
 from lorasp_core.models.skeleton import check_adapter_targets
 from lorasp_service.jobs import TrainingSpec
-from lorasp_service.jobs.auto import DatasetSize, auto_hyperparameters
+from lorasp_service.jobs.auto import DatasetSize, auto_eval_every, auto_hyperparameters
 from lorasp_service.jobs.spec import TRAIN_DEFAULTS
 from lorasp_service.settings import Settings
 
@@ -60,6 +60,7 @@ def build_spec(
         "weight_decay": _pick(chosen.weight_decay),
         "warmup_ratio": _pick(chosen.warmup_ratio),
         "max_length": _pick(chosen.max_length),
+        "eval_every": _pick(chosen.eval_every),
     }
     # Numbers as the stored JSON has always held them: integers for counts, floats for the rest.
     floats = (
@@ -76,6 +77,7 @@ def build_spec(
     }
     for name, value in asdict(auto_hyperparameters(training)).items():
         values.setdefault(name, value)
+    values.setdefault("eval_every", auto_eval_every(training, values["n_epochs"], values["batch_size"]))
     rank = values.get("rank", TrainingSpec.rank)
     if rank > settings.serving_max_rank:
         detail = f"{rank} is above the largest rank this server can serve ({settings.serving_max_rank})."

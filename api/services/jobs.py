@@ -17,10 +17,11 @@ from api.services.catalog import FORMATS_FOR_TASK, enabled_base_models
 from api.services.files import lock_files_for_job
 from api.services.job_spec import build_spec
 from api.services.paging import fetch_page, newer_first_after
-from lorasp_service import jobs, registry
+from lorasp_service import jobs, model_checkpoints, registry
 from lorasp_service.ids import new_id
 from lorasp_service.jobs.auto import DatasetSize
-from lorasp_service.orm import Checkpoint, File, Job, JobEvent, Tenant
+from lorasp_service.model_checkpoints import JobCheckpoint
+from lorasp_service.orm import File, Job, JobEvent, Tenant
 from lorasp_service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -213,13 +214,14 @@ def list_events(
 
 def list_checkpoints(
     session: Session, tenant: Tenant, job_id: str, after: str | None, limit: int
-) -> tuple[Job, list[Checkpoint], bool]:
+) -> tuple[Job, list[JobCheckpoint], bool]:
+    """The job's user-visible checkpoints, newest first: its final model (once it succeeded) and the
+    epoch checkpoint models it keeps. Internal resume checkpoints are not listed."""
     job = get_job(session, tenant, job_id)
-    statement = select(Checkpoint).where(Checkpoint.job_id == job.id)
+    listed = [JobCheckpoint.of(adapter) for adapter in model_checkpoints.job_models(session, job.id)]
     if after is not None:
-        cursor = registry.get_checkpoint(session, job.id, after)
-        if cursor is None:
+        position = next((index for index, item in enumerate(listed) if item.id == after), None)
+        if position is None:
             raise not_found("checkpoint", after, param="after")
-        statement = statement.where(Checkpoint.seq < cursor.seq)
-    rows, has_more = fetch_page(session, statement.order_by(Checkpoint.seq.desc()), limit)
-    return job, rows, has_more
+        listed = listed[position + 1 :]
+    return job, listed[:limit], len(listed) > limit

@@ -29,6 +29,8 @@ AUTO_BATCH_TOKEN_BUDGET = 16_384  # tokens in one optimizer step (memory, not qu
 # from its size then (about 4 bytes a token for English text with a BPE tokenizer).
 BYTES_PER_TOKEN_ESTIMATE = 4
 AUTO_LEARNING_RATE_MULTIPLIER = 1.0
+# Validation on the fixed sample about this many times a run (every step for runs this short).
+AUTO_EVALUATIONS_PER_RUN = 20
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,12 @@ class AutoHyperparameters:
     n_epochs: int
     batch_size: int
     learning_rate_multiplier: float
+
+
+def auto_eval_every(size: DatasetSize, n_epochs: int, batch_size: int) -> int:
+    """Steps between validations on the sample: about `AUTO_EVALUATIONS_PER_RUN` in the whole run."""
+    steps = n_epochs * -(-max(size.examples, 1) // batch_size)
+    return max(1, -(-steps // AUTO_EVALUATIONS_PER_RUN))
 
 
 def auto_hyperparameters(size: DatasetSize) -> AutoHyperparameters:

@@ -22,7 +22,7 @@ class EventLevel(StrEnum):
 
 class EventType(StrEnum):
     MESSAGE = "message"
-    METRICS = "metrics"  # data: step, train_loss, learning_rate, tokens_per_second (+ eval metrics)
+    METRICS = "metrics"  # data: one step's `step_metrics.metrics_data` (OpenAI's names + lorasp's)
 
 
 def utcnow() -> datetime:

@@ -16,7 +16,7 @@ from lorasp_service.ids import new_id
 from lorasp_service.jobs.events import EventLevel, EventType, add_event, utcnow
 from lorasp_service.jobs.lease import held_by
 from lorasp_service.jobs.status import JobStatus, changed_rows, transition_where
-from lorasp_service.orm import Adapter, Checkpoint, Job
+from lorasp_service.orm import Adapter, Checkpoint, File, Job
 from lorasp_service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -27,11 +27,11 @@ def record_metrics(
     job_id: str,
     worker_id: str,
     attempt: int,
-    message: str,
-    data: dict[str, Any],
+    events: list[tuple[str, dict[str, Any]]],
     estimated_finish: datetime | None,
 ) -> bool:
-    """A metrics event plus a heartbeat; False if the lease was lost (nothing is written then)."""
+    """Metrics events (message, data), in order, plus a heartbeat, in one transaction; False if the
+    lease was lost (nothing is written then)."""
     with session_scope(settings) as session:
         statement = (
             update(Job)
@@ -40,7 +40,8 @@ def record_metrics(
         )
         held = changed_rows(session, statement)
         if held:
-            add_event(session, job_id, message, type=EventType.METRICS, data=data)
+            for message, data in events:
+                add_event(session, job_id, message, type=EventType.METRICS, data=data)
         session.commit()
         return held == 1
 
@@ -128,11 +129,23 @@ def pause_job(settings: Settings, job_id: str, worker_id: str, attempt: int, ste
 
 
 def complete_job(
-    settings: Settings, job_id: str, worker_id: str, attempt: int, adapter: Adapter, trained_tokens: int
+    settings: Settings,
+    job_id: str,
+    worker_id: str,
+    attempt: int,
+    adapter: Adapter,
+    trained_tokens: int,
+    result_files: list[File],
 ) -> bool:
-    """Register the adapter and mark the job succeeded, in one transaction, if the lease is still held."""
+    """Register the adapter and the result files and mark the job succeeded, in one transaction, if the
+    lease is still held."""
     with session_scope(settings) as session:
-        values = {"fine_tuned_model": adapter.id, "trained_tokens": trained_tokens, "error": None}
+        values = {
+            "fine_tuned_model": adapter.id,
+            "trained_tokens": trained_tokens,
+            "error": None,
+            "result_files": [row.id for row in result_files],
+        }
         if not transition_where(
             session,
             job_id,
@@ -146,6 +159,7 @@ def complete_job(
             log.warning("job %s: lease lost before it could be marked succeeded", job_id)
             return False
         session.add(adapter)
+        session.add_all(result_files)
         add_event(session, job_id, "The job has successfully completed")
         session.commit()
         return True

@@ -39,6 +39,12 @@ TRAIN_DEFAULTS = _field_defaults(TrainConfig)
 # Without a training file to size (a spec built directly), "auto" is OpenAI's usual 3 epochs and a
 # multiplier of 1.0; the API resolves "auto" from the file by `auto.auto_hyperparameters`.
 AUTO_N_EPOCHS = TARGET_EPOCHS
+# What a job keeps as models: its final model and the checkpoints of the epochs before it
+# (`model_checkpoints`); the whole validation file is evaluated at the end of each of these epochs.
+KEPT_EPOCH_CHECKPOINTS = 2
+FULL_VALIDATION_EPOCHS = KEPT_EPOCH_CHECKPOINTS + 1
+# A spec built without a training file to size validates the sample every this many steps.
+DEFAULT_EVAL_EVERY = 10
 # Keys of `Job.hyperparameters` (OpenAI's trio), in the order the API has always stored them.
 OPENAI_HYPERPARAMETERS = ("n_epochs", "batch_size", "learning_rate_multiplier")
 
@@ -64,6 +70,7 @@ class TrainingSpec:
     weight_decay: float = TRAIN_DEFAULTS["weight_decay"]
     warmup_ratio: float = TRAIN_DEFAULTS["warmup_ratio"]
     max_length: int = TRAIN_DEFAULTS["max_length"]
+    eval_every: int = DEFAULT_EVAL_EVERY  # steps between validations on the fixed sample
 
     @property
     def effective_learning_rate(self) -> float:
@@ -92,6 +99,7 @@ class TrainingSpec:
             "weight_decay": self.weight_decay,
             "warmup_ratio": self.warmup_ratio,
             "max_length": self.max_length,
+            "eval_every": self.eval_every,
         }
         return {"type": self.method_type, self.method_type: {"hyperparameters": resolved}}
 
@@ -149,6 +157,8 @@ class TrainingSpec:
             warmup_ratio=self.warmup_ratio,
             max_length=self.max_length,
             seed=self.seed,
+            eval_every_steps=self.eval_every,
+            full_eval_epochs=FULL_VALIDATION_EPOCHS,
             checkpoint_every_steps=checkpoint_every_steps,
             checkpoint_dir=str(checkpoint_dir) if checkpoint_dir is not None else None,
             resume_from=str(resume_from) if resume_from is not None else None,

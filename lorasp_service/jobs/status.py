@@ -123,8 +123,9 @@ def transition_where(
 
 
 def _announce(session: Session, job_id: str, target: JobStatus) -> None:
-    """A final status is announced to the tenant's webhooks, in the transaction that makes the move."""
-    if target in TERMINAL_STATUSES:
+    """A final status (and a pause) is announced to the tenant's webhooks, in the transaction that makes
+    the move."""
+    if target in TERMINAL_STATUSES or target == JobStatus.PAUSED:
         emit_job_event(session, job_id, target)
 
 

@@ -33,6 +33,7 @@ class WebhookEventType(StrEnum):
     JOB_SUCCEEDED = "fine_tuning.job.succeeded"
     JOB_FAILED = "fine_tuning.job.failed"
     JOB_CANCELLED = "fine_tuning.job.cancelled"
+    JOB_PAUSED = "fine_tuning.job.paused"  # lorasp's: OpenAI has no pause (same shape as the others)
 
 
 EVENT_TYPES: tuple[str, ...] = tuple(member.value for member in WebhookEventType)
@@ -40,6 +41,7 @@ _EVENT_FOR_STATUS = {
     "succeeded": WebhookEventType.JOB_SUCCEEDED,
     "failed": WebhookEventType.JOB_FAILED,
     "cancelled": WebhookEventType.JOB_CANCELLED,
+    "paused": WebhookEventType.JOB_PAUSED,
 }
 
 
@@ -56,7 +58,8 @@ def enqueue_delivery(settings: Settings, delivery_id: str, countdown: float | No
 
 
 def emit_job_event(session: Session, job_id: str, status: str) -> list[str]:
-    """Record the webhook event of a job that just reached terminal `status`; returns the delivery ids.
+    """Record the webhook event of a job that just reached terminal `status` (or paused); returns the
+    delivery ids.
 
     Call it inside the transaction that makes the transition, before its commit.
     """

@@ -18,6 +18,7 @@ from lorasp_core.data import (
     tokenize_example,
 )
 from lorasp_core.models import make_tiny_tokenizer, tiny_random_bert, tiny_random_llama
+from lorasp_core.train_config import EvalScope
 from lorasp_core.trainer import ProgressEvent, TrainCallback, TrainConfig, evaluate, train
 
 TOKENIZER = make_tiny_tokenizer()
@@ -53,6 +54,7 @@ class Recorder(TrainCallback):
         self.events: list[ProgressEvent] = []
         self.checkpoints: list[Path] = []
         self.evaluations: list[dict[str, float]] = []
+        self.scopes: list[tuple[int, EvalScope]] = []
         self.total_steps: int | None = None
         self.stop_after = stop_after
 
@@ -62,8 +64,9 @@ class Recorder(TrainCallback):
     def on_progress(self, event: ProgressEvent) -> None:
         self.events.append(event)
 
-    def on_evaluate(self, step: int, metrics: dict[str, float]) -> None:
+    def on_evaluate(self, step: int, metrics: dict[str, float], scope: EvalScope) -> None:
         self.evaluations.append(metrics)
+        self.scopes.append((step, scope))
 
     def on_checkpoint(self, step: int, path: Path) -> None:
         self.checkpoints.append(path)
@@ -87,7 +90,7 @@ def test_train_config_validation_and_round_trip() -> None:
 def test_chat_training_learns_and_reports_progress() -> None:
     model, data = llama(), chat_data()
     config = TrainConfig(task="causal-lm", epochs=6, batch_size=4, learning_rate=2e-2, lr_scheduler="linear",
-                         warmup_ratio=0.2, eval_every_steps=6, mixed_precision="no")
+                         warmup_ratio=0.2, eval_every_steps=4, full_eval_epochs=2, mixed_precision="no")
     before = evaluate(model, TOKENIZER, data, config)
     recorder = Recorder()
     global_rng = torch.get_rng_state()
@@ -103,8 +106,14 @@ def test_chat_training_learns_and_reports_progress() -> None:
     last = recorder.events[-1]
     assert last.step == 18 and last.epoch == pytest.approx(6.0) and last.eta_seconds == 0.0
     assert last.tokens_per_second > 0 and last.elapsed_seconds > 0
-    assert [e.step for e in recorder.events if e.eval_metrics] == [6, 12, 18]
-    assert len(recorder.evaluations) == 3
+    # the sample every 4 steps and wherever the full set is evaluated: the ends of the last 2 epochs
+    assert [e.step for e in recorder.events if e.eval_metrics] == [4, 8, 12, 15, 16, 18]
+    assert [e.step for e in recorder.events if e.full_eval_metrics] == [15, 18]
+    assert [step for step, scope in recorder.scopes if scope == "full"] == [15, 18]
+    assert len(recorder.evaluations) == 8
+    assert result.eval_metrics == recorder.events[-1].full_eval_metrics
+    accuracies = [e.train_mean_token_accuracy for e in recorder.events]
+    assert all(a is not None and 0.0 <= a <= 1.0 for a in accuracies)
     rates = [e.learning_rate for e in recorder.events]  # warmup (4 steps) then linear decay
     assert rates[0] == 0.0 and rates.index(max(rates)) == 4 and rates[-1] < rates[5]
 
@@ -119,9 +128,17 @@ def test_loss_counts_only_completion_tokens() -> None:
                           labels=torch.tensor([tokenized.labels])).loss
         unmasked = model(input_ids=torch.tensor([tokenized.input_ids]),
                          labels=torch.tensor([tokenized.input_ids])).loss
-    loss = evaluate(model, TOKENIZER, [example], config)["loss"]
+    metrics = evaluate(model, TOKENIZER, [example], config)
+    loss = metrics["loss"]
     assert loss == pytest.approx(float(reference), abs=1e-5)
     assert abs(loss - float(unmasked)) > 1e-3
+    # token accuracy: argmax of position t predicts label t+1, completion tokens only
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([tokenized.input_ids])).logits[0, :-1]
+    labels = torch.tensor(tokenized.labels[1:])
+    scored = labels != -100
+    expected = float((logits.argmax(-1)[scored] == labels[scored]).float().mean())
+    assert metrics["mean_token_accuracy"] == pytest.approx(expected)
 
 
 def test_gradient_accumulation_matches_a_larger_batch() -> None:
@@ -143,7 +160,8 @@ def test_classification_trains_head_and_reports_accuracy() -> None:
     config = TrainConfig(task="seq-cls", epochs=4, batch_size=4, learning_rate=2e-2, mixed_precision="no")
     data = classification_data()
     result = train(config, model, TOKENIZER, data, eval_data=data)
-    assert result.eval_metrics is not None and set(result.eval_metrics) == {"loss", "accuracy"}
+    assert result.eval_metrics is not None
+    assert set(result.eval_metrics) == {"loss", "accuracy", "mean_token_accuracy"}
     assert result.eval_metrics["accuracy"] >= 2 / 3
     assert not torch.equal(model.classifier.weight, head_before)
     assert result.train_loss is not None and result.steps == 12
@@ -199,8 +217,11 @@ def test_cancel_then_resume_is_bit_identical_to_a_straight_run(tmp_path: Path) -
     assert read_adapter_metadata(stopped.last_checkpoint).training_summary["step"] == 10  # type: ignore[index]
 
     resumed = llama(dropout=0.1)  # a fresh model object
-    resume_config = config(checkpoint_dir=str(tmp_path / "c"), resume_from=str(stopped.last_checkpoint))
-    resumed_result = train(resume_config, resumed, TOKENIZER, data)
+    # validation while resuming (the straight run had none) must not move the result by a bit
+    resume_config = config(checkpoint_dir=str(tmp_path / "c"), resume_from=str(stopped.last_checkpoint),
+                           eval_every_steps=3, eval_sample_size=2)
+    resumed_result = train(resume_config, resumed, TOKENIZER, data, eval_data=completion_data(5))
+    assert resumed_result.eval_metrics is not None
     assert resumed_result.steps == 20 and not resumed_result.cancelled
     assert resumed_result.trained_tokens == straight_result.trained_tokens
     assert resumed_result.train_loss == straight_result.train_loss

@@ -133,6 +133,12 @@ class Stack:
             row = conn.execute(sa.text("SELECT * FROM fine_tuning_jobs WHERE id = :id"), {"id": job_id})
             return dict(row.mappings().one())
 
+    def resume_checkpoints(self, job_id: str) -> list[int]:
+        """Steps of the job's internal resume checkpoints (the API lists only its checkpoint models)."""
+        with self.engine.connect() as conn:
+            query = sa.text("SELECT step FROM fine_tuning_checkpoints WHERE job_id = :id ORDER BY step")
+            return [int(step) for step in conn.execute(query, {"id": job_id}).scalars()]
+
     def checkpoint_dirs(self, job_id: str) -> list[str]:
         """The checkpoint folders the job has in storage."""
         folder = self.settings.blob_dir / "jobs" / job_id / "checkpoints"
@@ -156,6 +162,12 @@ def events_of(client: httpx.Client, job_id: str) -> list[dict[str, Any]]:
         if not page["has_more"]:
             return events
         params["after"] = page["data"][-1]["id"]
+
+
+def saved_checkpoint_steps(client: httpx.Client, job_id: str) -> list[int]:
+    """Steps at which the job saved a resume checkpoint, from its events (kept or pruned since)."""
+    return sorted({event["data"]["step"] for event in events_of(client, job_id)
+                   if event["message"].startswith("Checkpoint created at step")})
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.25) -> Any:

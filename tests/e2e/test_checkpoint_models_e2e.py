@@ -57,7 +57,7 @@ def test_epoch_checkpoints_are_servable_downloadable_models(
     assert final is not None
     kept, pruned = [f"{final}:ckpt-step-{step}" for step in (12, 18)], f"{final}:ckpt-step-6"
 
-    events = client.fine_tuning.jobs.list_events(job.id, limit=100).data
+    events = list(client.fine_tuning.jobs.list_events(job.id, limit=100))  # every page
     announced = [
         event.data["fine_tuned_model_checkpoint"]
         for event in events

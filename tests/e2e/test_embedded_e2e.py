@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
-from e2e_stack import REPO_ROOT, chat_rows, events_of, free_port, jsonl, wait_until
+from e2e_stack import REPO_ROOT, chat_rows, events_of, free_port, jsonl, saved_checkpoint_steps, wait_until
 
 
 class EmbeddedServer:
@@ -74,8 +74,7 @@ def test_embedded_job_resumes_after_its_worker_was_killed(server: EmbeddedServer
             "model": "tiny-random-llama", "training_file": uploaded["id"], "seed": 0,
             "method": {"type": "lorasp", "lorasp": {"hyperparameters": {"n_epochs": 40, "batch_size": 4}}},
         }).json()
-        wait_until(lambda: client.get(f"/fine_tuning/jobs/{job['id']}/checkpoints").json()["data"], 90,
-                   "a first checkpoint")
+        wait_until(lambda: saved_checkpoint_steps(client, job["id"]), 90, "a first checkpoint")
         running = job_of(client, job["id"])
         assert running["status"] == "running"
 

@@ -61,19 +61,18 @@ def test_a_paused_job_resumes_on_another_worker_and_ends_bit_exact(
     job = client.fine_tuning.jobs.create(
         model="tiny-random-llama", training_file=training.id, seed=3, method=method
     )  # type: ignore[arg-type]
-    wait_until(lambda: client.fine_tuning.jobs.checkpoints.list(job.id).data, 120, "the first checkpoint")
+    wait_until(lambda: stack.resume_checkpoints(job.id), 120, "the first checkpoint")
 
     asked = client.fine_tuning.jobs.pause(job.id)
     assert asked.status in ("running", "paused")
     wait_for_status(client, job.id, ("paused",), 30)
     paused = client.fine_tuning.jobs.retrieve(job.id)
     assert paused.status == "paused" and paused.fine_tuned_model is None
-    events = client.fine_tuning.jobs.list_events(job.id, limit=100).data
+    events = list(client.fine_tuning.jobs.list_events(job.id, limit=100))  # every page
     pause_event = next(event for event in events if event.message == "Job paused")
     pause_step = pause_event.data["step"]  # type: ignore[index]
     assert 10 <= pause_step < 160
-    steps = [checkpoint.step_number for checkpoint in client.fine_tuning.jobs.checkpoints.list(job.id).data]
-    assert pause_step in steps  # the pause wrote its checkpoint
+    assert pause_step in stack.resume_checkpoints(job.id)  # the pause wrote its checkpoint
     row = stack.job_row(job.id)
     assert (row["worker_id"], row["pause_requested"]) == (None, False)  # the worker let go of it
 
@@ -92,7 +91,7 @@ def test_a_paused_job_resumes_on_another_worker_and_ends_bit_exact(
             client, job_id, ("succeeded", "failed", "cancelled"), max(1.0, deadline - time.monotonic())
         )
         assert status == "succeeded", client.fine_tuning.jobs.retrieve(job_id).error
-    messages = [event.message for event in client.fine_tuning.jobs.list_events(job.id, limit=100).data]
+    messages = [event.message for event in client.fine_tuning.jobs.list_events(job.id, limit=100)]
     assert "Job resumed" in messages
     assert f"Resuming training from the checkpoint at step {pause_step}" in messages
     assert stack.job_row(job.id)["attempts"] == 2

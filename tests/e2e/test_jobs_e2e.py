@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from e2e_stack import Stack, chat_rows, events_of, wait_for_end, wait_until
+from e2e_stack import Stack, chat_rows, events_of, saved_checkpoint_steps, wait_for_end, wait_until
 from safetensors.torch import load_file
 
 from lorasp_service.queue import enqueue_job
@@ -27,12 +27,10 @@ def long_rows() -> list[dict[str, Any]]:
     return chat_rows(64, words=60)
 
 
-def first_checkpoint(client: httpx.Client, job_id: str) -> dict[str, Any]:
-    def listed() -> dict[str, Any] | None:
-        page = client.get(f"/fine_tuning/jobs/{job_id}/checkpoints").json()["data"]
-        return page[-1] if page else None
-
-    return dict(wait_until(listed, 90, f"a checkpoint of {job_id}"))
+def first_checkpoint(client: httpx.Client, job_id: str) -> int:
+    """The step of the job's first resume checkpoint, once it has one."""
+    steps = wait_until(lambda: saved_checkpoint_steps(client, job_id), 90, f"a checkpoint of {job_id}")
+    return int(steps[0])
 
 
 def log_says(log_path: Path, text: str) -> bool:
@@ -69,8 +67,7 @@ def test_job_trains_and_registers_a_downloadable_adapter(
         created = {event["data"]["step"] for event in events
                    if event["message"].startswith("Checkpoint created")}
         assert created == {10, 20}
-        assert client.get(f"/fine_tuning/jobs/{job['id']}/checkpoints").json()["data"] == []
-        assert stack.checkpoint_dirs(job["id"]) == []
+        assert stack.resume_checkpoints(job["id"]) == [] and stack.checkpoint_dirs(job["id"]) == []
 
         model = client.get(f"/models/{model_id}")
         assert model.status_code == 200 and model.json()["id"] == model_id
@@ -103,9 +100,9 @@ def test_cancel_stops_a_running_job_and_keeps_its_checkpoint(stack: Stack, worke
         cancelled = wait_for_end(client, job["id"], 20)
         assert cancelled["status"] == "cancelled"
         assert cancelled["fine_tuned_model"] is None
-        kept = client.get(f"/fine_tuning/jobs/{job['id']}/checkpoints").json()["data"]
+        kept = stack.resume_checkpoints(job["id"])
         assert 1 <= len(kept) <= stack.settings.checkpoints_kept
-        assert stack.checkpoint_dirs(job["id"]) == sorted(f"step-{row['step_number']}" for row in kept)
+        assert stack.checkpoint_dirs(job["id"]) == sorted(f"step-{step}" for step in kept)
         assert any("cancelled" in event["message"].lower() for event in events_of(client, job["id"]))
     assert stack.count("adapters", job["id"]) == 0
 
@@ -152,7 +149,7 @@ def test_job_of_a_killed_worker_resumes_from_its_last_checkpoint(stack: Stack, w
         # 320 steps: long enough to kill mid-run, short enough to finish after the resume.
         file_id = stack.upload(client, chat_rows(32, words=60))
         job = stack.create_job(client, file_id, n_epochs=40, batch_size=4)
-        checkpoint_step = first_checkpoint(client, job["id"])["step_number"]
+        checkpoint_step = first_checkpoint(client, job["id"])
 
         stack.kill_workers(signal.SIGKILL)  # the worker and its pool process die mid-job, message unacked
         assert stack.job_row(job["id"])["status"] == "running"

@@ -3,6 +3,7 @@ upload, fine-tune, follow, inspect, and chat with the fine-tuned model."""
 
 from __future__ import annotations
 
+import csv
 import io
 import time
 from pathlib import Path
@@ -20,8 +21,11 @@ def test_openai_client_fine_tunes_and_chats_with_the_result(stack: Stack, worker
     uploaded = client.files.create(file=("train.jsonl", io.BytesIO(jsonl(chat_rows(24, words=20)))),
                                    purpose="fine-tune")
     assert uploaded.id.startswith("file-")
+    validation = client.files.create(file=("valid.jsonl", io.BytesIO(jsonl(chat_rows(6, words=20)))),
+                                     purpose="fine-tune")
     job = client.fine_tuning.jobs.create(
-        model="tiny-random-llama", training_file=uploaded.id, suffix="client", seed=1,
+        model="tiny-random-llama", training_file=uploaded.id, validation_file=validation.id, suffix="client",
+        seed=1,
         method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 4}}},
     )
     assert job.status in ("validating_files", "queued", "running")
@@ -35,15 +39,42 @@ def test_openai_client_fine_tunes_and_chats_with_the_result(stack: Stack, worker
     assert job.fine_tuned_model and job.fine_tuned_model.startswith("ft:tiny-random-llama:client:")
     assert job.trained_tokens and job.trained_tokens > 0
 
-    events = client.fine_tuning.jobs.list_events(job.id, limit=100).data
-    assert any(event.type == "metrics" for event in events)
+    events = list(client.fine_tuning.jobs.list_events(job.id, limit=100))  # every page
     assert any("successfully completed" in event.message for event in events)
+    # One metrics event per step, OpenAI's names; 12 steps (24 rows / batch 4 x 2 epochs), so "auto"
+    # validates the sample at every step and the whole file at the two epoch ends.
+    metrics = {event.data["step"]: event.data for event in events if event.type == "metrics"}  # type: ignore[index]
+    assert sorted(metrics) == list(range(1, 13))
+    assert all(0 <= data["train_mean_token_accuracy"] <= 1 for data in metrics.values())
+    assert all(data["valid_loss"] > 0 for data in metrics.values())
+    assert [step for step, data in sorted(metrics.items()) if "full_valid_loss" in data] == [6, 12]
 
-    # The listing holds resume checkpoints, which a job that succeeded no longer keeps (pruned at its end).
-    assert client.fine_tuning.jobs.checkpoints.list(job.id).data == []
-    # 12 steps (24 rows / batch 4 x 2 epochs): the end of epoch 1 (step 6) stays as a servable model.
+    # Checkpoints are models: the final one (step 12) and the end of epoch 1 (step 6), newest first.
+    listed = client.fine_tuning.jobs.checkpoints.list(job.id).data
+    assert [c.fine_tuned_model_checkpoint for c in listed] == [
+        f"{job.fine_tuned_model}:ckpt-step-12", f"{job.fine_tuned_model}:ckpt-step-6"]
+    assert [c.step_number for c in listed] == [12, 6]
+    for checkpoint in listed:
+        step = checkpoint.step_number
+        assert checkpoint.metrics.full_valid_loss == metrics[step]["full_valid_loss"]
+        assert checkpoint.metrics.valid_mean_token_accuracy == metrics[step]["valid_mean_token_accuracy"]
+        assert checkpoint.metrics.train_loss == metrics[step]["train_loss"]
     epoch_checkpoint = client.models.retrieve(f"{job.fine_tuned_model}:ckpt-step-6")
     assert epoch_checkpoint.id == f"{job.fine_tuned_model}:ckpt-step-6"
+    final_checkpoint = client.chat.completions.create(
+        model=f"{job.fine_tuned_model}:ckpt-step-12", messages=[{"role": "user", "content": "great"}],
+        max_tokens=2, temperature=0,
+    )
+    assert final_checkpoint.choices
+
+    # result_files: step_metrics.csv, one row per step, readable with files.content
+    assert len(job.result_files) == 1
+    result = client.files.retrieve(job.result_files[0])
+    assert (result.purpose, result.filename) == ("fine-tune-results", "step_metrics.csv")
+    rows = list(csv.DictReader(io.StringIO(client.files.content(result.id).text)))
+    assert [int(row["step"]) for row in rows] == list(range(1, 13))
+    assert float(rows[5]["full_valid_loss"]) == pytest.approx(metrics[6]["full_valid_loss"])
+    assert rows[0]["full_valid_loss"] == "" and float(rows[0]["tokens_per_second"]) > 0
 
     model = client.models.retrieve(job.fine_tuned_model)
     assert model.id == job.fine_tuned_model

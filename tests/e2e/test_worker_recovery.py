@@ -20,11 +20,6 @@ LONG_ROWS, LONG_JOB = {"count": 32, "words": 60}, {"n_epochs": 16, "batch_size":
 SHORT_JOB = {"n_epochs": 1, "batch_size": 4}
 
 
-def listed_checkpoints(client: httpx.Client, job_id: str) -> list[int]:
-    page = client.get(f"/fine_tuning/jobs/{job_id}/checkpoints").json()["data"]
-    return sorted(checkpoint["step_number"] for checkpoint in page)
-
-
 def resumed_steps(client: httpx.Client, job_id: str) -> list[int]:
     return [
         event["data"]["resumed_from_step"]
@@ -37,7 +32,7 @@ def start_long_job(stack: Stack, client: httpx.Client, min_step: int) -> dict[st
     """A long job, once it has written a checkpoint at `min_step` or later."""
     job = stack.create_job(client, stack.upload(client, chat_rows(**LONG_ROWS)), **LONG_JOB)
     wait_until(
-        lambda: max(listed_checkpoints(client, job["id"]) or [0]) >= min_step,
+        lambda: max(stack.resume_checkpoints(job["id"]) or [0]) >= min_step,
         120,
         f"a checkpoint of {job['id']} at step {min_step}",
     )
@@ -49,8 +44,8 @@ def test_a_surviving_worker_takes_over_a_dead_workers_job_without_a_restart(stac
     kept = stack.settings.checkpoints_kept
     with stack.client() as client:
         job = start_long_job(stack, client, min_step=10 * (kept + 2))
-        # Older checkpoints were pruned as new ones were written: rows and blobs alike.
-        steps = listed_checkpoints(client, job["id"])
+        # Older resume checkpoints were pruned as new ones were written: rows and blobs alike.
+        steps = stack.resume_checkpoints(job["id"])
         assert len(steps) <= kept + 1  # + 1: one may be registered but not yet pruned when we look
         assert min(steps) > 10
         holder = stack.worker_holding(job["id"])
@@ -74,7 +69,7 @@ def test_a_surviving_worker_takes_over_a_dead_workers_job_without_a_restart(stac
             step >= min(steps) for step in resumed_steps(client, job["id"])
         )
         # Succeeded: the adapter remains, no resume checkpoint does.
-        assert listed_checkpoints(client, job["id"]) == []
+        assert stack.resume_checkpoints(job["id"]) == []
     assert stack.job_row(job["id"])["attempts"] == 2
     assert stack.count("adapters", job["id"]) == 1
     assert not stack.settings.blob_dir.joinpath(checkpoints.job_blob_key(job["id"])).exists()
@@ -114,11 +109,11 @@ def test_deleting_a_model_deletes_what_its_job_left_in_storage(stack: Stack) -> 
         (stack.settings.blob_dir / key).mkdir(parents=True)
         (stack.settings.blob_dir / key / "state.pt").write_bytes(b"weights")
         jobs.register_checkpoint(stack.settings, job["id"], 1, key, {"step": 1})
-        assert listed_checkpoints(client, job["id"]) == [1]
+        assert stack.resume_checkpoints(job["id"]) == [1]
 
         response = client.delete(f"/models/{done['fine_tuned_model']}")
         assert response.status_code == 200, response.text
 
-        assert listed_checkpoints(client, job["id"]) == []
+        assert stack.resume_checkpoints(job["id"]) == []
     assert not stack.settings.blob_dir.joinpath(checkpoints.job_blob_key(job["id"])).exists()
     assert not stack.settings.blob_dir.joinpath(f"adapters/{job['id']}").exists()

@@ -44,10 +44,13 @@ def test_omitted_knobs_are_the_engine_dataclass_defaults(tmp_path: Path) -> None
     spec = build_spec(request(seed=11), Settings(home=tmp_path), SIZED_LIKE_THE_ENGINE)
     back = stored_and_read_back(spec)
     assert back == spec
-    # Everything the request left out is LoraSPConfig's / TrainConfig's own default; only "auto" epochs
-    # (service policy, as OpenAI's) differ from the engine's single epoch.
+    # Everything the request left out is LoraSPConfig's / TrainConfig's own default; only service policy
+    # differs: "auto" epochs (as OpenAI's) and validation (the sample about 20 times a run: 3 epochs of
+    # 500 steps / 20; the whole file at the ends of the epochs whose models the job keeps).
     assert back.to_lora_config() == LoraSPConfig(mask_seed=11, init_seed=11)
-    assert back.to_train_config("causal-lm") == TrainConfig(task="causal-lm", epochs=AUTO_N_EPOCHS, seed=11)
+    assert back.to_train_config("causal-lm") == TrainConfig(
+        task="causal-lm", epochs=AUTO_N_EPOCHS, seed=11, eval_every_steps=75, full_eval_epochs=3
+    )
     assert TrainConfig(task="causal-lm").epochs != AUTO_N_EPOCHS  # the one knob that is not the engine's
 
 
@@ -68,6 +71,7 @@ def test_a_full_lorasp_request_round_trips_into_the_same_engine_configs(tmp_path
                 "weight_decay": 0.01,
                 "warmup_ratio": 0.1,
                 "max_length": 256,
+                "eval_every": 3,
             }
         },
     }
@@ -101,6 +105,8 @@ def test_a_full_lorasp_request_round_trips_into_the_same_engine_configs(tmp_path
         warmup_ratio=0.1,
         max_length=256,
         seed=5,
+        eval_every_steps=3,
+        full_eval_epochs=3,
         checkpoint_every_steps=7,
         checkpoint_dir=str(checkpoints),
     )
@@ -140,6 +146,7 @@ def test_the_stored_json_keeps_the_shape_jobs_have_always_had(tmp_path: Path) ->
                 "weight_decay": 0.0,
                 "warmup_ratio": 0.0,
                 "max_length": 512,
+                "eval_every": 25,  # 500 steps, validated about 20 times
             }
         },
     }
@@ -159,6 +166,12 @@ def test_server_limits_name_the_request_field(tmp_path: Path) -> None:
     assert raised.value.detail.param == "method.lorasp.hyperparameters.rank"
     # An omitted max_length is the engine's default capped at the server's limit, not an error.
     assert build_spec(request(), settings, SIZED_LIKE_THE_ENGINE).max_length == 128
+
+
+def test_a_spec_stored_before_eval_every_existed_reads_back_with_its_default() -> None:
+    method = TrainingSpec(seed=1, mask_seed=1).method_json()
+    del method["supervised"]["hyperparameters"]["eval_every"]
+    assert TrainingSpec.from_json(method, 1).eval_every == TrainingSpec.eval_every
 
 
 def test_a_stored_spec_with_a_wrong_type_is_refused_naming_the_field() -> None:

@@ -1,0 +1,115 @@
+"""The pieces one training or evaluation step is made of: devices, tokenized data, batches, loss, accuracy."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from lorasp_core.data import (
+    IGNORE_INDEX,
+    Example,
+    TokenizedExample,
+    label_names_for,
+    length_grouped_batches,
+    padded_batches,
+    tokenize_example,
+)
+from lorasp_core.train_config import TrainConfig
+
+Batch = dict[str, torch.Tensor]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def autocast_dtype(mixed_precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast dtype, or None for full precision ("auto": bf16 on CUDA only)."""
+    if mixed_precision == "bf16":
+        return torch.bfloat16
+    if mixed_precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def resolve_label_names(
+    config: TrainConfig, data: Sequence[Example], given: list[str] | None
+) -> list[str] | None:
+    if config.task != "seq-cls":
+        return None
+    names = given if given is not None else label_names_for(data)
+    if not names:
+        raise ValueError("seq-cls training needs labelled classification examples")
+    return list(names)
+
+
+def tokenize_all(
+    data: Sequence[Example],
+    tokenizer: PreTrainedTokenizerBase,
+    config: TrainConfig,
+    label_names: list[str] | None,
+) -> list[TokenizedExample]:
+    label2id = {name: index for index, name in enumerate(label_names)} if label_names else None
+    return [tokenize_example(ex, tokenizer, max_length=config.max_length, label2id=label2id) for ex in data]
+
+
+def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if not isinstance(pad_id, int):
+        raise ValueError("the tokenizer has neither a pad token nor an EOS token")
+    return pad_id
+
+
+def epoch_batches(examples: Sequence[TokenizedExample], config: TrainConfig, epoch: int) -> list[list[int]]:
+    """Micro-batches (lists of example indices) of one epoch; their number never depends on epoch."""
+    if config.batching == "group_by_length":
+        lengths = [len(example.input_ids) for example in examples]
+        return length_grouped_batches(lengths, config.batch_size, seed=config.seed, epoch=epoch)
+    return padded_batches(len(examples), config.batch_size, seed=config.seed, epoch=epoch)
+
+
+def step_groups(batches: list[list[int]], grad_accum_steps: int) -> list[list[list[int]]]:
+    """Micro-batches grouped into optimizer steps (the last step of an epoch may have fewer)."""
+    return [batches[start : start + grad_accum_steps] for start in range(0, len(batches), grad_accum_steps)]
+
+
+def forward_logits(model: nn.Module, batch: Batch, amp_dtype: torch.dtype | None) -> torch.Tensor:
+    device_type = batch["input_ids"].device.type
+    with torch.autocast(device_type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+        outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    logits: torch.Tensor = outputs.logits
+    return logits.float()
+
+
+def loss_sum_and_targets(logits: torch.Tensor, labels: torch.Tensor, task: str) -> tuple[torch.Tensor, int]:
+    """Summed cross-entropy and number of targets, so accumulation weighs every target equally."""
+    count = count_targets(labels, task)
+    if task == "causal-lm":  # predict token t+1 from tokens <= t
+        logits, labels = logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1)
+    loss = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    return loss, count
+
+
+@torch.no_grad()
+def correct_predictions(logits: torch.Tensor, labels: torch.Tensor, task: str) -> int:
+    """Targets whose argmax prediction is the label: the numerator of mean token accuracy."""
+    if task == "causal-lm":
+        logits, labels = logits[:, :-1], labels[:, 1:]
+    hits = (logits.argmax(dim=-1) == labels) & (labels != IGNORE_INDEX)
+    return int(hits.sum())
+
+
+def count_targets(labels: torch.Tensor, task: str) -> int:
+    """Labels that contribute to the loss (for causal-lm the first position predicts nothing)."""
+    shifted = labels[:, 1:] if task == "causal-lm" else labels
+    return int((shifted != IGNORE_INDEX).sum())
+
+
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    return {key: value.to(device) for key, value in batch.items()}
