@@ -1,9 +1,10 @@
 """`make demo`: fine-tune SmolLM2-135M-Instruct on a small sentiment chat set and chat with the result.
 
 Starts `lorasp serve` (embedded default: SQLite + filesystem broker + one worker) on a free port with
-home `var/` (or $LORASP_HOME), and then only talks HTTP to it, like any client: upload the training
-file, create a LoRA-SP job, follow its metrics events, and ask the fine-tuned model and the base model
-about reviews that are not in the training set. The server is stopped at the end.
+home `var/` (or $LORASP_HOME), and then only talks HTTP to it, like any client: upload the training and
+validation files, create a LoRA-SP job, follow its metrics events (training and validation loss), list
+its checkpoint models, and ask the fine-tuned model and the base model about reviews of the validation
+file (not trained on). The server is stopped at the end.
 """
 
 from __future__ import annotations
@@ -103,7 +104,12 @@ def follow_job(client: httpx.Client, job_id: str) -> dict[str, Any]:
                                unit="step")
                 bar.n = metrics["step"]
                 loss, speed = metrics["train_loss"], metrics["tokens_per_second"]
-                bar.set_postfix(loss=f"{loss:.3f}", tokens_s=f"{speed:.0f}")
+                valid = next((e["data"]["valid_loss"] for e in events
+                              if e["type"] == "metrics" and "valid_loss" in (e.get("data") or {})), None)
+                postfix = {"loss": f"{loss:.3f}", "tokens_s": f"{speed:.0f}"}
+                if valid is not None:
+                    postfix["valid_loss"] = f"{valid:.3f}"
+                bar.set_postfix(postfix)
                 bar.refresh()
             if job["status"] in TERMINAL_STATUSES:
                 return job
@@ -112,6 +118,20 @@ def follow_job(client: httpx.Client, job_id: str) -> dict[str, Any]:
         if bar is not None:
             bar.close()
     raise SystemExit(f"job {job_id} did not finish within {JOB_TIMEOUT_SECONDS:.0f} s")
+
+
+def show_checkpoints(client: httpx.Client, job: dict[str, Any]) -> None:
+    """The job's checkpoint models with their validation loss (pick one from before overfitting), and
+    where its per-step metrics are."""
+    listed = check(client.get(f"/v1/fine_tuning/jobs/{job['id']}/checkpoints"))["data"]
+    for checkpoint in listed:
+        metrics = checkpoint["metrics"]
+        print(f"  {checkpoint['fine_tuned_model_checkpoint']}: train loss {metrics['train_loss']:.3f}, "
+              f"full validation loss {metrics.get('full_valid_loss', float('nan')):.3f}")
+    for file_id in job["result_files"]:
+        rows = client.get(f"/v1/files/{file_id}/content").text.count("\n") - 1
+        print(f"  per-step metrics: {file_id} (step_metrics.csv, {rows} steps)")
+    print()
 
 
 def unseen_reviews() -> list[tuple[list[dict[str, str]], str]]:
@@ -132,9 +152,13 @@ def run_demo(client: httpx.Client) -> None:
     with TRAINING_FILE.open("rb") as handle:
         uploaded = check(client.post("/v1/files", data={"purpose": "fine-tune"},
                                      files={"file": (TRAINING_FILE.name, handle, "application/jsonl")}))
-    print(f"uploaded {TRAINING_FILE.name} as {uploaded['id']}")
+    with UNSEEN_FILE.open("rb") as handle:
+        validation = check(client.post("/v1/files", data={"purpose": "fine-tune"},
+                                       files={"file": (UNSEEN_FILE.name, handle, "application/jsonl")}))
+    print(f"uploaded {TRAINING_FILE.name} as {uploaded['id']}, {UNSEEN_FILE.name} as {validation['id']}")
     job = check(client.post("/v1/fine_tuning/jobs", json={
-        "model": BASE_MODEL, "training_file": uploaded["id"], "suffix": "sentiment", "seed": 0,
+        "model": BASE_MODEL, "training_file": uploaded["id"], "validation_file": validation["id"],
+        "suffix": "sentiment", "seed": 0,
         "method": {"type": "lorasp", "lorasp": {"hyperparameters": HYPERPARAMETERS}},
     }))
     print(f"created job {job['id']} on {BASE_MODEL}: {json.dumps(HYPERPARAMETERS)}")
@@ -142,7 +166,8 @@ def run_demo(client: httpx.Client) -> None:
     if job["status"] != JobStatus.SUCCEEDED:
         raise SystemExit(f"job {job['id']} ended {job['status']}: {job.get('error')}")
     model = job["fine_tuned_model"]
-    print(f"fine-tuned model: {model} ({job['trained_tokens']} trained tokens)\n")
+    print(f"fine-tuned model: {model} ({job['trained_tokens']} trained tokens)")
+    show_checkpoints(client, job)
     agree_tuned = agree_base = 0
     reviews = unseen_reviews()
     for messages, expected in reviews:

@@ -28,6 +28,7 @@ from lorasp_service.db import session_scope
 from lorasp_service.orm import Job
 from lorasp_service.queue import enqueue_job
 from lorasp_service.settings import Settings
+from lorasp_service.work_dirs import sweep_work_dirs
 
 log = logging.getLogger(__name__)
 
@@ -112,9 +113,11 @@ class StaleJobSweeper(threading.Thread):
 
     def sweep_once(self) -> list[str]:
         try:
-            return requeue_orphaned_jobs(
+            sent = requeue_orphaned_jobs(
                 self.settings, include_queued=False, recently_sent=self.recently_sent
             )
+            sweep_work_dirs(self.settings)  # after the re-sends: a dead attempt's folder is never reused
+            return sent
         except Exception as error:  # noqa: BLE001 - a database or broker outage must not end the sweeps
             log.warning("stale-job sweep failed (will retry): %s", error)
             return []

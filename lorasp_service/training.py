@@ -32,7 +32,7 @@ from lorasp_core import (
 from lorasp_core.data import Example
 from lorasp_core.train_config import TaskType
 from lorasp_core.trainer import TrainConfig, train
-from lorasp_service import checkpoints, jobs, registry, step_metrics
+from lorasp_service import checkpoints, jobs, registry, step_metrics, work_dirs
 from lorasp_service.db import session_scope
 from lorasp_service.jobs import JobStatus
 from lorasp_service.model_checkpoints import EpochCheckpointCallback, target_module_names
@@ -97,7 +97,7 @@ def run_claimed_job(settings: Settings, job_id: str, worker_id: str, claim: jobs
     """Run a job whose lease this worker holds; returns the outcome (the job's new status, or LEASE_LOST)."""
     keeper = LeaseKeeper(settings, job_id, worker_id, claim.attempt)
     keeper.start()
-    work_dir = settings.home / "work" / f"{job_id}-attempt-{claim.attempt}"
+    work_dir = work_dirs.work_dir(settings, job_id, claim.attempt)
     try:
         return _train_and_register(settings, job_id, worker_id, claim, keeper, work_dir)
     except JobFailure as failure:

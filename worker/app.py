@@ -14,6 +14,7 @@ from lorasp_service.db import get_engine
 from lorasp_service.queue import make_celery
 from lorasp_service.recovery import StaleJobSweeper, requeue_orphaned_jobs
 from lorasp_service.settings import get_settings
+from lorasp_service.work_dirs import sweep_work_dirs
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ def _recover_orphaned_jobs(**_: Any) -> None:
     sweeper = StaleJobSweeper(settings)
     try:
         requeue_orphaned_jobs(settings, include_queued=settings.embedded, recently_sent=sweeper.recently_sent)
+        sweep_work_dirs(settings)
     except Exception as error:  # noqa: BLE001 - a missing schema must not stop the worker
         log.warning("could not look for orphaned jobs: %s", error)
     sweeper.start()

@@ -30,7 +30,7 @@ AUTO_BATCH_TOKEN_BUDGET = 16_384  # tokens in one optimizer step (memory, not qu
 BYTES_PER_TOKEN_ESTIMATE = 4
 AUTO_LEARNING_RATE_MULTIPLIER = 1.0
 # Validation on the fixed sample about this many times a run (every step for runs this short).
-AUTO_EVALUATIONS_PER_RUN = 20
+AUTO_EVALUATIONS_PER_RUN = 10
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,8 @@ KEPT_EPOCH_CHECKPOINTS = 2
 FULL_VALIDATION_EPOCHS = KEPT_EPOCH_CHECKPOINTS + 1
 # A spec built without a training file to size validates the sample every this many steps.
 DEFAULT_EVAL_EVERY = 10
+# The sample validated every `eval_every` steps: one batch, but never fewer examples than this.
+MIN_VALIDATION_SAMPLE = 8
 # Keys of `Job.hyperparameters` (OpenAI's trio), in the order the API has always stored them.
 OPENAI_HYPERPARAMETERS = ("n_epochs", "batch_size", "learning_rate_multiplier")
 
@@ -158,6 +160,7 @@ class TrainingSpec:
             max_length=self.max_length,
             seed=self.seed,
             eval_every_steps=self.eval_every,
+            eval_sample_size=max(self.batch_size, MIN_VALIDATION_SAMPLE),
             full_eval_epochs=FULL_VALIDATION_EPOCHS,
             checkpoint_every_steps=checkpoint_every_steps,
             checkpoint_dir=str(checkpoint_dir) if checkpoint_dir is not None else None,

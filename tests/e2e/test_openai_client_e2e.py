@@ -42,11 +42,12 @@ def test_openai_client_fine_tunes_and_chats_with_the_result(stack: Stack, worker
     events = list(client.fine_tuning.jobs.list_events(job.id, limit=100))  # every page
     assert any("successfully completed" in event.message for event in events)
     # One metrics event per step, OpenAI's names; 12 steps (24 rows / batch 4 x 2 epochs), so "auto"
-    # validates the sample at every step and the whole file at the two epoch ends.
+    # validates the sample every 2 steps and the whole file at the two epoch ends.
     metrics = {event.data["step"]: event.data for event in events if event.type == "metrics"}  # type: ignore[index]
     assert sorted(metrics) == list(range(1, 13))
     assert all(0 <= data["train_mean_token_accuracy"] <= 1 for data in metrics.values())
-    assert all(data["valid_loss"] > 0 for data in metrics.values())
+    validated = [step for step, data in sorted(metrics.items()) if data.get("valid_loss", 0) > 0]
+    assert validated == [2, 4, 6, 8, 10, 12]
     assert [step for step, data in sorted(metrics.items()) if "full_valid_loss" in data] == [6, 12]
 
     # Checkpoints are models: the final one (step 12) and the end of epoch 1 (step 6), newest first.

@@ -4,14 +4,17 @@ what the sweep re-sends and where, and which checkpoints (rows and blobs) surviv
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import time
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 import redis
 from sqlalchemy import select, update
 
-from lorasp_service import checkpoints, jobs
+from lorasp_service import checkpoints, jobs, work_dirs
 from lorasp_service.db import session_scope
 from lorasp_service.orm import Checkpoint, Job
 from lorasp_service.queue import resume_queue_name
@@ -112,3 +115,30 @@ def test_a_succeeded_job_keeps_no_checkpoint(settings: Settings, job_id: str) ->
 
     assert checkpoint_steps(settings, job_id) == []
     assert not storage.path(checkpoints.job_blob_key(job_id)).exists()
+
+
+def test_work_folders_of_dead_or_finished_attempts_are_swept(tmp_path: Path, settings: Settings,
+                                                             job_id: str) -> None:
+    mine = settings.model_copy(update={"home": tmp_path})
+    old = time.time() - mine.heartbeat_stale_seconds - 5
+
+    def folder(name: str, touched: float = old) -> Path:
+        path = tmp_path / "work" / name
+        (path / "checkpoints").mkdir(parents=True)
+        os.utime(path, (touched, touched))
+        return path
+
+    assert jobs.claim_job(mine, job_id, DEAD_WORKER).attempt == 1
+    current = folder(f"{job_id}-attempt-1")
+    earlier = folder(f"{job_id}-attempt-0")
+    unknown = folder("ftjob-gone-attempt-3")
+    fresh = folder("ftjob-just-claimed-attempt-1", touched=time.time())
+    other = folder("not-an-attempt")
+    assert sorted(work_dirs.sweep_work_dirs(mine)) == sorted([earlier.name, unknown.name])
+    assert current.is_dir() and fresh.is_dir() and other.is_dir()
+    assert not earlier.exists() and not unknown.exists()
+
+    with session_scope(mine) as session:  # the job ends: its last attempt's folder goes too
+        session.execute(update(Job).where(Job.id == job_id).values(status="cancelled"))
+        session.commit()
+    assert work_dirs.sweep_work_dirs(mine) == [current.name]

@@ -174,3 +174,25 @@ def test_a_rolled_back_transition_sends_nothing(
     assert deliveries.sent == [] and db.get(WebhookDelivery, delivery_id) is None
     with pytest.raises(ValueError, match="running"):
         emit.emit_job_event(db, job_id, "running")
+
+
+def test_a_pause_is_announced_to_endpoints_that_subscribed_to_it(
+    private_client: TestClient,
+    hook_tenant: dict[str, str],
+    private_settings: Settings,
+    deliveries: SentDeliveries,
+) -> None:
+    with running_receiver() as receiver:
+        registered = register(private_client, hook_tenant, receiver.url, ["fine_tuning.job.paused"])
+        secret = registered.json()["secret"]
+        job_id = queued_job(private_client, hook_tenant)
+        paused = private_client.post(f"/v1/fine_tuning/jobs/{job_id}/pause", headers=hook_tenant)
+        assert paused.status_code == 200 and paused.json()["status"] == "paused", paused.text
+        cancel(private_client, hook_tenant, job_id)  # not subscribed: nothing more is sent
+        assert deliveries.run_all(private_settings) == ["delivered"]
+        (request,) = receiver.wait_for(1, 5)
+    # OpenAI has no pause event type: the client still verifies it and keeps its type and data
+    client = openai.OpenAI(api_key="unused", webhook_secret=secret)
+    event = client.webhooks.unwrap(request.body, request.headers)
+    assert event.type == "fine_tuning.job.paused"  # type: ignore[comparison-overlap]
+    assert json.loads(request.body)["data"] == {"id": job_id}

@@ -45,11 +45,13 @@ def test_omitted_knobs_are_the_engine_dataclass_defaults(tmp_path: Path) -> None
     back = stored_and_read_back(spec)
     assert back == spec
     # Everything the request left out is LoraSPConfig's / TrainConfig's own default; only service policy
-    # differs: "auto" epochs (as OpenAI's) and validation (the sample about 20 times a run: 3 epochs of
-    # 500 steps / 20; the whole file at the ends of the epochs whose models the job keeps).
+    # differs: "auto" epochs (as OpenAI's) and validation (the sample about 10 times a run: 3 epochs of
+    # 500 steps / 10; the whole file at the ends of the epochs whose models the job keeps; the sample is
+    # one batch of at least 8 examples).
     assert back.to_lora_config() == LoraSPConfig(mask_seed=11, init_seed=11)
     assert back.to_train_config("causal-lm") == TrainConfig(
-        task="causal-lm", epochs=AUTO_N_EPOCHS, seed=11, eval_every_steps=75, full_eval_epochs=3
+        task="causal-lm", epochs=AUTO_N_EPOCHS, seed=11, eval_every_steps=150, eval_sample_size=8,
+        full_eval_epochs=3
     )
     assert TrainConfig(task="causal-lm").epochs != AUTO_N_EPOCHS  # the one knob that is not the engine's
 
@@ -106,6 +108,7 @@ def test_a_full_lorasp_request_round_trips_into_the_same_engine_configs(tmp_path
         max_length=256,
         seed=5,
         eval_every_steps=3,
+        eval_sample_size=8,
         full_eval_epochs=3,
         checkpoint_every_steps=7,
         checkpoint_dir=str(checkpoints),
@@ -146,7 +149,7 @@ def test_the_stored_json_keeps_the_shape_jobs_have_always_had(tmp_path: Path) ->
                 "weight_decay": 0.0,
                 "warmup_ratio": 0.0,
                 "max_length": 512,
-                "eval_every": 25,  # 500 steps, validated about 20 times
+                "eval_every": 50,  # 500 steps, validated about 10 times
             }
         },
     }
