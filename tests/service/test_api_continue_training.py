@@ -165,3 +165,16 @@ def test_a_parent_whose_files_are_gone_is_refused(
     response = client.post(JOBS, headers=tenant, json={"model": parent.id, "training_file": training})
     error = assert_error(response, 400, param="model", code="model_not_available")
     assert str(api_settings.blob_dir) not in error["message"]
+
+
+def test_a_fresh_job_takes_a_given_mask_seed_and_else_its_seed(
+    client: TestClient, tenant: dict[str, str]
+) -> None:
+    training = _file(client, tenant, chat_rows())
+    body = {"model": "tiny-random-llama", "training_file": training, "seed": 3}
+    given = client.post(JOBS, headers=tenant, json={**body, "method": _lorasp(mask_seed=9)}).json()
+    default = client.post(JOBS, headers=tenant, json={**body, "method": _lorasp()}).json()
+    assert given["method"]["lorasp"]["hyperparameters"]["mask_seed"] == 9
+    assert default["method"]["lorasp"]["hyperparameters"]["mask_seed"] == 3
+    refused = client.post(JOBS, headers=tenant, json={**body, "method": _lorasp(mask_seed=-1)})
+    assert_error(refused, 400, param="method.lorasp.hyperparameters.mask_seed")
