@@ -51,6 +51,7 @@ def register_adapter(
     adapter_id: str | None = None,
     job_id: str | None = None,
     checkpoint_job_id: str | None = None,
+    step: int | None = None,
 ) -> Adapter:
     """Copy the adapter directory into storage and add its row (no archive: nothing here downloads it)."""
     metadata = read_adapter_metadata(directory)
@@ -74,6 +75,7 @@ def register_adapter(
         freeze_ratio=metadata.freeze_ratio,
         target_modules=[targets] if isinstance(targets, str) else list(targets),
         label_names=metadata.label_names,
+        step=step,
     )
     db.add(adapter)
     db.commit()

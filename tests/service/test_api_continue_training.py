@@ -178,3 +178,30 @@ def test_a_fresh_job_takes_a_given_mask_seed_and_else_its_seed(
     assert default["method"]["lorasp"]["hyperparameters"]["mask_seed"] == 3
     refused = client.post(JOBS, headers=tenant, json={**body, "method": _lorasp(mask_seed=-1)})
     assert_error(refused, 400, param="method.lorasp.hyperparameters.mask_seed")
+
+
+def test_the_final_step_checkpoint_id_continues_from_the_final_model(
+    client: TestClient,
+    db: Session,
+    api_settings: Settings,
+    tenant: dict[str, str],
+    parent_dirs: dict[str, Path],
+) -> None:
+    training = _file(client, tenant, chat_rows())
+    made = client.post(JOBS, headers=tenant, json={"model": "tiny-random-llama", "training_file": training})
+    assert client.post(f"{JOBS}/{made.json()['id']}/cancel", headers=tenant).status_code == 200
+    final = register_adapter(
+        db, api_settings, tenant["X-Tenant-Id"], parent_dirs["llama"], job_id=made.json()["id"], step=4
+    )
+    response = client.post(
+        JOBS, headers=tenant, json={"model": f"{final.id}:ckpt-step-4", "training_file": training}
+    )
+    assert response.status_code == 200, response.text
+    row = db.get(Job, response.json()["id"])
+    assert row is not None and row.parent_model == final.id  # the one adapter both ids name
+    resolved = response.json()["method"]["supervised"]["hyperparameters"]
+    assert (resolved["rank"], resolved["mask_seed"]) == (4, 77)
+    wrong_step = {"model": f"{final.id}:ckpt-step-3", "training_file": training}
+    assert_error(
+        client.post(JOBS, headers=tenant, json=wrong_step), 400, param="model", code="model_not_available"
+    )
