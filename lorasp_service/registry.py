@@ -105,6 +105,13 @@ def active_jobs_using_file(session: Session, file_id: str) -> list[Job]:
     )
 
 
+def active_jobs_continuing_from(session: Session, adapter_ids: list[str]) -> list[Job]:
+    """Active jobs whose training starts from one of these adapters (deleting it would break them)."""
+    return list(
+        session.scalars(select(Job).where(Job.parent_model.in_(adapter_ids), Job.status.in_(ACTIVE_STATUSES)))
+    )
+
+
 def soft_delete_file(session: Session, file: File) -> list[str]:
     """Mark the file deleted (jobs keep referring to its id); returns the blob keys to remove."""
     file.deleted_at = datetime.now(UTC)

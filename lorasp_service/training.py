@@ -37,6 +37,12 @@ from lorasp_service.db import session_scope
 from lorasp_service.jobs import JobStatus
 from lorasp_service.model_checkpoints import EpochCheckpointCallback, target_module_names
 from lorasp_service.orm import Adapter, File, Job
+from lorasp_service.parent_model import (
+    ParentUnavailableError,
+    find_parent,
+    load_parent_weights,
+    unknown_labels,
+)
 from lorasp_service.redaction import without_paths
 from lorasp_service.settings import Settings
 from lorasp_service.storage import BlobStorage
@@ -134,6 +140,10 @@ def _train_and_register(settings: Settings, job_id: str, worker_id: str, claim: 
         assert job is not None
         files = {f.id: f for f in session.scalars(
             select(File).where(File.id.in_([job.training_file_id, job.validation_file_id])))}
+        try:
+            parent = find_parent(session, storage, job)
+        except ParentUnavailableError as error:
+            raise JobFailure("model_not_available", str(error), "model") from error
     training_path = storage.path(files[job.training_file_id].storage_key)
     validation_path = None
     if job.validation_file_id:
@@ -144,6 +154,11 @@ def _train_and_register(settings: Settings, job_id: str, worker_id: str, claim: 
     classification = isinstance(train_data[0], ClassificationExample)
     task: TaskType = "seq-cls" if classification else "causal-lm"
     label_names = label_names_for(train_data) if classification else None
+    if parent is not None and label_names is not None:
+        if missing := unknown_labels(label_names, parent):
+            message = f"training_file has labels that the model it continues from lacks: {', '.join(missing)}"
+            raise JobFailure("invalid_training_file", message, "training_file")
+        label_names = parent.label_names  # the head's rows keep meaning the parent's labels
     try:
         loaded = load_base_model(job.model, task=task, num_labels=len(label_names) if label_names else None,
                                  cache_dir=settings.model_cache_dir, seed=job.seed)
@@ -161,6 +176,13 @@ def _train_and_register(settings: Settings, job_id: str, worker_id: str, claim: 
         message = f"Resuming training from the checkpoint at step {claim.resume_step}"
         jobs.record_message(settings, job_id, message, data={"resumed_from_step": claim.resume_step})
     model = apply_lorasp(loaded.model, lora)
+    if parent is not None and claim.resume_key is None:  # a resume checkpoint already holds the weights
+        try:
+            load_parent_weights(model, parent)
+        except ParentUnavailableError as error:
+            raise JobFailure("model_not_available", str(error), "model") from error
+        jobs.record_message(settings, job_id, f"Starting from the weights of {parent.model_id}",
+                            data={"parent_model": parent.model_id})
     callback = JobProgressCallback(settings, job_id, worker_id, claim.attempt, keeper, storage)
     chat_template = getattr(loaded.tokenizer, "chat_template", None)
     epoch_models = EpochCheckpointCallback(

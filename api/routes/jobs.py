@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import TypeAdapter, ValidationError
 
-from api.deps import CurrentTenant, EnqueueDep, SessionDep, SettingsDep
+from api.deps import CurrentTenant, EnqueueDep, SessionDep, SettingsDep, StorageDep
 from api.errors import ERROR_RESPONSES, APIError
 from api.schemas.common import ListPage, list_page
 from api.schemas.job_requests import (
@@ -72,11 +72,12 @@ MetadataQuery = Annotated[job_service.MetadataFilter, Depends(metadata_filter)]
 def create_job(
     session: SessionDep,
     settings: SettingsDep,
+    storage: StorageDep,
     tenant: CurrentTenant,
     enqueue: EnqueueDep,
     request: CreateFineTuningJobRequest,
 ) -> FineTuningJob:
-    job = job_service.create_job(session, settings, tenant, request, enqueue)
+    job = job_service.create_job(session, settings, storage, tenant, request, enqueue)
     return FineTuningJob.from_row(job)
 
 

@@ -29,7 +29,10 @@ def get_model(
 @router.delete(
     "/{model_id:path}",
     response_model=ModelDeleted,
-    responses={403: {"model": ErrorResponse, "description": "Base models cannot be deleted"}},
+    responses={
+        403: {"model": ErrorResponse, "description": "Base models cannot be deleted"},
+        409: {"model": ErrorResponse, "description": "An unfinished job continues from the model"},
+    },
 )
 def delete_model(
     session: SessionDep, storage: StorageDep, settings: SettingsDep, tenant: CurrentTenant, model_id: str,

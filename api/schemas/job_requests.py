@@ -113,6 +113,8 @@ class LoraSPHyperparameters(SupervisedHyperparameters):
     warmup_ratio: float | None = Field(default=None, ge=0, lt=1)
     max_length: int | None = Field(default=None, ge=16, le=32768)
     eval_every: EvalEvery | None = None
+    # Seeds which entries are frozen; default: the job's seed (a continued job: its parent's mask_seed).
+    mask_seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
 
 
 class SupervisedMethodParams(StrictModel):

@@ -59,7 +59,7 @@ class FineTuningJob(BaseModel):
             fine_tuned_model=job.fine_tuned_model,
             finished_at=unix_seconds(job.finished_at),
             hyperparameters=JobHyperparameters(**job.hyperparameters),
-            model=job.model,
+            model=job.parent_model or job.model,  # what the user sent, as OpenAI echoes it
             organization_id=job.tenant_id,
             result_files=list(job.result_files or []),
             seed=job.seed,

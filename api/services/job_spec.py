@@ -6,6 +6,10 @@ learning_rate_multiplier) the values `jobs.auto.auto_hyperparameters` picks for 
 size, for the rest the engine's (see `lorasp_service.jobs.spec`). "auto" means the default.
 Limits of this server (largest servable rank, longest example) are checked here, where the error can
 name the request field.
+
+A continued job (`parent` given) takes the parent's LoRA-SP structure: rank, target_modules,
+freeze_ratio and mask_seed are inherited when omitted and refused when they differ (alpha is inherited
+when omitted, so the child starts as the parent's exact function, but may be changed).
 """
 
 from __future__ import annotations
@@ -16,7 +20,10 @@ from typing import Any
 
 from api.errors import APIError
 from api.schemas.job_requests import CreateFineTuningJobRequest, LoraSPHyperparameters, Method
-from lorasp_core.models.skeleton import check_adapter_targets
+from api.services.job_parent import JobBase, ParentStructure
+from lorasp_core.config import LoraSPConfig
+from lorasp_core.models.skeleton import check_adapter_targets, model_skeleton
+from lorasp_core.wrapping import resolve_target_names
 from lorasp_service.jobs import TrainingSpec
 from lorasp_service.jobs.auto import DatasetSize, auto_eval_every, auto_hyperparameters
 from lorasp_service.jobs.spec import TRAIN_DEFAULTS
@@ -37,8 +44,14 @@ def _too_large(method_type: str, name: str, detail: str) -> APIError:
 
 
 def build_spec(
-    request: CreateFineTuningJobRequest, settings: Settings, training: DatasetSize
+    request: CreateFineTuningJobRequest,
+    settings: Settings,
+    training: DatasetSize,
+    base: JobBase | None = None,
 ) -> TrainingSpec:
+    """`base`: what the job trains from (default: `request.model` as a base model, no parent)."""
+    model = base.base_model if base is not None else request.model
+    parent = base.parent if base is not None else None
     method = request.method or Method(type="supervised")
     chosen: LoraSPHyperparameters = method.hyperparameters()
     top = request.hyperparameters
@@ -61,6 +74,7 @@ def build_spec(
         "warmup_ratio": _pick(chosen.warmup_ratio),
         "max_length": _pick(chosen.max_length),
         "eval_every": _pick(chosen.eval_every),
+        "mask_seed": chosen.mask_seed,
     }
     # Numbers as the stored JSON has always held them: integers for counts, floats for the rest.
     floats = (
@@ -75,6 +89,8 @@ def build_spec(
     values: dict[str, Any] = {
         name: float(value) if name in floats else value for name, value in given.items() if value is not None
     }
+    if parent is not None:
+        _inherit_structure(values, parent, model, method.type, settings)
     for name, value in asdict(auto_hyperparameters(training)).items():
         values.setdefault(name, value)
     values.setdefault("eval_every", auto_eval_every(training, values["n_epochs"], values["batch_size"]))
@@ -90,10 +106,55 @@ def build_spec(
             f"{max_length} is above the server's limit of {settings.max_example_tokens} tokens per example."
         )
         raise _too_large(method.type, "max_length", detail)
-    spec = TrainingSpec(seed=seed, mask_seed=seed, method_type=method.type, **values)
+    mask_seed = values.pop("mask_seed", seed)
+    spec = TrainingSpec(seed=seed, mask_seed=mask_seed, method_type=method.type, **values)
     if spec.target_modules is not None:  # the per-architecture defaults always match
-        _check_targets(request.model, spec, settings)
+        _check_targets(model, spec, settings)
     return spec
+
+
+def _wrapped_modules(model: str, targets: Any, settings: Settings, method_type: str) -> frozenset[str]:
+    """The full names of the modules `targets` selects in the base model (how two spellings compare)."""
+    try:
+        config = LoraSPConfig(target_modules=targets)
+        return frozenset(resolve_target_names(model_skeleton(model, settings.model_cache_dir), config))
+    except ValueError as error:
+        param = f"method.{method_type}.hyperparameters.target_modules"
+        raise APIError(400, f"Invalid value for '{param}': {error}.", param=param) from None
+
+
+def _shown(value: Any) -> str:
+    return repr(list(value) if isinstance(value, tuple) else value)
+
+
+def _inherit_structure(
+    values: dict[str, Any], parent: ParentStructure, model: str, method_type: str, settings: Settings
+) -> None:
+    """Fill the parent's structure into `values`; a given value that differs is a 400 naming its field."""
+    inherited: dict[str, Any] = {
+        "rank": parent.rank,
+        "freeze_ratio": parent.freeze_ratio,
+        "target_modules": parent.target_modules,
+        "mask_seed": parent.mask_seed,
+    }
+    for name, theirs in inherited.items():
+        given = values.get(name)
+        if given is None:
+            values[name] = theirs
+            continue
+        if name == "target_modules":
+            wrapped = _wrapped_modules(model, given, settings, method_type)
+            same = wrapped == _wrapped_modules(model, theirs, settings, method_type)
+        else:
+            same = given == theirs
+        if not same:
+            detail = (
+                f"{_shown(given)} differs from the {name} {_shown(theirs)} of the model it continues from "
+                f"('{parent.model_id}'); a continued job keeps its parent's {name} (omit it to inherit)."
+            )
+            param = f"method.{method_type}.hyperparameters.{name}"
+            raise APIError(400, f"Invalid value for '{param}': {detail}", param=param)
+    values.setdefault("alpha", parent.alpha)
 
 
 def _check_targets(model: str, spec: TrainingSpec, settings: Settings) -> None:

@@ -13,8 +13,9 @@ from sqlalchemy.orm import Session
 from api.deps import EnqueueJob
 from api.errors import APIError, not_found
 from api.schemas.job_requests import CreateFineTuningJobRequest
-from api.services.catalog import FORMATS_FOR_TASK, enabled_base_models
+from api.services.catalog import FORMATS_FOR_TASK
 from api.services.files import lock_files_for_job
+from api.services.job_parent import ParentStructure, resolve_job_base
 from api.services.job_spec import build_spec
 from api.services.paging import fetch_page, newer_first_after
 from lorasp_service import jobs, model_checkpoints, registry
@@ -23,6 +24,7 @@ from lorasp_service.jobs.auto import DatasetSize
 from lorasp_service.model_checkpoints import JobCheckpoint
 from lorasp_service.orm import File, Job, JobEvent, Tenant
 from lorasp_service.settings import Settings
+from lorasp_service.storage import BlobStorage
 
 logger = logging.getLogger(__name__)
 
@@ -56,34 +58,47 @@ def _check_validation_labels(training: File, validation: File) -> None:
         )
 
 
+def _check_parent_labels(training: File, parent: ParentStructure) -> None:
+    """A seq-cls head's rows are the parent's labels: the training file may use no other."""
+    known = set(parent.label_names or [])
+    unknown = sorted(set((training.stats or {}).get("label_counts") or {}) - known)
+    if unknown:
+        raise APIError(
+            400,
+            f"Training file '{training.id}' has labels that the model it continues from "
+            f"('{parent.model_id}') was not trained on: {', '.join(unknown)}; its labels are "
+            f"{', '.join(sorted(known))}.",
+            param="training_file",
+            code="invalid_file_format",
+        )
+
+
 def create_job(
     session: Session,
     settings: Settings,
+    storage: BlobStorage,
     tenant: Tenant,
     request: CreateFineTuningJobRequest,
     enqueue: EnqueueJob,
 ) -> Job:
-    entry = enabled_base_models(settings).get(request.model)
-    if entry is None:
-        raise APIError(
-            400,
-            f"Model '{request.model}' is not available for fine-tuning; see GET /v1/models for base models.",
-            param="model",
-            code="model_not_available",
-        )
-    training = _file_for_job(session, tenant, request.training_file, "training_file", entry.task)
+    """`request.model` is a base model, or an adapter of the tenant to continue from (see job_parent)."""
+    base = resolve_job_base(session, settings, storage, tenant, request.model)
+    training = _file_for_job(session, tenant, request.training_file, "training_file", base.task)
     if request.validation_file is not None:
-        validation = _file_for_job(session, tenant, request.validation_file, "validation_file", entry.task)
-        if entry.task == "seq-cls":
+        validation = _file_for_job(session, tenant, request.validation_file, "validation_file", base.task)
+        if base.task == "seq-cls":
             _check_validation_labels(training, validation)
+    if base.parent is not None and base.task == "seq-cls":
+        _check_parent_labels(training, base.parent)
     lock_files_for_job(
         session, tenant.id, {"training_file": training.id, "validation_file": request.validation_file}
     )
-    spec = build_spec(request, settings, DatasetSize.of_file(training))
+    spec = build_spec(request, settings, DatasetSize.of_file(training), base)
     job = Job(
         id=new_id("ftjob"),
         tenant_id=tenant.id,
-        model=request.model,
+        model=base.base_model,
+        parent_model=base.parent.model_id if base.parent is not None else None,
         training_file_id=training.id,
         validation_file_id=request.validation_file,
         status=jobs.JobStatus.VALIDATING_FILES,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from api.errors import APIError, not_found
@@ -59,10 +59,44 @@ def delete_model(
         raise _model_not_found(model_id)
     # A job's model goes with its epoch checkpoints (each also a model; deleting one alone is allowed).
     doomed = [adapter] + (checkpoint_adapters(session, adapter.job_id) if adapter.job_id else [])
+    locked = _lock_for_delete(session, [row.id for row in doomed])
+    if adapter.id not in locked:  # a concurrent DELETE won
+        session.rollback()
+        raise _model_not_found(model_id)
+    doomed = [row for row in doomed if row.id in locked]
+    in_use = sorted(job.id for job in registry.active_jobs_continuing_from(session, sorted(locked)))
+    if in_use:
+        session.rollback()
+        raise _model_in_use(model_id, in_use)
     blob_keys = [key for row in doomed for key in registry.delete_adapter(session, row)]
     session.commit()
     registry.delete_blobs(storage, blob_keys)
     return [row.id for row in doomed]
+
+
+def _lock_for_delete(session: Session, adapter_ids: list[str]) -> set[str]:
+    """Lock the rows (FOR UPDATE, in id order) so that no job can start from them until this transaction
+    ends; job creation share-locks its parent (`job_parent.lock_adapter_for_job`), so either the job is
+    committed first and seen by the check that follows, or it waits and then finds no model. SQLite has
+    no row locks: a no-op UPDATE takes the database's write lock first. Returns the ids still present."""
+    ids = sorted(adapter_ids)
+    if session.get_bind().dialect.name == "sqlite":
+        touch = update(Adapter).where(Adapter.id.in_(ids)).values(task=Adapter.task)
+        session.execute(touch.execution_options(synchronize_session=False))
+    statement = select(Adapter.id).where(Adapter.id.in_(ids)).order_by(Adapter.id).with_for_update()
+    return set(session.scalars(statement))
+
+
+def _model_in_use(model_id: str, job_ids: list[str]) -> APIError:
+    plural = len(job_ids) > 1
+    return APIError(
+        409,
+        f"Model '{model_id}' is the starting point of fine-tuning job{'s' if plural else ''} "
+        f"{', '.join(job_ids)}, which {'have' if plural else 'has'} not finished; cancel "
+        f"{'them' if plural else 'it'} or wait for {'them' if plural else 'it'} to finish.",
+        param="model",
+        code="model_in_use",
+    )
 
 
 def adapter_archive(
