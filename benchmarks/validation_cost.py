@@ -104,8 +104,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    runs = [run(with_validation=True), run(with_validation=False)]
-    with_v, without = runs
+    runs = [run(with_validation=False), run(with_validation=True)]
+    without, with_v = runs
     report = {
         "machine": machine_description(),
         "threads": args.threads,
