@@ -27,8 +27,14 @@ def client_env(stack: Stack) -> dict[str, str]:
 
 
 def lorasp(stack: Stack, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "lorasp_service.cli", *args], cwd=REPO_ROOT,
-                          env=client_env(stack), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "lorasp_service.cli", *args],
+        cwd=REPO_ROOT,
+        env=client_env(stack),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def ok(done: subprocess.CompletedProcess[str]) -> str:
@@ -45,8 +51,27 @@ def test_cli_trains_follows_chats_and_downloads(stack: Stack, worker: Path, tmp_
     file_id = upload(stack, tmp_path / "train.jsonl", chat_rows(8, words=4))
     assert file_id.startswith("file-")
     assert file_id in ok(lorasp(stack, "files", "list"))
-    job_id = ok(lorasp(stack, "jobs", "create", "--model", "tiny-random-llama", "--file", file_id,
-                       "--epochs", "2", "--batch-size", "4", "--rank", "4", "--suffix", "cli", "--seed", "1"))
+    job_id = ok(
+        lorasp(
+            stack,
+            "jobs",
+            "create",
+            "--model",
+            "tiny-random-llama",
+            "--file",
+            file_id,
+            "--epochs",
+            "2",
+            "--batch-size",
+            "4",
+            "--rank",
+            "4",
+            "--suffix",
+            "cli",
+            "--seed",
+            "1",
+        )
+    )
     job_id = job_id.strip()
     assert job_id.startswith("ftjob-")
 
@@ -67,7 +92,8 @@ def test_cli_trains_follows_chats_and_downloads(stack: Stack, worker: Path, tmp_
     with Connection(stack.base_url + "/v1", stack.api_key).http() as http:  # the fallback: same events
         assert [e["id"] for e in poll_events(http, job_id)] == [e["id"] for e in events]
         assert [e["id"] for e in stream_events(http, job_id, after=events[2]["id"])] == [
-            e["id"] for e in events[3:]]
+            e["id"] for e in events[3:]
+        ]
     assert job_id in ok(lorasp(stack, "jobs", "list"))
     assert model in ok(lorasp(stack, "models", "list"))
 
@@ -88,8 +114,18 @@ def test_follow_of_a_failing_job_exits_nonzero_with_its_error(
     rows = chat_rows(8, words=4)
     rows[2]["messages"][0]["content"] = "x" * (stack.settings.max_example_tokens + 100)  # too long
     file_id = upload(stack, tmp_path / "long.jsonl", rows)
-    done = lorasp(stack, "jobs", "create", "--model", "tiny-random-llama", "--file", file_id,
-                  "--epochs", "1", "--follow")
+    done = lorasp(
+        stack,
+        "jobs",
+        "create",
+        "--model",
+        "tiny-random-llama",
+        "--file",
+        file_id,
+        "--epochs",
+        "1",
+        "--follow",
+    )
     assert done.returncode == 1, done.stdout + done.stderr
     assert "failed:" in done.stderr and "line 3" in done.stderr
     assert "Traceback" not in done.stderr and "ft:" not in done.stdout
@@ -99,8 +135,21 @@ def test_cancelled_job_makes_follow_fail_and_api_errors_are_messages(
     stack: Stack, worker: Path, tmp_path: Path
 ) -> None:
     file_id = upload(stack, tmp_path / "train.jsonl", chat_rows(16, words=4))
-    job_id = ok(lorasp(stack, "jobs", "create", "--model", "tiny-random-llama", "--file", file_id,
-                       "--epochs", "50", "--batch-size", "1")).strip()
+    job_id = ok(
+        lorasp(
+            stack,
+            "jobs",
+            "create",
+            "--model",
+            "tiny-random-llama",
+            "--file",
+            file_id,
+            "--epochs",
+            "50",
+            "--batch-size",
+            "1",
+        )
+    ).strip()
     assert job_id in ok(lorasp(stack, "jobs", "cancel", job_id))
     done = lorasp(stack, "jobs", "follow", job_id)
     assert done.returncode == 1 and "cancelled" in done.stderr, done.stdout + done.stderr
@@ -112,6 +161,10 @@ def test_cancelled_job_makes_follow_fail_and_api_errors_are_messages(
     assert refused.returncode == 1 and "cannot be resumed" in refused.stderr
     unauthorized = subprocess.run(
         [sys.executable, "-m", "lorasp_service.cli", "files", "list", "--api-key", "sk-lorasp-wrong"],
-        cwd=REPO_ROOT, env=client_env(stack), capture_output=True, text=True, timeout=60,
+        cwd=REPO_ROOT,
+        env=client_env(stack),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert unauthorized.returncode == 1 and "Incorrect API key" in unauthorized.stderr

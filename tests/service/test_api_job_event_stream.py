@@ -154,3 +154,25 @@ def test_stream_is_tenant_scoped_and_checks_its_resume_point(
     assert_error(client.get(streamed, headers={**alice, "Last-Event-ID": "ftevent-nope"}), 404, param="after")
     assert_error(client.get(f"{streamed}&after=ftevent-nope", headers=alice), 404, param="after")
     assert client.get(streamed).status_code == 401
+
+
+def test_an_open_stream_holds_no_database_connection_while_it_waits(
+    client: TestClient, alice: dict[str, str], job_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(event_stream, "POLL_SECONDS", 0.5)
+    pool = client.app.state.lorasp.engine.pool  # type: ignore[attr-defined]
+    samples: list[int] = []
+
+    def sample_then_cancel() -> None:
+        for _ in range(10):
+            time.sleep(0.1)
+            samples.append(pool.checkedout())
+        cancel(client, alice, job_id)
+
+    watcher = threading.Timer(0.3, sample_then_cancel)
+    watcher.start()
+    messages = read_stream(client, alice, job_id)
+    watcher.join()
+    # A poll holds a connection for a few milliseconds; the request's own session would hold one always.
+    assert samples.count(0) >= 8, samples
+    assert messages[-1]["data"]["message"] == "Fine-tuning job cancelled"
