@@ -39,7 +39,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 
 typecheck: install
-	$(VENV)/bin/mypy lorasp_core lorasp_service api worker
+	$(VENV)/bin/mypy lorasp_core lorasp_service api worker lorasp_client
 
 bench-sst2: install
 	$(PY) -m benchmarks.sst2 --data-dir ../shared/data/sst2 --out benchmarks/results/sst2.json

@@ -1,6 +1,8 @@
-"""`lorasp` command line: serve, worker, migrate, admin create-key.
+"""`lorasp` command line: serve, worker, migrate, admin create-key; and the client commands (files,
+jobs, chat, adapters, models) that `lorasp_client` implements over HTTP.
 
-Every command reads the one `Settings` (environment variables `LORASP_*`, or `.env`).
+Every server command reads the one `Settings` (environment variables `LORASP_*`, or `.env`); the client
+commands read only their flags and LORASP_API_BASE / LORASP_API_KEY (see lorasp_client.connection).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import sys
 import threading
 from pathlib import Path
 
+from lorasp_client import add_commands as add_client_commands
+from lorasp_client.commands import run as run_client_command
 from lorasp_service.db import migrate, session_scope
 from lorasp_service.settings import Settings, get_settings
 
@@ -36,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     admin_commands = admin.add_subparsers(dest="admin_command", required=True)
     create_key = admin_commands.add_parser("create-key", help="create an API key (and the tenant if missing)")
     create_key.add_argument("--tenant", required=True, help="tenant name")
+    add_client_commands(commands)
     return parser
 
 
@@ -92,13 +97,19 @@ def run_worker(settings: Settings, concurrency: int | None, loglevel: str) -> in
     from lorasp_service.queue import resume_queue_name
     from worker.app import celery_app
 
-    celery_app.worker_main([
-        "worker", "--pool=prefork", f"--concurrency={concurrency or settings.worker_concurrency}",
-        # The resume queue first: jobs whose worker died run before jobs that never started.
-        f"--queues={resume_queue_name(settings)},{settings.queue_name}", f"--loglevel={loglevel}",
-        "--hostname=lorasp@%h",
-        "--without-gossip", "--without-mingle",
-    ])
+    celery_app.worker_main(
+        [
+            "worker",
+            "--pool=prefork",
+            f"--concurrency={concurrency or settings.worker_concurrency}",
+            # The resume queue first: jobs whose worker died run before jobs that never started.
+            f"--queues={resume_queue_name(settings)},{settings.queue_name}",
+            f"--loglevel={loglevel}",
+            "--hostname=lorasp@%h",
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )
     return 0
 
 
@@ -168,6 +179,8 @@ def _redacted(url: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if hasattr(args, "client_action"):
+        return run_client_command(args)  # talks HTTP only: no server settings, no logging set-up
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = get_settings()
     if args.command == "serve":

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.sse import EventSourceResponse
 from pydantic import TypeAdapter, ValidationError
 
-from api.deps import CurrentTenant, EnqueueDep, SessionDep, SettingsDep, StorageDep
+from api.deps import CurrentTenant, EnqueueDep, ResourcesDep, SessionDep, SettingsDep, StorageDep
 from api.errors import ERROR_RESPONSES, APIError
 from api.schemas.common import ListPage, list_page
 from api.schemas.job_requests import (
@@ -17,6 +18,7 @@ from api.schemas.job_requests import (
     MetadataValue,
 )
 from api.schemas.jobs import FineTuningJob, FineTuningJobCheckpoint, FineTuningJobEvent
+from api.services import event_stream
 from api.services import jobs as job_service
 from api.services.paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 
@@ -119,14 +121,42 @@ def resume_job(
     return FineTuningJob.from_row(job_service.resume_job(session, tenant, fine_tuning_job_id, enqueue))
 
 
-@router.get("/{fine_tuning_job_id}/events", response_model=ListPage[FineTuningJobEvent])
+_EVENT_STREAM_DOC: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "A page of events, newest first; with `stream=true`, server-sent events instead.",
+        "content": {
+            "text/event-stream": {
+                "schema": {"type": "string"},
+                "example": 'id: ftevent-...\nevent: message\ndata: {"id": "ftevent-...", ...}\n\n',
+            }
+        },
+    }
+}
+
+
+@router.get(
+    "/{fine_tuning_job_id}/events", response_model=ListPage[FineTuningJobEvent], responses=_EVENT_STREAM_DOC
+)
 def list_events(
     session: SessionDep,
+    resources: ResourcesDep,
     tenant: CurrentTenant,
     fine_tuning_job_id: str,
     after: Cursor = None,
     limit: PageLimit = DEFAULT_PAGE_SIZE,
-) -> ListPage[FineTuningJobEvent]:
+    stream: Annotated[
+        bool, Query(description="Server-sent events, oldest first, until the job is final (`limit` unused)")
+    ] = False,
+    last_event_id: Annotated[
+        str | None, Header(description="With `stream=true`: resume after this event (as `after`)")
+    ] = None,
+) -> ListPage[FineTuningJobEvent] | Response:
+    if stream:
+        start = event_stream.start_stream(session, tenant, fine_tuning_job_id, last_event_id or after)
+        return EventSourceResponse(
+            event_stream.stream_events(resources.sessions, start),
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
     events, has_more = job_service.list_events(session, tenant, fine_tuning_job_id, after, limit)
     items = [FineTuningJobEvent.from_row(event) for event in events]
     return list_page(items, [event.id for event in events], has_more)
