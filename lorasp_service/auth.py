@@ -9,7 +9,7 @@ import hashlib
 import secrets
 from datetime import UTC, datetime
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import Connection, bindparam, select
 from sqlalchemy.orm import Session
 
 from lorasp_service.ids import new_id
@@ -25,6 +25,11 @@ _TENANT_FOR_HASH = (
     select(Tenant)
     .join(ApiKey, ApiKey.tenant_id == Tenant.id)
     .where(ApiKey.key_hash == bindparam("key_hash"), ApiKey.revoked_at.is_(None))
+)
+# The same lookup for a hot read path that needs only the id: no ORM object, no join (the key's tenant
+# exists: api_keys.tenant_id is a foreign key that cascades on delete).
+_TENANT_ID_FOR_HASH = select(ApiKey.tenant_id).where(
+    ApiKey.key_hash == bindparam("key_hash"), ApiKey.revoked_at.is_(None)
 )
 
 
@@ -66,11 +71,25 @@ def create_tenant_with_key(session: Session, tenant_name: str) -> tuple[Tenant, 
     return tenant, create_api_key(session, tenant)
 
 
+def _well_formed(key: str) -> bool:
+    return key.startswith(API_KEY_PREFIX) and key.isascii()
+
+
 def tenant_for_key(session: Session, key: str) -> Tenant | None:
     """The tenant owning a valid (existing, not revoked) key, else None."""
-    if not key.startswith(API_KEY_PREFIX) or not key.isascii():
+    if not _well_formed(key):
         return None
     return session.scalars(_TENANT_FOR_HASH, {"key_hash": hash_api_key(key)}).one_or_none()
+
+
+def tenant_id_for_key(connection: Connection, key: str) -> str | None:
+    """`tenant_for_key`'s tenant id on a Core connection (same validity rules), else None."""
+    if not _well_formed(key):
+        return None
+    tenant_id: str | None = connection.execute(
+        _TENANT_ID_FOR_HASH, {"key_hash": hash_api_key(key)}
+    ).scalar_one_or_none()
+    return tenant_id
 
 
 def revoke_api_key(session: Session, key: str) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import Connection, bindparam, select
 from sqlalchemy.orm import Session
 
 from api.errors import APIError, not_found
@@ -17,15 +17,32 @@ from lorasp_service.settings import Settings
 from lorasp_service.storage import BlobStorage
 
 # Built once: GET /v1/models runs it on every call (newest first, id breaks ties for a stable order).
+# Core rows of just the columns a model object shows: no ORM objects, identity map or storage keys.
 _TENANT_ADAPTERS = (
-    select(Adapter)
+    select(
+        Adapter.id,
+        Adapter.tenant_id,
+        Adapter.task,
+        Adapter.base_model,
+        Adapter.job_id,
+        Adapter.checkpoint_job_id,
+        Adapter.rank,
+        Adapter.freeze_ratio,
+        Adapter.target_modules,
+        Adapter.label_names,
+        Adapter.bytes,
+        Adapter.sha256,
+        Adapter.step,
+        Adapter.metrics,
+        Adapter.created_at,
+    )
     .where(Adapter.tenant_id == bindparam("tenant_id"))
     .order_by(Adapter.created_at.desc(), Adapter.id)
 )
 
 
-def list_models(session: Session, settings: Settings, tenant: Tenant) -> list[ModelObject]:
-    adapters = session.scalars(_TENANT_ADAPTERS, {"tenant_id": tenant.id})
+def list_models(connection: Connection, settings: Settings, tenant_id: str) -> list[ModelObject]:
+    adapters = connection.execute(_TENANT_ADAPTERS, {"tenant_id": tenant_id})
     return base_model_objects(settings) + [ModelObject.from_adapter(adapter) for adapter in adapters]
 
 
