@@ -7,7 +7,8 @@ FastAPI runs every sync (`def`) dependency in the threadpool: a round trip betwe
 dependency and per request. Those that only read an attribute are `async def` (they run on the event
 loop); only what does I/O (the key lookup, closing a session that holds a connection) goes to a thread.
 A hot read path (`GET /v1/models`) goes further: one thread hop for its key lookup and its query
-together, on a Core connection (`AppResources.read_connection`), with `authenticate_key`.
+together, on a Core connection (`AppResources.read_connection`), answering `unknown_key` as
+`get_current_tenant` does.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from api.errors import APIError, invalid_api_key
 from api.services.serving import build_serving_engine
 from lorasp_core.serving import ServingEngine
-from lorasp_service.auth import SHOWN_KEY_CHARS, tenant_for_key, tenant_id_for_key
+from lorasp_service.auth import SHOWN_KEY_CHARS, tenant_for_key
 from lorasp_service.db import SETTINGS_INFO_KEY, make_engine
 from lorasp_service.orm import Tenant
 from lorasp_service.settings import Settings
@@ -149,7 +150,7 @@ def presented_key(credentials: HTTPAuthorizationCredentials | None) -> str:
     return credentials.credentials
 
 
-def _unknown_key(key: str) -> APIError:
+def unknown_key(key: str) -> APIError:
     shown = key[:10] + "****" if len(key) > SHOWN_KEY_CHARS else "****"
     return invalid_api_key(f"Incorrect API key provided: {shown}. The key is unknown or revoked.")
 
@@ -158,16 +159,8 @@ def get_current_tenant(session: SessionDep, credentials: BearerDep) -> Tenant:
     key = presented_key(credentials)
     tenant = tenant_for_key(session, key)
     if tenant is None:
-        raise _unknown_key(key)
+        raise unknown_key(key)
     return tenant
-
-
-def authenticate_key(connection: Connection, key: str) -> str:
-    """`get_current_tenant` on a Core connection: the key's tenant id, or the same 401 (blocking)."""
-    tenant_id = tenant_id_for_key(connection, key)
-    if tenant_id is None:
-        raise _unknown_key(key)
-    return tenant_id
 
 
 CurrentTenant = Annotated[Tenant, Depends(get_current_tenant)]

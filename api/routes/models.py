@@ -14,21 +14,27 @@ from api.deps import (
     SettingsDep,
     StartedEngineDep,
     StorageDep,
-    authenticate_key,
     presented_key,
+    unknown_key,
 )
 from api.errors import ERROR_RESPONSES, ErrorResponse
 from api.schemas.models import ModelDeleted, ModelList, ModelObject
 from api.services import models as model_service
 from api.services import serving as serving_service
+from lorasp_service.auth import lookup_hash
 
 router = APIRouter(prefix="/models", tags=["models"], responses=ERROR_RESPONSES)
 
 
 def _list_models_blocking(resources: AppResources, key: str) -> ModelList:
-    with resources.read_connection() as connection:
-        tenant_id = authenticate_key(connection, key)
-        return ModelList(data=model_service.list_models(connection, resources.settings, tenant_id))
+    key_hash = lookup_hash(key)
+    models = None
+    if key_hash is not None:
+        with resources.read_connection() as connection:
+            models = model_service.list_models_for_key(connection, resources.settings, key_hash)
+    if models is None:
+        raise unknown_key(key)
+    return ModelList(data=models)
 
 
 # The hottest call (clients poll it): async, so that the key lookup and the listing share one thread
