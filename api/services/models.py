@@ -4,29 +4,59 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import Connection, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from api.errors import APIError, not_found
 from api.schemas.models import ModelObject
 from api.services.catalog import base_model_objects, enabled_base_models, is_base_model
 from lorasp_service import registry
+from lorasp_service.auth import active_key_with_hash
 from lorasp_service.model_checkpoints import checkpoint_adapters
-from lorasp_service.orm import Adapter, Tenant
+from lorasp_service.orm import Adapter, ApiKey, Tenant
 from lorasp_service.settings import Settings
 from lorasp_service.storage import BlobStorage
 
-# Built once: GET /v1/models runs it on every call (newest first, id breaks ties for a stable order).
-_TENANT_ADAPTERS = (
-    select(Adapter)
-    .where(Adapter.tenant_id == bindparam("tenant_id"))
+# What a model object shows of an adapter: Core rows of just these, no ORM objects or identity map.
+_ADAPTER_COLUMNS = (
+    Adapter.id,
+    Adapter.tenant_id,
+    Adapter.task,
+    Adapter.base_model,
+    Adapter.job_id,
+    Adapter.checkpoint_job_id,
+    Adapter.rank,
+    Adapter.freeze_ratio,
+    Adapter.target_modules,
+    Adapter.label_names,
+    Adapter.bytes,
+    Adapter.sha256,
+    Adapter.step,
+    Adapter.metrics,
+    Adapter.created_at,
+)
+# GET /v1/models runs it on every call, so the key lookup and the listing are one statement (one round
+# trip): the key's row (by the unique key_hash index) outer-joined to its own tenant's adapters, newest
+# first (id breaks ties for a stable order). No row: the key is unknown or revoked; a row without an
+# adapter id: the tenant has none.
+_MODELS_FOR_KEY = (
+    select(ApiKey.tenant_id.label("key_tenant_id"), *_ADAPTER_COLUMNS)
+    .select_from(ApiKey)
+    .outerjoin(Adapter, Adapter.tenant_id == ApiKey.tenant_id)
+    .where(active_key_with_hash(bindparam("key_hash")))
     .order_by(Adapter.created_at.desc(), Adapter.id)
 )
 
 
-def list_models(session: Session, settings: Settings, tenant: Tenant) -> list[ModelObject]:
-    adapters = session.scalars(_TENANT_ADAPTERS, {"tenant_id": tenant.id})
-    return base_model_objects(settings) + [ModelObject.from_adapter(adapter) for adapter in adapters]
+def list_models_for_key(
+    connection: Connection, settings: Settings, key_hash: str
+) -> list[ModelObject] | None:
+    """The enabled base models and the adapters of the key's tenant; None if no active key has the hash."""
+    rows = connection.execute(_MODELS_FOR_KEY, {"key_hash": key_hash}).all()
+    if not rows:
+        return None
+    adapters = [ModelObject.from_adapter(row) for row in rows if row.id is not None]
+    return base_model_objects(settings) + adapters
 
 
 def _model_not_found(model_id: str) -> APIError:
