@@ -116,6 +116,12 @@ def offered_model(session: Session, settings: Settings, tenant_id: str, name: st
     return row
 
 
+def names_a_base_model(session: Session, tenant_id: str, name: str) -> bool:
+    """Whether `name` is a base model the tenant can see (of any status, enabled or not)."""
+    row = session.get(BaseModelRecord, name)
+    return row is not None and row.owner_tenant_id in (None, tenant_id)
+
+
 def all_models(session: Session) -> list[BaseModelRecord]:
     return list(session.scalars(select(BaseModelRecord).order_by(BaseModelRecord.name)))
 

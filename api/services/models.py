@@ -9,8 +9,8 @@ from sqlalchemy.orm import Session
 
 from api.errors import APIError, not_found
 from api.schemas.models import ModelObject
-from api.services.catalog import base_model_objects, enabled_base_models, is_base_model
-from lorasp_service import registry
+from api.services.catalog import base_model_object, base_model_objects, is_base_model, offered_base_model
+from lorasp_service import base_models, registry
 from lorasp_service.model_checkpoints import checkpoint_adapters
 from lorasp_service.orm import Adapter, Tenant
 from lorasp_service.settings import Settings
@@ -26,7 +26,8 @@ _TENANT_ADAPTERS = (
 
 def list_models(session: Session, settings: Settings, tenant: Tenant) -> list[ModelObject]:
     adapters = session.scalars(_TENANT_ADAPTERS, {"tenant_id": tenant.id})
-    return base_model_objects(settings) + [ModelObject.from_adapter(adapter) for adapter in adapters]
+    base = base_model_objects(session, settings, tenant.id)
+    return base + [ModelObject.from_adapter(adapter) for adapter in adapters]
 
 
 def _model_not_found(model_id: str) -> APIError:
@@ -34,9 +35,9 @@ def _model_not_found(model_id: str) -> APIError:
 
 
 def get_model(session: Session, settings: Settings, tenant: Tenant, model_id: str) -> ModelObject:
-    entry = enabled_base_models(settings).get(model_id)
-    if entry is not None:
-        return ModelObject.base(model_id, entry.task, entry.description)
+    row = offered_base_model(session, settings, tenant.id, model_id)
+    if row is not None:
+        return base_model_object(row)
     adapter = registry.get_adapter_for_tenant(session, tenant.id, model_id)
     if adapter is None:
         raise _model_not_found(model_id)
@@ -47,7 +48,7 @@ def delete_model(
     session: Session, storage: BlobStorage, settings: Settings, tenant: Tenant, model_id: str
 ) -> list[str]:
     """Delete the model; returns the ids deleted (the model first, then its job's checkpoints)."""
-    if model_id in enabled_base_models(settings):
+    if is_base_model(session, settings, tenant.id, model_id):
         raise APIError(
             403,
             f"Model '{model_id}' is a base model; only fine-tuned models can be deleted.",
@@ -105,7 +106,7 @@ def adapter_archive(
     """The adapter's .tar.gz on disk (written now if the worker left none) and its row."""
     adapter = registry.get_adapter_for_tenant(session, tenant.id, adapter_id)
     if adapter is None:
-        if is_base_model(adapter_id):
+        if base_models.names_a_base_model(session, tenant.id, adapter_id):
             raise APIError(
                 400,
                 f"Model '{adapter_id}' is a base model, not an adapter.",
