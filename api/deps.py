@@ -29,7 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from api.errors import APIError, invalid_api_key
 from api.services.serving import build_serving_engine
 from lorasp_core.serving import ServingEngine
-from lorasp_service.auth import SHOWN_KEY_CHARS, tenant_for_key
+from lorasp_service.auth import SHOWN_KEY_CHARS, is_admin_key, tenant_for_key
 from lorasp_service.db import SETTINGS_INFO_KEY, make_engine
 from lorasp_service.orm import Tenant
 from lorasp_service.settings import Settings
@@ -164,6 +164,23 @@ def get_current_tenant(session: SessionDep, credentials: BearerDep) -> Tenant:
 
 
 CurrentTenant = Annotated[Tenant, Depends(get_current_tenant)]
+
+
+def require_admin_key(
+    session: SessionDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """Admin routes: a valid admin key (`lorasp admin create-key --admin`); a tenant key is a 403."""
+    tenant = get_current_tenant(session, credentials)  # 401 for a missing, unknown or revoked key
+    assert credentials is not None
+    if not is_admin_key(session, credentials.credentials):
+        raise APIError(
+            403, f"Tenant '{tenant.id}' uses a tenant API key; this route needs an admin key.",
+            code="permission_denied",
+        )
+
+
+AdminKey = Depends(require_admin_key)
 
 
 def get_enqueue(settings: SettingsDep) -> EnqueueJob:

@@ -51,8 +51,9 @@ def get_or_create_tenant(session: Session, tenant_name: str) -> Tenant:
     return tenant
 
 
-def create_api_key(session: Session, tenant: Tenant) -> str:
-    """Add a new key for `tenant`; returns the plaintext key (the only time it exists)."""
+def create_api_key(session: Session, tenant: Tenant, *, admin: bool = False) -> str:
+    """Add a new key for `tenant` (`admin`: it may also manage the deployment); returns the plaintext key
+    (the only time it exists)."""
     key = generate_api_key()
     session.add(
         ApiKey(
@@ -60,16 +61,17 @@ def create_api_key(session: Session, tenant: Tenant) -> str:
             tenant_id=tenant.id,
             key_hash=hash_api_key(key),
             key_prefix=key[:SHOWN_KEY_CHARS],
+            is_admin=admin,
         )
     )
     session.flush()
     return key
 
 
-def create_tenant_with_key(session: Session, tenant_name: str) -> tuple[Tenant, str]:
+def create_tenant_with_key(session: Session, tenant_name: str, *, admin: bool = False) -> tuple[Tenant, str]:
     """Create the tenant if missing and a fresh key for it. The caller commits."""
     tenant = get_or_create_tenant(session, tenant_name)
-    return tenant, create_api_key(session, tenant)
+    return tenant, create_api_key(session, tenant, admin=admin)
 
 
 def lookup_hash(key: str) -> str | None:
@@ -86,6 +88,17 @@ def tenant_for_key(session: Session, key: str) -> Tenant | None:
     if key_hash is None:
         return None
     return session.scalars(_TENANT_FOR_HASH, {"key_hash": key_hash}).one_or_none()
+
+
+def is_admin_key(session: Session, key: str) -> bool | None:
+    """True for a valid admin key, False for a valid tenant key, None for an unknown or revoked one."""
+    if not key.startswith(API_KEY_PREFIX) or not key.isascii():
+        return None
+    statement = select(ApiKey.is_admin).where(
+        ApiKey.key_hash == hash_api_key(key), ApiKey.revoked_at.is_(None)
+    )
+    found = session.execute(statement).one_or_none()
+    return None if found is None else bool(found[0])
 
 
 def revoke_api_key(session: Session, key: str) -> bool:
