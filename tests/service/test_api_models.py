@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 from lorasp_core.models import CATALOG
+from lorasp_service import base_models
 from lorasp_service.auth import create_tenant_with_key
 from lorasp_service.orm import Adapter
 from lorasp_service.settings import Settings
@@ -39,12 +40,15 @@ def test_models_list_has_the_catalog_and_own_adapters_only(
 
 
 def test_models_list_of_a_tenant_without_adapters_is_the_catalog_and_adapters_are_newest_first(
-    client: TestClient, db: Session, alice: dict[str, str], make_adapter: Any
+    client: TestClient, db: Session, alice: dict[str, str], make_adapter: Any, api_settings: Settings
 ) -> None:
-    _, key = create_tenant_with_key(db, "no-adapters-yet")
+    tenant, key = create_tenant_with_key(db, "no-adapters-yet")
     db.commit()
-    listed = client.get("/v1/models", headers={"Authorization": f"Bearer {key}"}).json()
-    assert [model["id"] for model in listed["data"]] == list(CATALOG)
+    listed = client.get("/v1/models", headers={"Authorization": f"Bearer {key}"}).json()["data"]
+    # the catalog first; after it only base models other tests registered for the whole deployment
+    assert [model["id"] for model in listed][: len(CATALOG)] == list(CATALOG)
+    offered = base_models.offered_models(db, api_settings, tenant.id)
+    assert [model["id"] for model in listed] == list(offered)  # base models only: no adapters
     older, newer = make_adapter(alice["X-Tenant-Id"]), make_adapter(alice["X-Tenant-Id"])
     older.created_at = datetime(2025, 1, 2, tzinfo=UTC)
     newer.created_at = datetime(2025, 1, 3, tzinfo=UTC)
