@@ -46,6 +46,7 @@ export class JobCharts {
         return {
           name: metric, x: steps, y: steps.map((step) => this.series.get(metric).get(step)),
           type: "scatter", mode: DENSE.has(metric) ? "lines" : "lines+markers",
+          line: { simplify: false }, // a vertex per step, even where points are collinear
         };
       }).filter((trace) => trace.x.length > 0);
       const layout = {

@@ -34,7 +34,8 @@ function row(job, metrics, refresh) {
   const step = metrics ? `${metrics.step}/${metrics.total_steps}` : "";
   const eta = !TERMINAL.has(job.status) && metrics ? formatSeconds(metrics.eta_seconds) : "";
   const tokens = job.trained_tokens ?? metrics?.trained_tokens ?? "";
-  const status = job.status + (job.cancel_requested ? " (cancelling)" : job.pause_requested ? " (pausing)" : "");
+  const asked = job.status !== "running" ? "" : job.cancel_requested ? " (cancelling)" : job.pause_requested ? " (pausing)" : "";
+  const status = job.status + asked; // the request flags stay set after the worker has acted on them
   return h("tr", { "data-job-id": job.id },
     h("td", {}, h("a", { href: `#/jobs/${encodeURIComponent(job.id)}` }, job.id)),
     h("td", {}, h("span", { class: `status ${job.status}` }, status)),
