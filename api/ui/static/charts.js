@@ -50,8 +50,8 @@ export class JobCharts {
         };
       }).filter((trace) => trace.x.length > 0);
       const layout = {
-        title: { text: chart.title, font: { size: 14 } }, margin: { l: 50, r: 10, t: 36, b: 36 },
-        xaxis: { title: { text: "step" } }, legend: { orientation: "h", y: -0.25 }, showlegend: true,
+        title: { text: chart.title, font: { size: 14 } }, margin: { l: 50, r: 10, t: 36, b: 80 },
+        xaxis: { title: { text: "step" } }, legend: { orientation: "h", y: -0.35 }, showlegend: true,
       };
       window.Plotly.react(element, traces, layout, { displaylogo: false, responsive: true });
     }

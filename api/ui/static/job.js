@@ -17,7 +17,7 @@ function details(job, metrics) {
   const progress = metrics ? `step ${metrics.step}/${metrics.total_steps}` : "not started";
   const eta = metrics && !TERMINAL.has(job.status) ? ` · ETA ${formatSeconds(metrics.eta_seconds)}` : "";
   const tokens = job.trained_tokens ?? metrics?.trained_tokens;
-  return h("dl", { class: "row" },
+  return h("dl", { class: "details" },
     h("dt", {}, "Status"), h("dd", { id: "job-status", class: `status ${job.status}` }, job.status),
     h("dt", {}, "Model"), h("dd", {}, job.model),
     h("dt", {}, "Progress"), h("dd", { id: "job-progress" }, progress + eta),
