@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from lorasp_core.models import CATALOG, LoadedModel, TaskType, load_base_model
 from lorasp_service.jobs.status import ACTIVE_STATUSES
 from lorasp_service.orm import Adapter, BaseModelRecord, Job
+from lorasp_service.registry import is_plausible_id
 from lorasp_service.settings import Settings
 from lorasp_service.storage import BlobStorage
 
@@ -138,6 +139,8 @@ def offered_rows(connection: Connection, settings: Settings, tenant_id: str) -> 
 
 def offered_model(session: Session, settings: Settings, tenant_id: str, name: str) -> BaseModelRecord | None:
     """The named base model if this tenant may use it (another tenant's private model is None)."""
+    if not is_plausible_id(name):  # a NUL byte or surrogate must not reach the driver
+        return None
     row = session.get(BaseModelRecord, name)
     if row is None or row.status != READY or not _offered(settings, row):
         return None
@@ -148,6 +151,8 @@ def offered_model(session: Session, settings: Settings, tenant_id: str, name: st
 
 def names_a_base_model(session: Session, tenant_id: str, name: str) -> bool:
     """Whether `name` is a base model the tenant can see (of any status, enabled or not)."""
+    if not is_plausible_id(name):
+        return False
     row = session.get(BaseModelRecord, name)
     return row is not None and row.owner_tenant_id in (None, tenant_id)
 
