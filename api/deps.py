@@ -6,26 +6,30 @@ touches neither the database nor the disk.
 FastAPI runs every sync (`def`) dependency in the threadpool: a round trip between threads per
 dependency and per request. Those that only read an attribute are `async def` (they run on the event
 loop); only what does I/O (the key lookup, closing a session that holds a connection) goes to a thread.
+A hot read path (`GET /v1/models`) goes further: one thread hop for its key lookup and its query
+together, on a Core connection (`AppResources.read_connection`), answering `unknown_key` as
+`get_current_tenant` does.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from functools import cached_property, partial
 from typing import Annotated
 
 import anyio
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
-from api.errors import invalid_api_key
+from api.errors import APIError, invalid_api_key
 from api.services.serving import build_serving_engine
 from lorasp_core.serving import ServingEngine
-from lorasp_service.auth import SHOWN_KEY_CHARS, tenant_for_key
+from lorasp_service.auth import SHOWN_KEY_CHARS, is_admin_key, tenant_for_key
 from lorasp_service.db import SETTINGS_INFO_KEY, make_engine
 from lorasp_service.orm import Tenant
 from lorasp_service.settings import Settings
@@ -52,6 +56,18 @@ class AppResources:
         # The settings ride along for after-commit hooks (webhook deliveries are sent with them).
         info = {SETTINGS_INFO_KEY: self.settings}
         return sessionmaker(bind=self.engine, expire_on_commit=False, info=info)
+
+    @cached_property
+    def _autocommit_engine(self) -> Engine:
+        # Shares the pool. Autocommit: no BEGIN and ROLLBACK round trips around a read-only request;
+        # its statements see what a READ COMMITTED transaction would (each its own snapshot).
+        return self.engine.execution_options(isolation_level="AUTOCOMMIT")
+
+    @contextmanager
+    def read_connection(self) -> Iterator[Connection]:
+        """A pooled Core connection for reads only (blocking: call it from a thread)."""
+        with self._autocommit_engine.connect() as connection:
+            yield connection
 
     @cached_property
     def storage(self) -> BlobStorage:
@@ -122,23 +138,49 @@ StorageDep = Annotated[BlobStorage, Depends(get_storage)]
 _bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer sk-lorasp-...`")
 
 
-def get_current_tenant(
-    session: SessionDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> Tenant:
+# The bearer credentials as presented (None without an Authorization header); async, on the event loop.
+BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+def presented_key(credentials: HTTPAuthorizationCredentials | None) -> str:
     if credentials is None:
         raise invalid_api_key(
             "You didn't provide an API key. Send it in the Authorization header: 'Authorization: Bearer KEY'."
         )
-    tenant = tenant_for_key(session, credentials.credentials)
+    return credentials.credentials
+
+
+def unknown_key(key: str) -> APIError:
+    shown = key[:10] + "****" if len(key) > SHOWN_KEY_CHARS else "****"
+    return invalid_api_key(f"Incorrect API key provided: {shown}. The key is unknown or revoked.")
+
+
+def get_current_tenant(session: SessionDep, credentials: BearerDep) -> Tenant:
+    key = presented_key(credentials)
+    tenant = tenant_for_key(session, key)
     if tenant is None:
-        key = credentials.credentials
-        shown = key[:10] + "****" if len(key) > SHOWN_KEY_CHARS else "****"
-        raise invalid_api_key(f"Incorrect API key provided: {shown}. The key is unknown or revoked.")
+        raise unknown_key(key)
     return tenant
 
 
 CurrentTenant = Annotated[Tenant, Depends(get_current_tenant)]
+
+
+def require_admin_key(
+    session: SessionDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """Admin routes: a valid admin key (`lorasp admin create-key --admin`); a tenant key is a 403."""
+    tenant = get_current_tenant(session, credentials)  # 401 for a missing, unknown or revoked key
+    assert credentials is not None
+    if not is_admin_key(session, credentials.credentials):
+        raise APIError(
+            403, f"Tenant '{tenant.id}' uses a tenant API key; this route needs an admin key.",
+            code="permission_denied",
+        )
+
+
+AdminKey = Depends(require_admin_key)
 
 
 def get_enqueue(settings: SettingsDep) -> EnqueueJob:

@@ -16,7 +16,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.deps import AppResources
 from api.errors import error_response, file_too_large, install_error_handlers
-from api.routes import adapters, files, health, inference, jobs, models, serving, webhooks
+from api.routes import adapters, admin, files, health, inference, jobs, models, serving, webhooks
+from api.ui import mount_ui
 from lorasp_core.serving import ServingEngine
 from lorasp_service.blob_sweep import sweep_orphans
 from lorasp_service.settings import Settings, get_settings
@@ -28,7 +29,7 @@ API_PREFIX = "/v1"
 # Routers served under /v1. The serving engineer appends inference.router and serving.router here.
 ROUTERS: list[APIRouter] = [
     files.router, jobs.router, models.router, adapters.router, inference.router, serving.router,
-    webhooks.router,
+    webhooks.router, admin.router,
 ]
 
 # Room for the multipart envelope (boundaries, part headers, the purpose field) around the file itself.
@@ -112,6 +113,7 @@ def create_app(settings: Settings | None = None, *, serving_engine: ServingEngin
     app.include_router(health.router)
     for router in ROUTERS:
         app.include_router(router, prefix=API_PREFIX)
+    mount_ui(app)  # the dashboard: static files only, calling /v1 from the browser
     return app
 
 

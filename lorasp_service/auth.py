@@ -9,7 +9,7 @@ import hashlib
 import secrets
 from datetime import UTC, datetime
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import BindParameter, ColumnElement, and_, bindparam, select
 from sqlalchemy.orm import Session
 
 from lorasp_service.ids import new_id
@@ -19,12 +19,18 @@ API_KEY_PREFIX = "sk-lorasp-"
 # How much of a key is kept in clear (to tell keys apart in listings); fits ApiKey.key_prefix.
 SHOWN_KEY_CHARS = 14
 
+
+def active_key_with_hash(key_hash: BindParameter[str]) -> ColumnElement[bool]:
+    """The one rule for a valid key, in every lookup: its hash matches and it is not revoked."""
+    return and_(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))
+
+
 # The per-request lookup, built once: one indexed query (unique key_hash) for key and tenant together,
 # not a second lazy load of `ApiKey.tenant`, and no statement construction on every request.
 _TENANT_FOR_HASH = (
     select(Tenant)
     .join(ApiKey, ApiKey.tenant_id == Tenant.id)
-    .where(ApiKey.key_hash == bindparam("key_hash"), ApiKey.revoked_at.is_(None))
+    .where(active_key_with_hash(bindparam("key_hash")))
 )
 
 
@@ -45,8 +51,9 @@ def get_or_create_tenant(session: Session, tenant_name: str) -> Tenant:
     return tenant
 
 
-def create_api_key(session: Session, tenant: Tenant) -> str:
-    """Add a new key for `tenant`; returns the plaintext key (the only time it exists)."""
+def create_api_key(session: Session, tenant: Tenant, *, admin: bool = False) -> str:
+    """Add a new key for `tenant` (`admin`: it may also manage the deployment); returns the plaintext key
+    (the only time it exists)."""
     key = generate_api_key()
     session.add(
         ApiKey(
@@ -54,23 +61,44 @@ def create_api_key(session: Session, tenant: Tenant) -> str:
             tenant_id=tenant.id,
             key_hash=hash_api_key(key),
             key_prefix=key[:SHOWN_KEY_CHARS],
+            is_admin=admin,
         )
     )
     session.flush()
     return key
 
 
-def create_tenant_with_key(session: Session, tenant_name: str) -> tuple[Tenant, str]:
+def create_tenant_with_key(session: Session, tenant_name: str, *, admin: bool = False) -> tuple[Tenant, str]:
     """Create the tenant if missing and a fresh key for it. The caller commits."""
     tenant = get_or_create_tenant(session, tenant_name)
-    return tenant, create_api_key(session, tenant)
+    return tenant, create_api_key(session, tenant, admin=admin)
+
+
+def lookup_hash(key: str) -> str | None:
+    """The hash to look a presented key up by (with `active_key_with_hash`); None for a string that
+    cannot be a key (no query needed)."""
+    if not key.startswith(API_KEY_PREFIX) or not key.isascii():
+        return None
+    return hash_api_key(key)
 
 
 def tenant_for_key(session: Session, key: str) -> Tenant | None:
     """The tenant owning a valid (existing, not revoked) key, else None."""
+    key_hash = lookup_hash(key)
+    if key_hash is None:
+        return None
+    return session.scalars(_TENANT_FOR_HASH, {"key_hash": key_hash}).one_or_none()
+
+
+def is_admin_key(session: Session, key: str) -> bool | None:
+    """True for a valid admin key, False for a valid tenant key, None for an unknown or revoked one."""
     if not key.startswith(API_KEY_PREFIX) or not key.isascii():
         return None
-    return session.scalars(_TENANT_FOR_HASH, {"key_hash": hash_api_key(key)}).one_or_none()
+    statement = select(ApiKey.is_admin).where(
+        ApiKey.key_hash == hash_api_key(key), ApiKey.revoked_at.is_(None)
+    )
+    found = session.execute(statement).one_or_none()
+    return None if found is None else bool(found[0])
 
 
 def revoke_api_key(session: Session, key: str) -> bool:

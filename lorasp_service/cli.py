@@ -40,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     admin_commands = admin.add_subparsers(dest="admin_command", required=True)
     create_key = admin_commands.add_parser("create-key", help="create an API key (and the tenant if missing)")
     create_key.add_argument("--tenant", required=True, help="tenant name")
+    create_key.add_argument("--admin", action="store_true", help="the key may also use /v1/admin/...")
+    from lorasp_service import admin_models_cli
+
+    admin_models_cli.add_parsers(admin_commands)
     add_client_commands(commands)
     return parser
 
@@ -81,14 +85,15 @@ def run_migrate(settings: Settings) -> int:
     return 0
 
 
-def run_create_key(settings: Settings, tenant_name: str) -> int:
+def run_create_key(settings: Settings, tenant_name: str, admin: bool = False) -> int:
     from lorasp_service.auth import create_tenant_with_key
 
     migrate(settings)  # works before the server ever ran
     with session_scope(settings) as session:
-        tenant, key = create_tenant_with_key(session, tenant_name)
+        tenant, key = create_tenant_with_key(session, tenant_name, admin=admin)
         session.commit()
-    print(f"created an API key for tenant {tenant.name!r} ({tenant.id}); it is shown only once:")
+    kind = "an admin" if admin else "an API"
+    print(f"created {kind} key for tenant {tenant.name!r} ({tenant.id}); it is shown only once:")
     print(key)
     return 0
 
@@ -190,7 +195,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "migrate":
         return run_migrate(settings)
     if args.command == "admin" and args.admin_command == "create-key":
-        return run_create_key(settings, args.tenant)
+        return run_create_key(settings, args.tenant, args.admin)
+    if args.command == "admin" and args.admin_command == "models":
+        from lorasp_service import admin_models_cli
+
+        return admin_models_cli.run(settings, args)
     raise AssertionError(f"unhandled command {args.command!r}")
 
 

@@ -83,7 +83,7 @@ def session_scope(settings: Settings | None = None) -> Iterator[Session]:
 
 
 def migrate(settings: Settings | None = None) -> None:
-    """Run Alembic migrations to head (the only way the schema is made)."""
+    """Run Alembic migrations to head (the only way the schema is made), then seed the catalog rows."""
     from alembic import command
     from alembic.config import Config
 
@@ -92,6 +92,11 @@ def migrate(settings: Settings | None = None) -> None:
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.set_main_option("sqlalchemy.url", settings.database_url.replace("%", "%%"))
     command.upgrade(config, "head")
+    from lorasp_service.base_models import seed_catalog  # imports torch: only once migrating
+
+    with session_scope(settings) as session:
+        seed_catalog(session)  # the catalog's models are rows too
+        session.commit()
 
 
 @contextmanager

@@ -49,6 +49,8 @@ class ApiKey(Base):
     key_prefix: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+    # Admin keys may also manage the deployment (/v1/admin/...); a tenant key never can.
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     tenant: Mapped[Tenant] = relationship()
 
 
@@ -163,4 +165,37 @@ class Adapter(Base):
     )
     step: Mapped[int | None] = mapped_column(Integer, default=None)
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class BaseModelRecord(Base):
+    """A base model this deployment can fine-tune and serve: its `name` is the `model` clients send.
+
+    Catalog models are rows too (`source_kind` "catalog", loaded by name); a registered model's files
+    live in the model store at `store_key` (`models/<sha256>`), the bytes every process loads.
+    """
+
+    __tablename__ = "base_models"
+    name: Mapped[str] = mapped_column(String(256), primary_key=True)
+    source: Mapped[str] = mapped_column(String(1024))  # as registered: catalog name, path, gguf:/hf: ref
+    source_kind: Mapped[str] = mapped_column(String(16))  # "catalog" | "directory" | "gguf" | "hub"
+    task: Mapped[str] = mapped_column(String(16))  # "causal-lm" | "seq-cls"
+    description: Mapped[str] = mapped_column(String(512), default="")
+    architecture: Mapped[str | None] = mapped_column(String(128), default=None)
+    parameter_count: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    dtype: Mapped[str] = mapped_column(String(16), default="float32")
+    max_length: Mapped[int | None] = mapped_column(Integer, default=None)
+    chat_template: Mapped[str | None] = mapped_column(Text, default=None)  # override of the tokenizer's
+    target_modules: Mapped[list[Any] | None] = mapped_column(JSON, default=None)  # default for jobs
+    label_names: Mapped[list[Any] | None] = mapped_column(JSON, default=None)
+    status: Mapped[str] = mapped_column(String(16), default="ready")  # ready | downloading | failed
+    status_reason: Mapped[str | None] = mapped_column(Text, default=None)
+    bytes_done: Mapped[int] = mapped_column(BigInteger, default=0)
+    sha256: Mapped[str | None] = mapped_column(String(64), default=None)  # of the stored files
+    store_key: Mapped[str | None] = mapped_column(String(512), default=None)
+    # NULL: offered to the whole deployment; else a private model of that tenant.
+    owner_tenant_id: Mapped[str | None] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), index=True, default=None
+    )
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -26,6 +26,8 @@ class Settings(BaseSettings):
     max_upload_bytes: int = 512 * 1024 * 1024
     # Base models offered by GET /v1/models; None = the whole catalog.
     enabled_models: list[str] | None = None
+    # Off: a `hf:ORG/REPO` base-model source is refused (nothing is downloaded from a model hub).
+    allow_hub_downloads: bool = False
     # Embedded default: a key created at first start and printed (None in production).
     default_tenant: str = "default"
 

@@ -24,7 +24,6 @@ from lorasp_core import (
     ModelUnavailableError,
     apply_lorasp,
     label_names_for,
-    load_base_model,
     read_examples,
     save_adapter,
     validate_dataset,
@@ -32,12 +31,12 @@ from lorasp_core import (
 from lorasp_core.data import Example
 from lorasp_core.train_config import TaskType
 from lorasp_core.trainer import TrainConfig, train
-from lorasp_service import checkpoints, jobs, registry, step_metrics, work_dirs
+from lorasp_service import base_models, checkpoints, jobs, registry, step_metrics, work_dirs
 from lorasp_service.db import session_scope
 from lorasp_service.integrations.wandb_logger import integration_callbacks
 from lorasp_service.jobs import JobStatus
 from lorasp_service.model_checkpoints import EpochCheckpointCallback, target_module_names
-from lorasp_service.orm import Adapter, File, Job
+from lorasp_service.orm import Adapter, BaseModelRecord, File, Job
 from lorasp_service.parent_model import (
     ParentUnavailableError,
     find_parent,
@@ -160,9 +159,13 @@ def _train_and_register(settings: Settings, job_id: str, worker_id: str, claim: 
             message = f"training_file has labels that the model it continues from lacks: {', '.join(missing)}"
             raise JobFailure("invalid_training_file", message, "training_file")
         label_names = parent.label_names  # the head's rows keep meaning the parent's labels
+    with session_scope(settings) as session:
+        base_row = session.get(BaseModelRecord, job.model)
+    if base_row is None:
+        raise JobFailure("model_not_available", f"base model {job.model!r} is no longer registered", "model")
     try:
-        loaded = load_base_model(job.model, task=task, num_labels=len(label_names) if label_names else None,
-                                 cache_dir=settings.model_cache_dir, seed=job.seed)
+        loaded = base_models.load_model(settings, storage, base_row, task=task, seed=job.seed,
+                                        num_labels=len(label_names) if label_names else None)
     except ModelUnavailableError as error:
         raise JobFailure("model_unavailable", str(error), "model") from error
     except ValueError as error:

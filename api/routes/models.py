@@ -2,20 +2,50 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
+from starlette.concurrency import run_in_threadpool
 
-from api.deps import CurrentTenant, SessionDep, SettingsDep, StartedEngineDep, StorageDep
+from api.deps import (
+    AppResources,
+    BearerDep,
+    CurrentTenant,
+    ResourcesDep,
+    SessionDep,
+    SettingsDep,
+    StartedEngineDep,
+    StorageDep,
+    presented_key,
+    unknown_key,
+)
 from api.errors import ERROR_RESPONSES, ErrorResponse
 from api.schemas.models import ModelDeleted, ModelList, ModelObject
 from api.services import models as model_service
 from api.services import serving as serving_service
+from lorasp_service.auth import lookup_hash
 
 router = APIRouter(prefix="/models", tags=["models"], responses=ERROR_RESPONSES)
 
 
+def _list_models_blocking(resources: AppResources, key: str) -> Response:
+    key_hash = lookup_hash(key)
+    models = None
+    if key_hash is not None:
+        with resources.read_connection() as connection:
+            models = model_service.list_models_for_key(connection, resources.settings, key_hash)
+    if models is None:
+        raise unknown_key(key)
+    # Serialized here, once: the models are validated as they are built, so FastAPI's second
+    # validation against `response_model` (kept for the schema) would only repeat it.
+    return Response(ModelList(data=models).model_dump_json(), media_type="application/json")
+
+
+# The hottest call (clients poll it): async, so that the key lookup, the listing and the JSON share one
+# thread hop (a sync route and `CurrentTenant` would take four: dependency, endpoint, response
+# validation, session close). The same authentication as `CurrentTenant`, the same response bytes.
 @router.get("", response_model=ModelList)
-def list_models(session: SessionDep, settings: SettingsDep, tenant: CurrentTenant) -> ModelList:
-    return ModelList(data=model_service.list_models(session, settings, tenant))
+async def list_models(resources: ResourcesDep, credentials: BearerDep) -> Response:
+    key = presented_key(credentials)
+    return await run_in_threadpool(_list_models_blocking, resources, key)
 
 
 # `:path` because adapter ids look like `ft:tiny-random-llama:my-suffix:AbC123`.
@@ -35,7 +65,11 @@ def get_model(
     },
 )
 def delete_model(
-    session: SessionDep, storage: StorageDep, settings: SettingsDep, tenant: CurrentTenant, model_id: str,
+    session: SessionDep,
+    storage: StorageDep,
+    settings: SettingsDep,
+    tenant: CurrentTenant,
+    model_id: str,
     engine: StartedEngineDep,
 ) -> ModelDeleted:
     deleted = model_service.delete_model(session, storage, settings, tenant, model_id)

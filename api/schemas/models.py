@@ -2,16 +2,51 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from datetime import datetime
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel
 
 from api.schemas.common import unix_seconds_required
-from lorasp_service.orm import Adapter
 
 # Base models have no creation date of their own; a fixed one keeps responses stable (2025-01-01).
 BASE_MODEL_CREATED = 1735689600
 BASE_MODEL_OWNER = "lorasp"
+
+
+class AdapterFields(Protocol):
+    """What a model object shows of an adapter: an `orm.Adapter`, or a Core row of those columns."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def tenant_id(self) -> str: ...
+    @property
+    def task(self) -> str: ...
+    @property
+    def base_model(self) -> str: ...
+    @property
+    def job_id(self) -> str | None: ...
+    @property
+    def checkpoint_job_id(self) -> str | None: ...
+    @property
+    def rank(self) -> int: ...
+    @property
+    def freeze_ratio(self) -> float: ...
+    @property
+    def target_modules(self) -> list[Any]: ...
+    @property
+    def label_names(self) -> list[Any] | None: ...
+    @property
+    def bytes(self) -> int: ...
+    @property
+    def sha256(self) -> str: ...
+    @property
+    def step(self) -> int | None: ...
+    @property
+    def metrics(self) -> dict[str, Any] | None: ...
+    @property
+    def created_at(self) -> datetime: ...
 
 
 class ModelDetails(BaseModel):
@@ -46,7 +81,7 @@ class ModelObject(BaseModel):
         return cls(id=name, created=BASE_MODEL_CREATED, owned_by=BASE_MODEL_OWNER, lorasp=details)
 
     @classmethod
-    def from_adapter(cls, adapter: Adapter) -> ModelObject:
+    def from_adapter(cls, adapter: AdapterFields) -> ModelObject:
         details = ModelDetails(
             kind="adapter",
             task=adapter.task,

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from api.errors import APIError, file_too_large
 from api.services.adapter_archives import UnsafeArchiveError, unpack_adapter_archive
-from api.services.catalog import enabled_base_models
+from api.services.catalog import offered_base_model
 from api.services.serving import engine_errors
 from lorasp_core.serving import AdapterLoadError, ServingEngine
 from lorasp_service import registry
@@ -68,7 +68,7 @@ def upload_adapter(
     base_model: str,
     suffix: str | None,
 ) -> Adapter:
-    if base_model not in enabled_base_models(settings):
+    if offered_base_model(session, settings, tenant.id, base_model) is None:
         raise APIError(
             400, f"Unknown base model '{base_model}'; see GET /v1/models for the base models offered.",
             param="base_model", code="model_not_found",

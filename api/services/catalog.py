@@ -1,12 +1,14 @@
-"""Base models this deployment offers: the lorasp_core catalog filtered by `settings.enabled_models`."""
+"""Base models this deployment offers a tenant: the registry's ready rows (lorasp_service.base_models),
+catalog rows filtered by `settings.enabled_models`, plus the tenant's private models."""
 
 from __future__ import annotations
 
-from functools import lru_cache
+from sqlalchemy.orm import Session
 
 from api.schemas.models import ModelObject
 from lorasp_core.data import DatasetFormat
-from lorasp_core.models import CATALOG, CatalogEntry
+from lorasp_service import base_models
+from lorasp_service.orm import BaseModelRecord
 from lorasp_service.settings import Settings
 
 # Dataset formats a base model's task can train on.
@@ -16,25 +18,20 @@ FORMATS_FOR_TASK: dict[str, frozenset[str]] = {
 }
 
 
-def enabled_base_models(settings: Settings) -> dict[str, CatalogEntry]:
-    enabled = settings.enabled_models
-    return {name: entry for name, entry in CATALOG.items() if enabled is None or name in enabled}
+def enabled_base_models(session: Session, settings: Settings, tenant_id: str) -> dict[str, BaseModelRecord]:
+    """The base models the tenant may use, by name (one query)."""
+    return base_models.offered_models(session, settings, tenant_id)
 
 
-def base_model_objects(settings: Settings) -> list[ModelObject]:
-    """The enabled base models as `GET /v1/models` lists them (built once per set of enabled names)."""
-    enabled = None if settings.enabled_models is None else tuple(settings.enabled_models)
-    return list(_base_model_objects(enabled))
+def offered_base_model(
+    session: Session, settings: Settings, tenant_id: str, name: str
+) -> BaseModelRecord | None:
+    return base_models.offered_model(session, settings, tenant_id, name)
 
 
-@lru_cache(maxsize=8)
-def _base_model_objects(enabled: tuple[str, ...] | None) -> tuple[ModelObject, ...]:
-    return tuple(
-        ModelObject.base(name, entry.task, entry.description)
-        for name, entry in CATALOG.items()
-        if enabled is None or name in enabled
-    )
+def base_model_object(row: BaseModelRecord) -> ModelObject:
+    return ModelObject.base(row.name, row.task, row.description)
 
 
-def is_base_model(name: str) -> bool:
-    return name in CATALOG
+def is_base_model(session: Session, settings: Settings, tenant_id: str, name: str) -> bool:
+    return offered_base_model(session, settings, tenant_id, name) is not None

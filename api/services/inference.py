@@ -34,7 +34,7 @@ from api.schemas.inference import (
     Usage,
 )
 from api.services import serving
-from api.services.catalog import enabled_base_models
+from api.services.catalog import offered_base_model
 from lorasp_core.serving import GenerationChunk, GenerationRequest, GenerationStream, ServingEngine
 from lorasp_service.orm import Adapter, Tenant
 from lorasp_service.settings import Settings
@@ -65,7 +65,7 @@ def resolve_target(
     session: Session, settings: Settings, storage: BlobStorage, engine: ServingEngine, tenant: Tenant,
     model: str, *, task: str,
 ) -> Target:
-    entry = enabled_base_models(settings).get(model)
+    entry = offered_base_model(session, settings, tenant.id, model)
     found_task: str | None = entry.task if entry is not None else None
     adapter = None
     if entry is None:

@@ -15,11 +15,11 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from api.errors import APIError
-from api.services.catalog import enabled_base_models
+from api.services.catalog import offered_base_model
 from lorasp_core import read_adapter_metadata
-from lorasp_service import registry
+from lorasp_service import base_models, registry
 from lorasp_service.jobs.spec import TargetModules
-from lorasp_service.orm import Adapter, Tenant
+from lorasp_service.orm import Adapter, BaseModelRecord, Tenant
 from lorasp_service.settings import Settings
 from lorasp_service.storage import BlobStorage
 
@@ -44,6 +44,18 @@ class JobBase:
     base_model: str
     task: str
     parent: ParentStructure | None = None
+    # What the target-module checks build the model from (catalog name or model store directory), and
+    # the registered model's default target modules (None: the engine's per-architecture defaults).
+    source: str | None = None
+    target_modules: tuple[str, ...] | None = None
+
+    @classmethod
+    def of(cls, storage: BlobStorage, row: BaseModelRecord, parent: ParentStructure | None = None) -> JobBase:
+        defaults = None
+        if row.source_kind != base_models.CATALOG_KIND and row.target_modules:
+            defaults = tuple(str(name) for name in row.target_modules)
+        source = base_models.load_source(storage, row)
+        return cls(row.name, row.task, parent, source=source, target_modules=defaults)
 
 
 def model_not_available(model: str) -> APIError:
@@ -82,15 +94,14 @@ def resolve_job_base(
     session: Session, settings: Settings, storage: BlobStorage, tenant: Tenant, model: str
 ) -> JobBase:
     """The base model and (for an adapter id of the tenant) the locked parent's structure."""
-    enabled = enabled_base_models(settings)
-    entry = enabled.get(model)
+    entry = offered_base_model(session, settings, tenant.id, model)
     if entry is not None:
-        return JobBase(base_model=model, task=entry.task)
+        return JobBase.of(storage, entry)
     found = registry.get_adapter_for_tenant(session, tenant.id, model)
     adapter = lock_adapter_for_job(session, found.id) if found is not None else None
     if adapter is None:
         raise model_not_available(model)
-    base = enabled.get(adapter.base_model)
+    base = offered_base_model(session, settings, tenant.id, adapter.base_model)
     if base is None:
         raise _unusable_parent(model, f"its base model '{adapter.base_model}' is not offered for fine-tuning")
     try:
@@ -108,4 +119,4 @@ def resolve_job_base(
         target_modules=metadata.target_modules,
         label_names=metadata.label_names if metadata.label_names is not None else adapter.label_names,
     )
-    return JobBase(base_model=adapter.base_model, task=base.task, parent=parent)
+    return JobBase.of(storage, base, parent)

@@ -50,7 +50,8 @@ def build_spec(
     base: JobBase | None = None,
 ) -> TrainingSpec:
     """`base`: what the job trains from (default: `request.model` as a base model, no parent)."""
-    model = base.base_model if base is not None else request.model
+    # The model the module checks build: the catalog name or the registered model's store directory.
+    model = (base.source or base.base_model) if base is not None else request.model
     parent = base.parent if base is not None else None
     method = request.method or Method(type="supervised")
     chosen: LoraSPHyperparameters = method.hyperparameters()
@@ -91,6 +92,8 @@ def build_spec(
     }
     if parent is not None:
         _inherit_structure(values, parent, model, method.type, settings)
+    if base is not None and base.target_modules is not None:
+        values.setdefault("target_modules", base.target_modules)  # the registered model's default
     for name, value in asdict(auto_hyperparameters(training)).items():
         values.setdefault(name, value)
     values.setdefault("eval_every", auto_eval_every(training, values["n_epochs"], values["batch_size"]))

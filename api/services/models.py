@@ -4,29 +4,61 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import Connection, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from api.errors import APIError, not_found
 from api.schemas.models import ModelObject
-from api.services.catalog import base_model_objects, enabled_base_models, is_base_model
-from lorasp_service import registry
+from api.services.catalog import base_model_object, is_base_model, offered_base_model
+from lorasp_service import base_models, registry
+from lorasp_service.auth import active_key_with_hash
 from lorasp_service.model_checkpoints import checkpoint_adapters
-from lorasp_service.orm import Adapter, Tenant
+from lorasp_service.orm import Adapter, ApiKey, Tenant
 from lorasp_service.settings import Settings
 from lorasp_service.storage import BlobStorage
 
-# Built once: GET /v1/models runs it on every call (newest first, id breaks ties for a stable order).
-_TENANT_ADAPTERS = (
-    select(Adapter)
-    .where(Adapter.tenant_id == bindparam("tenant_id"))
+# What a model object shows of an adapter: Core rows of just these, no ORM objects or identity map.
+_ADAPTER_COLUMNS = (
+    Adapter.id,
+    Adapter.tenant_id,
+    Adapter.task,
+    Adapter.base_model,
+    Adapter.job_id,
+    Adapter.checkpoint_job_id,
+    Adapter.rank,
+    Adapter.freeze_ratio,
+    Adapter.target_modules,
+    Adapter.label_names,
+    Adapter.bytes,
+    Adapter.sha256,
+    Adapter.step,
+    Adapter.metrics,
+    Adapter.created_at,
+)
+# GET /v1/models runs it on every call, so the key lookup and the listing are one statement (one round
+# trip): the key's row (by the unique key_hash index) outer-joined to its own tenant's adapters, newest
+# first (id breaks ties for a stable order). No row: the key is unknown or revoked; a row without an
+# adapter id: the tenant has none.
+_MODELS_FOR_KEY = (
+    select(ApiKey.tenant_id.label("key_tenant_id"), *_ADAPTER_COLUMNS)
+    .select_from(ApiKey)
+    .outerjoin(Adapter, Adapter.tenant_id == ApiKey.tenant_id)
+    .where(active_key_with_hash(bindparam("key_hash")))
     .order_by(Adapter.created_at.desc(), Adapter.id)
 )
 
 
-def list_models(session: Session, settings: Settings, tenant: Tenant) -> list[ModelObject]:
-    adapters = session.scalars(_TENANT_ADAPTERS, {"tenant_id": tenant.id})
-    return base_model_objects(settings) + [ModelObject.from_adapter(adapter) for adapter in adapters]
+def list_models_for_key(
+    connection: Connection, settings: Settings, key_hash: str
+) -> list[ModelObject] | None:
+    """The base models offered to the key's tenant and its adapters; None if no active key has the hash.
+    Two statements on one connection: the key with its adapters, then the registry's offered rows."""
+    rows = connection.execute(_MODELS_FOR_KEY, {"key_hash": key_hash}).all()
+    if not rows:
+        return None
+    adapters = [ModelObject.from_adapter(row) for row in rows if row.id is not None]
+    offered = base_models.offered_rows(connection, settings, rows[0].key_tenant_id)
+    return [ModelObject.base(row.name, row.task, row.description) for row in offered] + adapters
 
 
 def _model_not_found(model_id: str) -> APIError:
@@ -34,9 +66,9 @@ def _model_not_found(model_id: str) -> APIError:
 
 
 def get_model(session: Session, settings: Settings, tenant: Tenant, model_id: str) -> ModelObject:
-    entry = enabled_base_models(settings).get(model_id)
-    if entry is not None:
-        return ModelObject.base(model_id, entry.task, entry.description)
+    row = offered_base_model(session, settings, tenant.id, model_id)
+    if row is not None:
+        return base_model_object(row)
     adapter = registry.get_adapter_for_tenant(session, tenant.id, model_id)
     if adapter is None:
         raise _model_not_found(model_id)
@@ -47,7 +79,7 @@ def delete_model(
     session: Session, storage: BlobStorage, settings: Settings, tenant: Tenant, model_id: str
 ) -> list[str]:
     """Delete the model; returns the ids deleted (the model first, then its job's checkpoints)."""
-    if model_id in enabled_base_models(settings):
+    if is_base_model(session, settings, tenant.id, model_id):
         raise APIError(
             403,
             f"Model '{model_id}' is a base model; only fine-tuned models can be deleted.",
@@ -105,7 +137,7 @@ def adapter_archive(
     """The adapter's .tar.gz on disk (written now if the worker left none) and its row."""
     adapter = registry.get_adapter_for_tenant(session, tenant.id, adapter_id)
     if adapter is None:
-        if is_base_model(adapter_id):
+        if base_models.names_a_base_model(session, tenant.id, adapter_id):
             raise APIError(
                 400,
                 f"Model '{adapter_id}' is a base model, not an adapter.",

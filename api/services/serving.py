@@ -19,7 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.errors import APIError, not_found
-from lorasp_core.models import ModelUnavailableError, load_base_model
+from lorasp_core.models import ModelUnavailableError
 from lorasp_core.serving import (
     AdapterCacheFullError,
     AdapterInfo,
@@ -30,8 +30,9 @@ from lorasp_core.serving import (
     TemplateBudget,
     UnknownAdapterError,
 )
-from lorasp_service import registry
-from lorasp_service.orm import Adapter, Tenant
+from lorasp_service import base_models, registry
+from lorasp_service.db import session_scope
+from lorasp_service.orm import Adapter, BaseModelRecord, Tenant
 from lorasp_service.settings import Settings
 from lorasp_service.storage import BlobStorage
 
@@ -44,8 +45,15 @@ _LOOKED_IN = re.compile(r"\s*\(looked in [^)]*\)")
 def build_serving_engine(settings: Settings) -> ServingEngine:
     """One resident copy per base model (loaded on first use), adapters attached on top, never merged."""
 
+    storage = BlobStorage(settings.blob_dir)
+
     def base_loader(name: str):  # type: ignore[no-untyped-def]  # LoadedModel satisfies BaseModelBundle
-        return load_base_model(name, cache_dir=settings.model_cache_dir)
+        # The registry row says where its files are (the model store for a registered model).
+        with session_scope(settings) as session:
+            row = session.get(BaseModelRecord, name)
+        if row is None:
+            raise ModelUnavailableError(f"base model {name!r} is not registered")
+        return base_models.load_model(settings, storage, row)
 
     return ServingEngine(
         base_loader,

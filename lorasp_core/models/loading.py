@@ -51,13 +51,15 @@ def load_base_model(
     num_labels: int | None = None,
     cache_dir: str | Path | None = None,
     seed: int = 0,
+    name: str | None = None,
 ) -> LoadedModel:
     """Load a catalog model by name, or a local Hugging Face model directory (one with config.json).
 
     `task` defaults to the catalog entry's task (or, for a directory, is inferred from
     `config.architectures`). `num_labels` (seq-cls only, default 2) sizes a fresh classification head
     whose initial weights depend only on `seed`. `cache_dir` holds dequantised GGUF models (default:
-    `$LORASP_MODEL_CACHE` or `~/.cache/lorasp/models`).
+    `$LORASP_MODEL_CACHE` or `~/.cache/lorasp/models`). `name` (a directory only) is the name the
+    model is known by (`config.name_or_path`; default: the path), e.g. a registered base model's.
     """
     if task is not None and task not in TASK_TYPES:
         raise ValueError(f"task must be one of {list(TASK_TYPES)}, got {task!r}")
@@ -68,7 +70,7 @@ def load_base_model(
         return _load_catalog_model(entry, task, num_labels, cache_dir, seed)
     local_dir = Path(name_or_path).expanduser()
     if (local_dir / "config.json").is_file():
-        return _load_local_directory(name_or_path, local_dir, task, num_labels, seed)
+        return _load_local_directory(name or name_or_path, local_dir, task, num_labels, seed)
     raise ValueError(
         f"unknown base model {name_or_path!r}: not a catalog name ({', '.join(catalog.catalog_names())}) "
         "and not a local directory containing config.json"

@@ -1,12 +1,10 @@
 """job integrations: the Weights & Biases run a job logs to
 
 Revision ID: 0007_job_integrations
-Revises: 0005_job_lineage_results
+Revises: 0006_base_models
 Create Date: 2026-12-01 23:00:00
 
-`integrations` holds OpenAI's `integrations` list as the API accepted it (NULL: none). The revision id
-leaves 0006 to the base-models migration of another branch; whoever merges both re-points
-`down_revision` at it.
+`integrations` holds OpenAI's `integrations` list as the API accepted it (NULL: none).
 """
 
 from collections.abc import Sequence
@@ -15,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0007_job_integrations"
-down_revision: str | None = "0005_job_lineage_results"
+down_revision: str | None = "0006_base_models"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

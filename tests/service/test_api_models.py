@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import tarfile
+from datetime import UTC, datetime
 from typing import Any
 
 from api_helpers import assert_error
@@ -12,6 +13,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 from lorasp_core.models import CATALOG
+from lorasp_service import base_models
+from lorasp_service.auth import create_tenant_with_key
 from lorasp_service.orm import Adapter
 from lorasp_service.settings import Settings
 from lorasp_service.storage import BlobStorage
@@ -34,6 +37,25 @@ def test_models_list_has_the_catalog_and_own_adapters_only(
     assert by_id[mine.id]["owned_by"] == alice["X-Tenant-Id"]
     assert by_id[mine.id]["lorasp"]["base_model"] == "tiny-random-llama"
     assert theirs.id not in by_id
+
+
+def test_models_list_of_a_tenant_without_adapters_is_the_catalog_and_adapters_are_newest_first(
+    client: TestClient, db: Session, alice: dict[str, str], make_adapter: Any, api_settings: Settings
+) -> None:
+    tenant, key = create_tenant_with_key(db, "no-adapters-yet")
+    db.commit()
+    listed = client.get("/v1/models", headers={"Authorization": f"Bearer {key}"}).json()["data"]
+    # the catalog first; after it only base models other tests registered for the whole deployment
+    assert [model["id"] for model in listed][: len(CATALOG)] == list(CATALOG)
+    offered = base_models.offered_models(db, api_settings, tenant.id)
+    assert [model["id"] for model in listed] == list(offered)  # base models only: no adapters
+    older, newer = make_adapter(alice["X-Tenant-Id"]), make_adapter(alice["X-Tenant-Id"])
+    older.created_at = datetime(2025, 1, 2, tzinfo=UTC)
+    newer.created_at = datetime(2025, 1, 3, tzinfo=UTC)
+    db.commit()
+    ids = [model["id"] for model in client.get("/v1/models", headers=alice).json()["data"]]
+    assert ids.index(newer.id) < ids.index(older.id)
+    assert ids[: len(CATALOG)] == list(CATALOG)
 
 
 def test_enabled_models_setting_limits_base_models(api_settings: Settings, alice: dict[str, str]) -> None:

@@ -55,6 +55,10 @@ def test_keys_are_hashed_and_revocation_takes_effect(client: TestClient, db: Ses
     db.commit()
     assert tenant_for_key(db, key) is None and tenant_for_key(db, second_key) is not None
     assert_error(client.get("/v1/files", headers=headers), 401, code="invalid_api_key")
+    # GET /v1/models authenticates in its own statement (the key lookup joined to the listing).
+    assert_error(client.get("/v1/models", headers=headers), 401, code="invalid_api_key")
+    second = {"Authorization": f"Bearer {second_key}"}
+    assert client.get("/v1/models", headers=second).status_code == 200
 
 
 @pytest.fixture()
@@ -71,7 +75,11 @@ def alices_resources(
     db.commit()
     adapter = make_adapter(alice["X-Tenant-Id"])
     return {
-        "file": file_id, "job": job_id, "event": event.id, "checkpoint": checkpoint.id, "adapter": adapter.id
+        "file": file_id,
+        "job": job_id,
+        "event": event.id,
+        "checkpoint": checkpoint.id,
+        "adapter": adapter.id,
     }
 
 
