@@ -93,6 +93,8 @@ class Job(Base):
     # Ids of the `fine-tune-results` files the finished job wrote (its step_metrics.csv).
     result_files: Mapped[list[str] | None] = mapped_column(JSON, default=None)
     trained_tokens: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    # OpenAI's `integrations` as accepted (a W&B run the worker logs to); None: no integration.
+    integrations: Mapped[list[Any] | None] = mapped_column(JSON, default=None)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     # A pause asked of a running job: its worker checkpoints, stops and moves it to paused.
     pause_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())

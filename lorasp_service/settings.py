@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -87,6 +88,11 @@ class Settings(BaseSettings):
     stale_job_sweep_seconds: float | None = Field(default=None, gt=0)
     # Resume checkpoints kept per job while it runs (the newest ones); all are deleted once it succeeds.
     checkpoints_kept: int = Field(default=2, ge=1)
+    # Weights & Biases, for jobs with a `wandb` integration (`pip install lorasp[wandb]`). The key is the
+    # deployment's, never logged nor echoed; "offline" writes runs only under wandb_dir (`wandb sync`).
+    wandb_api_key: SecretStr | None = None
+    wandb_mode: Literal["online", "offline"] = "online"
+    wandb_dir: Path | None = None  # default: <home>/wandb
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:
@@ -97,6 +103,8 @@ class Settings(BaseSettings):
             self.broker_url = "filesystem://"
         if self.storage_dir is None:
             self.storage_dir = self.home / "storage"
+        if self.wandb_dir is None:
+            self.wandb_dir = self.home / "wandb"
         return self
 
     @property

@@ -33,6 +33,7 @@ from lorasp_core.train_config import TaskType
 from lorasp_core.trainer import TrainConfig, train
 from lorasp_service import base_models, checkpoints, jobs, registry, step_metrics, work_dirs
 from lorasp_service.db import session_scope
+from lorasp_service.integrations.wandb_logger import integration_callbacks
 from lorasp_service.jobs import JobStatus
 from lorasp_service.model_checkpoints import EpochCheckpointCallback, target_module_names
 from lorasp_service.orm import Adapter, BaseModelRecord, File, Job
@@ -191,8 +192,9 @@ def _train_and_register(settings: Settings, job_id: str, worker_id: str, claim: 
     epoch_models = EpochCheckpointCallback(
         settings, storage, job, worker_id, claim.attempt, fine_tuned_model_id(job), task, work_dir,
         rank=lora.r, freeze_ratio=lora.freeze_ratio, label_names=label_names, chat_template=chat_template)
-    result = train(config, model, loaded.tokenizer, train_data, eval_data,
-                   callbacks=[callback, epoch_models], label_names=label_names)
+    with integration_callbacks(settings, job) as integrations:  # a W&B run, when the job has one
+        result = train(config, model, loaded.tokenizer, train_data, eval_data,
+                       callbacks=[callback, epoch_models, *integrations], label_names=label_names)
 
     if keeper.lost:
         log.warning("job %s: lease lost during training; leaving the job to its new worker", job_id)

@@ -21,6 +21,8 @@ from pydantic import (
     model_validator,
 )
 
+from api.schemas.job_integrations import MAX_INTEGRATIONS, Integration
+
 MAX_EPOCHS = 50
 MAX_BATCH_SIZE = 512
 MAX_LR_MULTIPLIER = 100.0
@@ -176,4 +178,6 @@ class CreateFineTuningJobRequest(StrictModel):
     )
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
     metadata: dict[MetadataKey, MetadataValue] | None = Field(default=None, max_length=MAX_METADATA_PAIRS)
-    integrations: list[Any] | None = Field(default=None, max_length=0, description="Not supported")
+    integrations: list[Integration] | None = Field(
+        default=None, max_length=MAX_INTEGRATIONS, description="A Weights & Biases run to log the job to"
+    )

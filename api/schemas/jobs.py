@@ -68,6 +68,7 @@ class FineTuningJob(BaseModel):
             training_file=job.training_file_id,
             validation_file=job.validation_file_id,
             estimated_finish=unix_seconds(job.estimated_finish),
+            integrations=job.integrations or None,
             metadata=job.user_metadata,
             method=job.method,
             user_provided_suffix=job.suffix,

@@ -12,9 +12,11 @@ from sqlalchemy.orm import Session
 
 from api.deps import EnqueueJob
 from api.errors import APIError, not_found
+from api.schemas.job_integrations import stored_integrations
 from api.schemas.job_requests import CreateFineTuningJobRequest
 from api.services.catalog import FORMATS_FOR_TASK
 from api.services.files import lock_files_for_job
+from api.services.job_integrations import check_integrations
 from api.services.job_parent import ParentStructure, resolve_job_base
 from api.services.job_spec import build_spec
 from api.services.paging import fetch_page, newer_first_after
@@ -82,6 +84,7 @@ def create_job(
     enqueue: EnqueueJob,
 ) -> Job:
     """`request.model` is a base model, or an adapter of the tenant to continue from (see job_parent)."""
+    check_integrations(request.integrations, settings)
     base = resolve_job_base(session, settings, storage, tenant, request.model)
     training = _file_for_job(session, tenant, request.training_file, "training_file", base.task)
     if request.validation_file is not None:
@@ -106,6 +109,7 @@ def create_job(
         user_metadata=request.metadata,
     )
     spec.store_on(job)
+    job.integrations = stored_integrations(request.integrations)
     session.add(job)
     session.flush()
     jobs.add_event(session, job.id, f"Created fine-tuning job: {job.id}")
