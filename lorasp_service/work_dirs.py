@@ -1,4 +1,4 @@
-"""A job attempt's local scratch folder (`<home>/work/<job id>-attempt-<n>`), and the sweep of stale ones.
+"""A job attempt's local scratch folder (`work/<job id>-attempt-<n>` in the home) and the stale-folder sweep.
 
 The worker removes its folder when the attempt ends, but a killed worker cannot: its folder (checkpoints
 not yet copied, a saved adapter) stays on that machine's disk. `sweep_work_dirs` runs when a worker
