@@ -175,7 +175,8 @@ def require_admin_key(
     assert credentials is not None
     if not is_admin_key(session, credentials.credentials):
         raise APIError(
-            403, f"Tenant '{tenant.id}' uses a tenant API key; this route needs an admin key.",
+            403,
+            f"Tenant '{tenant.id}' uses a tenant API key; this route needs an admin key.",
             code="permission_denied",
         )
 

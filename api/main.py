@@ -28,8 +28,14 @@ API_PREFIX = "/v1"
 
 # Routers served under /v1. The serving engineer appends inference.router and serving.router here.
 ROUTERS: list[APIRouter] = [
-    files.router, jobs.router, models.router, adapters.router, inference.router, serving.router,
-    webhooks.router, admin.router,
+    files.router,
+    jobs.router,
+    models.router,
+    adapters.router,
+    inference.router,
+    serving.router,
+    webhooks.router,
+    admin.router,
 ]
 
 # Room for the multipart envelope (boundaries, part headers, the purpose field) around the file itself.

@@ -73,8 +73,15 @@ def save_checkpoint(
     final_path.parent.mkdir(parents=True, exist_ok=True)
     tmp_path = final_path.with_name(f".{final_path.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
-        save_adapter(model, tmp_path, base_model_name_or_path=base_model_name_or_path, task_type=task_type,
-                     label_names=label_names, chat_template=chat_template, training_summary=training_summary)
+        save_adapter(
+            model,
+            tmp_path,
+            base_model_name_or_path=base_model_name_or_path,
+            task_type=task_type,
+            label_names=label_names,
+            chat_template=chat_template,
+            training_summary=training_summary,
+        )
         torch.save(state.to_dict(), tmp_path / TRAINER_STATE_FILE)
         if final_path.exists():  # re-saving the same step (e.g. cancelled right after a periodic save)
             stale = final_path.with_name(f".{final_path.name}.old-{uuid.uuid4().hex[:8]}")

@@ -55,8 +55,13 @@ class AdapterMetadata:
 
     def lorasp_config(self) -> LoraSPConfig:
         return LoraSPConfig(
-            r=self.r, alpha=self.lora_alpha, dropout=self.lora_dropout, target_modules=self.target_modules,
-            freeze_ratio=self.freeze_ratio, mask_seed=self.mask_seed, init_seed=self.init_seed,
+            r=self.r,
+            alpha=self.lora_alpha,
+            dropout=self.lora_dropout,
+            target_modules=self.target_modules,
+            freeze_ratio=self.freeze_ratio,
+            mask_seed=self.mask_seed,
+            init_seed=self.init_seed,
             modules_to_save=self.modules_to_save,
         )
 
@@ -84,7 +89,8 @@ def _saved_target_modules(model: nn.Module, wrapped_names: list[str]) -> list[st
     leaf_names = sorted({name.rsplit(".", 1)[-1] for name in wrapped_names})
     # PEFT matches any module whose name ends with a leaf; our base layers sit below the wrappers.
     selected_by_leaves = [
-        name for name, _ in model.named_modules()
+        name
+        for name, _ in model.named_modules()
         if "base_layer" not in name.split(".") and name.rsplit(".", 1)[-1] in leaf_names
     ]
     if sorted(selected_by_leaves) == sorted(wrapped_names):
@@ -145,17 +151,20 @@ def save_adapter(
         "revision": None,
     }
     _write_json_atomic(directory / ADAPTER_CONFIG_FILE, peft_config)
-    _write_json_atomic(directory / LORASP_FILE, {
-        "format_version": 1,
-        "task": task_type,
-        "freeze_ratio": config.freeze_ratio,
-        "mask_seed": config.mask_seed,
-        "init_seed": config.init_seed,
-        "config": config.to_dict(),
-        "label_names": label_names,
-        "chat_template": chat_template,
-        "training_summary": training_summary,
-    })
+    _write_json_atomic(
+        directory / LORASP_FILE,
+        {
+            "format_version": 1,
+            "task": task_type,
+            "freeze_ratio": config.freeze_ratio,
+            "mask_seed": config.mask_seed,
+            "init_seed": config.init_seed,
+            "config": config.to_dict(),
+            "label_names": label_names,
+            "chat_template": chat_template,
+            "training_summary": training_summary,
+        },
+    )
     return directory
 
 
@@ -246,7 +255,7 @@ def load_adapter(model: nn.Module, path: str | Path) -> AdapterMetadata:
     for head_name in modules_to_save_of(model):
         head = model.get_submodule(head_name)
         prefix = f"{KEY_PREFIX}{head_name}."
-        head_state = {key[len(prefix):]: value for key, value in tensors.items() if key.startswith(prefix)}
+        head_state = {key[len(prefix) :]: value for key, value in tensors.items() if key.startswith(prefix)}
         head_state = {key.removeprefix("modules_to_save.default."): v for key, v in head_state.items()}
         if not head_state:
             raise ValueError(f"{ADAPTER_WEIGHTS_FILE}: no weights for the trained module {head_name}")

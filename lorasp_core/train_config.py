@@ -15,8 +15,13 @@ MixedPrecision = Literal["auto", "bf16", "no"]
 
 # transformers.get_scheduler names that need no extra arguments (plateau needs metrics, WSD needs kwargs).
 SUPPORTED_SCHEDULERS = (
-    "linear", "cosine", "cosine_with_restarts", "polynomial",
-    "constant", "constant_with_warmup", "inverse_sqrt",
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
 )
 TASKS: tuple[TaskType, ...] = ("causal-lm", "seq-cls")
 BATCHINGS: tuple[Batching, ...] = ("group_by_length", "pack", "padded")
@@ -61,31 +66,51 @@ class TrainConfig:
         _require(self.task in TASKS, f"task must be one of {TASKS}, got {self.task!r}")
         for name in ("epochs", "batch_size", "grad_accum_steps", "max_length", "eval_sample_size"):
             value = getattr(self, name)
-            _require(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
-                     f"{name} must be an integer >= 1, got {value!r}")
-        _require(isinstance(self.learning_rate, int | float) and self.learning_rate > 0,
-                 f"learning_rate must be > 0, got {self.learning_rate!r}")
-        _require(isinstance(self.weight_decay, int | float) and self.weight_decay >= 0,
-                 f"weight_decay must be >= 0, got {self.weight_decay!r}")
-        _require(self.lr_scheduler in SUPPORTED_SCHEDULERS,
-                 f"lr_scheduler must be one of {SUPPORTED_SCHEDULERS}, got {self.lr_scheduler!r}")
-        _require(isinstance(self.warmup_ratio, int | float) and 0 <= self.warmup_ratio < 1,
-                 f"warmup_ratio must satisfy 0 <= warmup_ratio < 1, got {self.warmup_ratio!r}")
-        _require(self.max_grad_norm is None or (isinstance(self.max_grad_norm, int | float)
-                                                and self.max_grad_norm > 0),
-                 f"max_grad_norm must be > 0 or null, got {self.max_grad_norm!r}")
+            _require(
+                isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                f"{name} must be an integer >= 1, got {value!r}",
+            )
+        _require(
+            isinstance(self.learning_rate, int | float) and self.learning_rate > 0,
+            f"learning_rate must be > 0, got {self.learning_rate!r}",
+        )
+        _require(
+            isinstance(self.weight_decay, int | float) and self.weight_decay >= 0,
+            f"weight_decay must be >= 0, got {self.weight_decay!r}",
+        )
+        _require(
+            self.lr_scheduler in SUPPORTED_SCHEDULERS,
+            f"lr_scheduler must be one of {SUPPORTED_SCHEDULERS}, got {self.lr_scheduler!r}",
+        )
+        _require(
+            isinstance(self.warmup_ratio, int | float) and 0 <= self.warmup_ratio < 1,
+            f"warmup_ratio must satisfy 0 <= warmup_ratio < 1, got {self.warmup_ratio!r}",
+        )
+        _require(
+            self.max_grad_norm is None
+            or (isinstance(self.max_grad_norm, int | float) and self.max_grad_norm > 0),
+            f"max_grad_norm must be > 0 or null, got {self.max_grad_norm!r}",
+        )
         _require(isinstance(self.seed, int) and self.seed >= 0, f"seed must be >= 0, got {self.seed!r}")
         _require(self.batching in BATCHINGS, f"batching must be one of {BATCHINGS}, got {self.batching!r}")
-        _require(self.batching != "pack" or self.task == "causal-lm",
-                 "batching 'pack' is only for causal-lm (classification examples keep one label each)")
-        _require(self.mixed_precision in MIXED_PRECISIONS,
-                 f"mixed_precision must be one of {MIXED_PRECISIONS}, got {self.mixed_precision!r}")
-        _require(isinstance(self.device, str) and bool(self.device),
-                 f"device must be a device name, got {self.device!r}")
+        _require(
+            self.batching != "pack" or self.task == "causal-lm",
+            "batching 'pack' is only for causal-lm (classification examples keep one label each)",
+        )
+        _require(
+            self.mixed_precision in MIXED_PRECISIONS,
+            f"mixed_precision must be one of {MIXED_PRECISIONS}, got {self.mixed_precision!r}",
+        )
+        _require(
+            isinstance(self.device, str) and bool(self.device),
+            f"device must be a device name, got {self.device!r}",
+        )
         for name in ("eval_every_steps", "full_eval_epochs", "checkpoint_every_steps", "max_steps"):
             _positive_int_or_none(name, getattr(self, name))
-        _require(self.checkpoint_every_steps is None or self.checkpoint_dir is not None,
-                 "checkpoint_every_steps needs checkpoint_dir")
+        _require(
+            self.checkpoint_every_steps is None or self.checkpoint_dir is not None,
+            "checkpoint_every_steps needs checkpoint_dir",
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -44,7 +44,8 @@ def resolve_target_names(model: nn.Module, config: LoraSPConfig) -> list[str]:
     modules = dict(model.named_modules())
     if config.target_modules == ALL_LINEAR:
         return [
-            name for name, module in modules.items()
+            name
+            for name, module in modules.items()
             if _is_adaptable(module) and name.rsplit(".", 1)[-1] not in OUTPUT_LAYER_NAMES
         ]
     targets = config.target_modules
@@ -87,7 +88,8 @@ def apply_lorasp(model: nn.Module, config: LoraSPConfig) -> nn.Module:
     head_names = resolve_modules_to_save(model, config)
     # Heads train in full, so layers inside them (e.g. RoBERTa's classifier.dense) get no adapter.
     target_names = [
-        name for name in resolve_target_names(model, config)
+        name
+        for name in resolve_target_names(model, config)
         if not any(name == head or name.startswith(head + ".") for head in head_names)
     ]
     if not target_names:
@@ -102,8 +104,14 @@ def apply_lorasp(model: nn.Module, config: LoraSPConfig) -> nn.Module:
         parent = model.get_submodule(parent_name)
         base_layer = getattr(parent, child_name)
         wrapped = LoraSPLinear(
-            base_layer, name=name, r=config.r, alpha=config.alpha, dropout=config.dropout,
-            freeze_ratio=config.freeze_ratio, mask_seed=config.mask_seed, init_seed=config.init_seed,
+            base_layer,
+            name=name,
+            r=config.r,
+            alpha=config.alpha,
+            dropout=config.dropout,
+            freeze_ratio=config.freeze_ratio,
+            mask_seed=config.mask_seed,
+            init_seed=config.init_seed,
         )
         setattr(parent, child_name, wrapped)
 
@@ -176,6 +184,7 @@ def optimizer_state_bytes(optimizer: torch.optim.Optimizer, model: nn.Module) ->
         owner = "adapter" if id(parameter) in adapter_parameters else "other"
         totals[owner] += sum(
             value.numel() * value.element_size()
-            for value in state.values() if isinstance(value, torch.Tensor) and value.dim() > 0
+            for value in state.values()
+            if isinstance(value, torch.Tensor) and value.dim() > 0
         )
     return {**totals, "total": totals["adapter"] + totals["other"]}

@@ -48,8 +48,14 @@ def start_server(home: Path, port: int) -> tuple[subprocess.Popen[bytes], Path]:
     # One intra-op thread unless told otherwise: on 2 busy cores, 2 torch threads were 4x slower than 1.
     env.setdefault("OMP_NUM_THREADS", "1")
     with log_path.open("ab") as log:
-        process = subprocess.Popen([sys.executable, "-m", "lorasp_service.cli", "serve"], cwd=REPO_ROOT,
-                                   env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "lorasp_service.cli", "serve"],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     return process, log_path
 
 
@@ -100,12 +106,19 @@ def follow_job(client: httpx.Client, job_id: str) -> dict[str, Any]:
             metrics = next((e["data"] for e in events if e["type"] == "metrics" and e.get("data")), None)
             if metrics:
                 if bar is None:
-                    bar = tqdm(total=metrics["total_steps"], initial=metrics["step"], desc="fine-tuning",
-                               unit="step")
+                    bar = tqdm(
+                        total=metrics["total_steps"], initial=metrics["step"], desc="fine-tuning", unit="step"
+                    )
                 bar.n = metrics["step"]
                 loss, speed = metrics["train_loss"], metrics["tokens_per_second"]
-                valid = next((e["data"]["valid_loss"] for e in events
-                              if e["type"] == "metrics" and "valid_loss" in (e.get("data") or {})), None)
+                valid = next(
+                    (
+                        e["data"]["valid_loss"]
+                        for e in events
+                        if e["type"] == "metrics" and "valid_loss" in (e.get("data") or {})
+                    ),
+                    None,
+                )
                 postfix = {"loss": f"{loss:.3f}", "tokens_s": f"{speed:.0f}"}
                 if valid is not None:
                     postfix["valid_loss"] = f"{valid:.3f}"
@@ -126,8 +139,10 @@ def show_checkpoints(client: httpx.Client, job: dict[str, Any]) -> None:
     listed = check(client.get(f"/v1/fine_tuning/jobs/{job['id']}/checkpoints"))["data"]
     for checkpoint in listed:
         metrics = checkpoint["metrics"]
-        print(f"  {checkpoint['fine_tuned_model_checkpoint']}: train loss {metrics['train_loss']:.3f}, "
-              f"full validation loss {metrics.get('full_valid_loss', float('nan')):.3f}")
+        print(
+            f"  {checkpoint['fine_tuned_model_checkpoint']}: train loss {metrics['train_loss']:.3f}, "
+            f"full validation loss {metrics.get('full_valid_loss', float('nan')):.3f}"
+        )
     for file_id in job["result_files"]:
         rows = client.get(f"/v1/files/{file_id}/content").text.count("\n") - 1
         print(f"  per-step metrics: {file_id} (step_metrics.csv, {rows} steps)")
@@ -150,17 +165,35 @@ def ask(client: httpx.Client, model: str, messages: list[dict[str, str]]) -> str
 
 def run_demo(client: httpx.Client) -> None:
     with TRAINING_FILE.open("rb") as handle:
-        uploaded = check(client.post("/v1/files", data={"purpose": "fine-tune"},
-                                     files={"file": (TRAINING_FILE.name, handle, "application/jsonl")}))
+        uploaded = check(
+            client.post(
+                "/v1/files",
+                data={"purpose": "fine-tune"},
+                files={"file": (TRAINING_FILE.name, handle, "application/jsonl")},
+            )
+        )
     with UNSEEN_FILE.open("rb") as handle:
-        validation = check(client.post("/v1/files", data={"purpose": "fine-tune"},
-                                       files={"file": (UNSEEN_FILE.name, handle, "application/jsonl")}))
+        validation = check(
+            client.post(
+                "/v1/files",
+                data={"purpose": "fine-tune"},
+                files={"file": (UNSEEN_FILE.name, handle, "application/jsonl")},
+            )
+        )
     print(f"uploaded {TRAINING_FILE.name} as {uploaded['id']}, {UNSEEN_FILE.name} as {validation['id']}")
-    job = check(client.post("/v1/fine_tuning/jobs", json={
-        "model": BASE_MODEL, "training_file": uploaded["id"], "validation_file": validation["id"],
-        "suffix": "sentiment", "seed": 0,
-        "method": {"type": "lorasp", "lorasp": {"hyperparameters": HYPERPARAMETERS}},
-    }))
+    job = check(
+        client.post(
+            "/v1/fine_tuning/jobs",
+            json={
+                "model": BASE_MODEL,
+                "training_file": uploaded["id"],
+                "validation_file": validation["id"],
+                "suffix": "sentiment",
+                "seed": 0,
+                "method": {"type": "lorasp", "lorasp": {"hyperparameters": HYPERPARAMETERS}},
+            },
+        )
+    )
     print(f"created job {job['id']} on {BASE_MODEL}: {json.dumps(HYPERPARAMETERS)}")
     job = follow_job(client, job["id"])
     if job["status"] != JobStatus.SUCCEEDED:

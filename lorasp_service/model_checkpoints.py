@@ -35,7 +35,6 @@ from lorasp_service.storage import BlobStorage
 log = logging.getLogger(__name__)
 
 
-
 def checkpoint_model_id(fine_tuned_model: str, step: int) -> str:
     return f"{fine_tuned_model}:ckpt-step-{step}"
 

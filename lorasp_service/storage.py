@@ -115,4 +115,3 @@ class BlobStorage:
             shutil.rmtree(path, ignore_errors=True)
         else:
             path.unlink(missing_ok=True)
-

@@ -66,13 +66,16 @@ class JobFailure(Exception):
         return {"code": self.code, "message": self.message, "param": self.param}
 
 
-def build_configs(job: Job, settings: Settings, task: TaskType, checkpoint_dir: Path,
-                  resume_from: Path | None) -> tuple[LoraSPConfig, TrainConfig]:
+def build_configs(
+    job: Job, settings: Settings, task: TaskType, checkpoint_dir: Path, resume_from: Path | None
+) -> tuple[LoraSPConfig, TrainConfig]:
     """The engine's configs from the spec the API resolved and stored (no second set of defaults)."""
     try:
         spec = jobs.TrainingSpec.from_job(job)
         return spec.to_lora_config(), spec.to_train_config(
-            task, checkpoint_dir=checkpoint_dir, resume_from=resume_from,
+            task,
+            checkpoint_dir=checkpoint_dir,
+            resume_from=resume_from,
             checkpoint_every_steps=settings.checkpoint_every_steps,
         )
     except ValueError as error:  # InvalidSpecError, or a value the engine's configs reject
@@ -127,19 +130,31 @@ def run_claimed_job(settings: Settings, job_id: str, worker_id: str, claim: jobs
 
 
 def _fail(settings: Settings, job_id: str, worker_id: str, claim: jobs.Claim, failure: JobFailure) -> None:
-    jobs.finish_job(settings, job_id, worker_id, claim.attempt, JobStatus.FAILED,
-                    f"Fine-tuning job failed: {failure.message}", error=failure.as_error(),
-                    level=jobs.EventLevel.ERROR)
+    jobs.finish_job(
+        settings,
+        job_id,
+        worker_id,
+        claim.attempt,
+        JobStatus.FAILED,
+        f"Fine-tuning job failed: {failure.message}",
+        error=failure.as_error(),
+        level=jobs.EventLevel.ERROR,
+    )
 
 
-def _train_and_register(settings: Settings, job_id: str, worker_id: str, claim: jobs.Claim,
-                        keeper: LeaseKeeper, work_dir: Path) -> str:
+def _train_and_register(
+    settings: Settings, job_id: str, worker_id: str, claim: jobs.Claim, keeper: LeaseKeeper, work_dir: Path
+) -> str:
     storage = BlobStorage(settings.blob_dir)
     with session_scope(settings) as session:
         job = session.get(Job, job_id)
         assert job is not None
-        files = {f.id: f for f in session.scalars(
-            select(File).where(File.id.in_([job.training_file_id, job.validation_file_id])))}
+        files = {
+            f.id: f
+            for f in session.scalars(
+                select(File).where(File.id.in_([job.training_file_id, job.validation_file_id]))
+            )
+        }
         try:
             parent = find_parent(session, storage, job)
         except ParentUnavailableError as error:
@@ -164,8 +179,14 @@ def _train_and_register(settings: Settings, job_id: str, worker_id: str, claim: 
     if base_row is None:
         raise JobFailure("model_not_available", f"base model {job.model!r} is no longer registered", "model")
     try:
-        loaded = base_models.load_model(settings, storage, base_row, task=task, seed=job.seed,
-                                        num_labels=len(label_names) if label_names else None)
+        loaded = base_models.load_model(
+            settings,
+            storage,
+            base_row,
+            task=task,
+            seed=job.seed,
+            num_labels=len(label_names) if label_names else None,
+        )
     except ModelUnavailableError as error:
         raise JobFailure("model_unavailable", str(error), "model") from error
     except ValueError as error:
@@ -185,16 +206,38 @@ def _train_and_register(settings: Settings, job_id: str, worker_id: str, claim: 
             load_parent_weights(model, parent)
         except ParentUnavailableError as error:
             raise JobFailure("model_not_available", str(error), "model") from error
-        jobs.record_message(settings, job_id, f"Starting from the weights of {parent.model_id}",
-                            data={"parent_model": parent.model_id})
+        jobs.record_message(
+            settings,
+            job_id,
+            f"Starting from the weights of {parent.model_id}",
+            data={"parent_model": parent.model_id},
+        )
     callback = JobProgressCallback(settings, job_id, worker_id, claim.attempt, keeper, storage)
     chat_template = getattr(loaded.tokenizer, "chat_template", None)
     epoch_models = EpochCheckpointCallback(
-        settings, storage, job, worker_id, claim.attempt, fine_tuned_model_id(job), task, work_dir,
-        rank=lora.r, freeze_ratio=lora.freeze_ratio, label_names=label_names, chat_template=chat_template)
+        settings,
+        storage,
+        job,
+        worker_id,
+        claim.attempt,
+        fine_tuned_model_id(job),
+        task,
+        work_dir,
+        rank=lora.r,
+        freeze_ratio=lora.freeze_ratio,
+        label_names=label_names,
+        chat_template=chat_template,
+    )
     with integration_callbacks(settings, job) as integrations:  # a W&B run, when the job has one
-        result = train(config, model, loaded.tokenizer, train_data, eval_data,
-                       callbacks=[callback, epoch_models, *integrations], label_names=label_names)
+        result = train(
+            config,
+            model,
+            loaded.tokenizer,
+            train_data,
+            eval_data,
+            callbacks=[callback, epoch_models, *integrations],
+            label_names=label_names,
+        )
 
     if keeper.lost:
         log.warning("job %s: lease lost during training; leaving the job to its new worker", job_id)
@@ -205,28 +248,59 @@ def _train_and_register(settings: Settings, job_id: str, worker_id: str, claim: 
             return LEASE_LOST
         return JobStatus.PAUSED
     if result.cancelled:
-        jobs.finish_job(settings, job_id, worker_id, claim.attempt, JobStatus.CANCELLED,
-                        f"Fine-tuning job cancelled at step {result.steps} of {result.total_steps}")
+        jobs.finish_job(
+            settings,
+            job_id,
+            worker_id,
+            claim.attempt,
+            JobStatus.CANCELLED,
+            f"Fine-tuning job cancelled at step {result.steps} of {result.total_steps}",
+        )
         return JobStatus.CANCELLED
 
     adapter_key, archive_key = f"adapters/{job_id}", f"adapters/{job_id}.tar.gz"
-    summary = {"job_id": job_id, "steps": result.steps, "trained_tokens": result.trained_tokens,
-               "train_loss": result.train_loss, "eval_metrics": result.eval_metrics}
-    saved = save_adapter(model, work_dir / "adapter", base_model_name_or_path=job.model, task_type=task,
-                         label_names=label_names, chat_template=chat_template, training_summary=summary)
+    summary = {
+        "job_id": job_id,
+        "steps": result.steps,
+        "trained_tokens": result.trained_tokens,
+        "train_loss": result.train_loss,
+        "eval_metrics": result.eval_metrics,
+    }
+    saved = save_adapter(
+        model,
+        work_dir / "adapter",
+        base_model_name_or_path=job.model,
+        task_type=task,
+        label_names=label_names,
+        chat_template=chat_template,
+        training_summary=summary,
+    )
     storage.put_dir(adapter_key, saved)
     size, digest = storage.archive_dir(adapter_key, archive_key)
     adapter = Adapter(
-        id=fine_tuned_model_id(job), tenant_id=job.tenant_id, job_id=job_id, base_model=job.model, task=task,
-        source="training", storage_key=adapter_key, archive_key=archive_key, sha256=digest, bytes=size,
-        rank=lora.r, freeze_ratio=lora.freeze_ratio, target_modules=target_module_names(saved),
-        label_names=label_names, step=result.steps, metrics=epoch_models.metrics(result.steps),
+        id=fine_tuned_model_id(job),
+        tenant_id=job.tenant_id,
+        job_id=job_id,
+        base_model=job.model,
+        task=task,
+        source="training",
+        storage_key=adapter_key,
+        archive_key=archive_key,
+        sha256=digest,
+        bytes=size,
+        rank=lora.r,
+        freeze_ratio=lora.freeze_ratio,
+        target_modules=target_module_names(saved),
+        label_names=label_names,
+        step=result.steps,
+        metrics=epoch_models.metrics(result.steps),
     )
     callback.flush()  # every step's metrics event is in the database before the CSV is made of them
     with session_scope(settings) as session:
         results = step_metrics.result_file(session, storage, job)
-    if not jobs.complete_job(settings, job_id, worker_id, claim.attempt, adapter, result.trained_tokens,
-                             [results]):
+    if not jobs.complete_job(
+        settings, job_id, worker_id, claim.attempt, adapter, result.trained_tokens, [results]
+    ):
         storage.delete(results.storage_key)
         return LEASE_LOST
     checkpoints.discard_after_success(settings, storage, job_id)

@@ -56,8 +56,15 @@ class JobProgressCallback(TrainCallback):
     `METRICS_FLUSH_INTERVAL_SECONDS`, and at once at the first and last step, an epoch's end, a full
     evaluation, a checkpoint or a stop), so fast steps cost no transaction each and none is dropped."""
 
-    def __init__(self, settings: Settings, job_id: str, worker_id: str, attempt: int, keeper: LeaseKeeper,
-                 storage: BlobStorage) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        job_id: str,
+        worker_id: str,
+        attempt: int,
+        keeper: LeaseKeeper,
+        storage: BlobStorage,
+    ) -> None:
         self.settings, self.job_id, self.worker_id, self.attempt = settings, job_id, worker_id, attempt
         self.keeper, self.storage = keeper, storage
         self.last_event: ProgressEvent | None = None
@@ -66,8 +73,12 @@ class JobProgressCallback(TrainCallback):
         self._last_cancel_poll_at = 0.0
 
     def on_train_begin(self, total_steps: int) -> None:
-        jobs.record_message(self.settings, self.job_id, f"Training started: {total_steps} steps",
-                            data={"total_steps": total_steps})
+        jobs.record_message(
+            self.settings,
+            self.job_id,
+            f"Training started: {total_steps} steps",
+            data={"total_steps": total_steps},
+        )
 
     def on_progress(self, event: ProgressEvent) -> None:
         self.last_event = event
@@ -89,8 +100,9 @@ class JobProgressCallback(TrainCallback):
         if self.last_event is not None and self.last_event.eta_seconds is not None:
             estimated_finish = jobs.utcnow() + timedelta(seconds=self.last_event.eta_seconds)
         try:
-            held = jobs.record_metrics(self.settings, self.job_id, self.worker_id, self.attempt,
-                                       self._pending, estimated_finish)
+            held = jobs.record_metrics(
+                self.settings, self.job_id, self.worker_id, self.attempt, self._pending, estimated_finish
+            )
         except jobs.TRANSIENT_DB_ERRORS as error:
             log.warning("job %s: metrics not recorded yet: %s", self.job_id, error)
             return
@@ -102,8 +114,12 @@ class JobProgressCallback(TrainCallback):
         if scope != "full":  # the sample's figures are in the step's metrics event
             return
         text = ", ".join(f"{name}={value:.4f}" for name, value in sorted(metrics.items()))
-        jobs.record_message(self.settings, self.job_id, f"Full validation at step {step}: {text}",
-                            data={"step": step, "full_valid_metrics": dict(metrics)})
+        jobs.record_message(
+            self.settings,
+            self.job_id,
+            f"Full validation at step {step}: {text}",
+            data={"step": step, "full_valid_metrics": dict(metrics)},
+        )
 
     def on_epoch_end(self, step: int, epoch: int, model: Any) -> None:
         self.flush()  # the step's metrics come before the epoch's checkpoint model event

@@ -61,8 +61,11 @@ def test_compose_commands_are_project_entry_points(service: str) -> None:
 def test_compose_configures_lorasp_only_through_existing_settings(service: str) -> None:
     environment = compose()["services"][service]["environment"]
     fields = set(Settings.model_fields)
-    values = {name.removeprefix("LORASP_").lower(): value
-              for name, value in environment.items() if name.startswith("LORASP_")}
+    values = {
+        name.removeprefix("LORASP_").lower(): value
+        for name, value in environment.items()
+        if name.startswith("LORASP_")
+    }
     names = set(values)
     assert names, "no LORASP_* settings"
     assert names <= fields, f"unknown settings: {sorted(names - fields)}"

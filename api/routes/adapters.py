@@ -21,8 +21,13 @@ def archive_filename(adapter_id: str) -> str:
 @router.get(
     "/{adapter_id:path}/download",
     response_class=FileResponse,
-    responses={200: {"content": {"application/gzip": {}}, "description": "adapter_config.json, "
-                     "adapter_model.safetensors and lorasp.json at the archive root"}},
+    responses={
+        200: {
+            "content": {"application/gzip": {}},
+            "description": "adapter_config.json, "
+            "adapter_model.safetensors and lorasp.json at the archive root",
+        }
+    },
 )
 def download_adapter(
     session: SessionDep, storage: StorageDep, tenant: CurrentTenant, adapter_id: str

@@ -41,7 +41,11 @@ def _sse_response(events: AsyncIterator[str]) -> StreamingResponse:
 
 @router.post("/chat/completions", response_model=ChatCompletion, responses=SSE_RESPONSES)
 def create_chat_completion(
-    session: SessionDep, settings: SettingsDep, storage: StorageDep, engine: EngineDep, tenant: CurrentTenant,
+    session: SessionDep,
+    settings: SettingsDep,
+    storage: StorageDep,
+    engine: EngineDep,
+    tenant: CurrentTenant,
     body: ChatCompletionRequest,
 ) -> ChatCompletion | StreamingResponse:
     result = inference_service.chat_completion(session, settings, storage, engine, tenant, body)
@@ -50,7 +54,11 @@ def create_chat_completion(
 
 @router.post("/completions", response_model=TextCompletion, responses=SSE_RESPONSES)
 def create_completion(
-    session: SessionDep, settings: SettingsDep, storage: StorageDep, engine: EngineDep, tenant: CurrentTenant,
+    session: SessionDep,
+    settings: SettingsDep,
+    storage: StorageDep,
+    engine: EngineDep,
+    tenant: CurrentTenant,
     body: CompletionRequest,
 ) -> TextCompletion | StreamingResponse:
     result = inference_service.text_completion(session, settings, storage, engine, tenant, body)
@@ -59,7 +67,11 @@ def create_completion(
 
 @router.post("/classifications", response_model=ClassificationList)
 def create_classification(
-    session: SessionDep, settings: SettingsDep, storage: StorageDep, engine: EngineDep, tenant: CurrentTenant,
+    session: SessionDep,
+    settings: SettingsDep,
+    storage: StorageDep,
+    engine: EngineDep,
+    tenant: CurrentTenant,
     body: ClassificationRequest,
 ) -> ClassificationList:
     return inference_service.classify(session, settings, storage, engine, tenant, body)

@@ -23,7 +23,11 @@ router = APIRouter(prefix="/adapters", tags=["adapters"], responses=ERROR_RESPON
     responses={413: {"model": ErrorResponse, "description": "Larger than max_upload_bytes"}},
 )
 def upload_adapter(
-    session: SessionDep, storage: StorageDep, settings: SettingsDep, engine: EngineDep, tenant: CurrentTenant,
+    session: SessionDep,
+    storage: StorageDep,
+    settings: SettingsDep,
+    engine: EngineDep,
+    tenant: CurrentTenant,
     file: Annotated[UploadFile, File(description=".tar.gz or .zip of a PEFT adapter directory")],
     base_model: Annotated[str, Form(description="The catalog base model the adapter was trained on")],
     suffix: Annotated[Suffix | None, Form(description="Part of the new model id")] = None,
@@ -49,7 +53,11 @@ def list_loaded_adapters(session: SessionDep, engine: EngineDep, tenant: Current
     },
 )
 def load_adapter(
-    session: SessionDep, storage: StorageDep, engine: EngineDep, tenant: CurrentTenant, adapter_id: str,
+    session: SessionDep,
+    storage: StorageDep,
+    engine: EngineDep,
+    tenant: CurrentTenant,
+    adapter_id: str,
     body: LoadAdapterRequest | None = None,
 ) -> LoadedAdapter:
     pin = body.pin if body is not None else None

@@ -70,8 +70,10 @@ def upload_adapter(
 ) -> Adapter:
     if offered_base_model(session, settings, tenant.id, base_model) is None:
         raise APIError(
-            400, f"Unknown base model '{base_model}'; see GET /v1/models for the base models offered.",
-            param="base_model", code="model_not_found",
+            400,
+            f"Unknown base model '{base_model}'; see GET /v1/models for the base models offered.",
+            param="base_model",
+            code="model_not_found",
         )
     adapter_id = registry.new_adapter_id(base_model, suffix)
     work = Path(tempfile.mkdtemp(dir=storage.root / ".tmp", prefix="adapter-upload-"))
@@ -94,15 +96,23 @@ def upload_adapter(
             limit = settings.serving_max_adapter_bytes
             if limit is not None and parsed.nbytes > limit:
                 raise AdapterLoadError(
-                    adapter_id, "adapter_model.safetensors",
+                    adapter_id,
+                    "adapter_model.safetensors",
                     f"{parsed.nbytes} bytes of weights exceed this server's limit of {limit} bytes",
                 )
         freeze_ratio = _freeze_ratio(parsed.extra)
         storage.put_dir(dir_key, root)
         stored = True
         adapter = Adapter(
-            id=adapter_id, tenant_id=tenant.id, job_id=None, base_model=base_model, task=parsed.task,
-            source="upload", storage_key=dir_key, rank=parsed.rank, freeze_ratio=freeze_ratio,
+            id=adapter_id,
+            tenant_id=tenant.id,
+            job_id=None,
+            base_model=base_model,
+            task=parsed.task,
+            source="upload",
+            storage_key=dir_key,
+            rank=parsed.rank,
+            freeze_ratio=freeze_ratio,
             target_modules=sorted({path.rsplit(".", 1)[-1] for path in parsed.lora}),
             label_names=None if labels is None else list(labels),
         )
@@ -120,7 +130,11 @@ def upload_adapter(
         shutil.rmtree(work, ignore_errors=True)
     assert adapter is not None
     logger.info(
-        "adapter %r uploaded by tenant %s: %s, rank %d, %d bytes", adapter.id, tenant.id, adapter.task,
-        adapter.rank, adapter.bytes,
+        "adapter %r uploaded by tenant %s: %s, rank %d, %d bytes",
+        adapter.id,
+        tenant.id,
+        adapter.task,
+        adapter.rank,
+        adapter.bytes,
     )
     return adapter

@@ -62,8 +62,14 @@ class Target:
 
 
 def resolve_target(
-    session: Session, settings: Settings, storage: BlobStorage, engine: ServingEngine, tenant: Tenant,
-    model: str, *, task: str,
+    session: Session,
+    settings: Settings,
+    storage: BlobStorage,
+    engine: ServingEngine,
+    tenant: Tenant,
+    model: str,
+    *,
+    task: str,
 ) -> Target:
     entry = offered_base_model(session, settings, tenant.id, model)
     found_task: str | None = entry.task if entry is not None else None
@@ -73,8 +79,10 @@ def resolve_target(
         found_task = adapter.task
     if found_task != task:
         raise APIError(
-            400, f"Model '{model}' is a {found_task} model; use {_ENDPOINT_FOR_TASK.get(str(found_task))}.",
-            param="model", code="model_not_supported",
+            400,
+            f"Model '{model}' is a {found_task} model; use {_ENDPOINT_FOR_TASK.get(str(found_task))}.",
+            param="model",
+            code="model_not_supported",
         )
     if adapter is None:
         return Target(model, model, None)
@@ -120,8 +128,14 @@ class Collected:
     def log(self, kind: str, target: Target, *, streamed: bool) -> None:
         logger.info(
             "%s on %r (adapter %r): %d prompt + %d completion tokens, finish=%s, streamed=%s, %.1f ms",
-            kind, target.base_model, target.adapter_id, self.prompt_tokens, self.completion_tokens,
-            self.finish_reason, streamed, (time.perf_counter() - self.started) * 1e3,
+            kind,
+            target.base_model,
+            target.adapter_id,
+            self.prompt_tokens,
+            self.completion_tokens,
+            self.finish_reason,
+            streamed,
+            (time.perf_counter() - self.started) * 1e3,
         )
 
 
@@ -146,8 +160,13 @@ ChunkPayloads = Callable[[GenerationChunk], list[dict[str, Any]]]
 
 
 async def sse_stream(
-    stream: GenerationStream, target: Target, kind: str, *, head: list[dict[str, Any]],
-    payloads: ChunkPayloads, usage_payload: Callable[[Usage], dict[str, Any]] | None,
+    stream: GenerationStream,
+    target: Target,
+    kind: str,
+    *,
+    head: list[dict[str, Any]],
+    payloads: ChunkPayloads,
+    usage_payload: Callable[[Usage], dict[str, Any]] | None,
 ) -> AsyncIterator[str]:
     """Server-sent events ending with `data: [DONE]`; a client that goes away cancels the generation."""
     collected = Collected()
@@ -171,7 +190,11 @@ async def sse_stream(
 
 
 def classify(
-    session: Session, settings: Settings, storage: BlobStorage, engine: ServingEngine, tenant: Tenant,
+    session: Session,
+    settings: Settings,
+    storage: BlobStorage,
+    engine: ServingEngine,
+    tenant: Tenant,
     request: ClassificationRequest,
 ) -> ClassificationList:
     target = resolve_target(session, settings, storage, engine, tenant, request.model, task="seq-cls")
@@ -179,12 +202,17 @@ def classify(
     started = time.perf_counter()
     with serving.engine_errors("model"):
         results = serving.with_reload(
-            engine, storage, target.adapter,
+            engine,
+            storage,
+            target.adapter,
             lambda: engine.classify(target.base_model, target.adapter_id, texts),
         )
     logger.info(
-        "classification on %r (adapter %r): %d inputs, %.1f ms", target.base_model, target.adapter_id,
-        len(texts), (time.perf_counter() - started) * 1e3,
+        "classification on %r (adapter %r): %d inputs, %.1f ms",
+        target.base_model,
+        target.adapter_id,
+        len(texts),
+        (time.perf_counter() - started) * 1e3,
     )
     data = [
         Classification(index=i, label=r.label, score=r.score, scores=dict(r.scores))
@@ -200,9 +228,7 @@ def _envelope(completion_id: str, kind: str, created: int, model: str) -> dict[s
     return {"id": completion_id, "object": kind, "created": created, "model": model}
 
 
-def _usage_payload(
-    envelope: dict[str, Any], include_usage: bool
-) -> Callable[[Usage], dict[str, Any]] | None:
+def _usage_payload(envelope: dict[str, Any], include_usage: bool) -> Callable[[Usage], dict[str, Any]] | None:
     """stream_options.include_usage: one last chunk with empty choices and the usage, before [DONE]."""
     if not include_usage:
         return None
@@ -211,19 +237,29 @@ def _usage_payload(
 
 def _sampling(request: CompletionRequest | ChatCompletionRequest) -> dict[str, Any]:
     return {
-        "temperature": request.temperature, "top_p": request.top_p, "stop": request.stop_list(),
+        "temperature": request.temperature,
+        "top_p": request.top_p,
+        "stop": request.stop_list(),
         "seed": request.seed,
     }
 
 
 def chat_completion(
-    session: Session, settings: Settings, storage: BlobStorage, engine: ServingEngine, tenant: Tenant,
+    session: Session,
+    settings: Settings,
+    storage: BlobStorage,
+    engine: ServingEngine,
+    tenant: Tenant,
     request: ChatCompletionRequest,
 ) -> ChatCompletion | AsyncIterator[str]:
     target = resolve_target(session, settings, storage, engine, tenant, request.model, task="causal-lm")
     stream = start_generation(
-        engine, storage, target, messages=[m.as_engine_message() for m in request.messages],
-        max_tokens=request.token_limit(DEFAULT_CHAT_MAX_TOKENS), **_sampling(request),
+        engine,
+        storage,
+        target,
+        messages=[m.as_engine_message() for m in request.messages],
+        max_tokens=request.token_limit(DEFAULT_CHAT_MAX_TOKENS),
+        **_sampling(request),
     )
     completion_id, created = new_completion_id("chatcmpl"), int(time.time())
     envelope = _envelope(completion_id, "chat.completion.chunk", created, target.model)
@@ -245,13 +281,20 @@ def chat_completion(
     result.log("chat.completion", target, streamed=False)
     message = AssistantMessage(content=result.text)
     return ChatCompletion(
-        id=completion_id, created=created, model=target.model, usage=result.usage(),
+        id=completion_id,
+        created=created,
+        model=target.model,
+        usage=result.usage(),
         choices=[ChatChoice(message=message, finish_reason=result.finish_reason)],  # type: ignore[arg-type]
     )
 
 
 def text_completion(
-    session: Session, settings: Settings, storage: BlobStorage, engine: ServingEngine, tenant: Tenant,
+    session: Session,
+    settings: Settings,
+    storage: BlobStorage,
+    engine: ServingEngine,
+    tenant: Tenant,
     request: CompletionRequest,
 ) -> TextCompletion | AsyncIterator[str]:
     target = resolve_target(session, settings, storage, engine, tenant, request.model, task="causal-lm")
@@ -274,6 +317,9 @@ def text_completion(
     result = collect(stream)
     result.log("text_completion", target, streamed=False)
     return TextCompletion(
-        id=completion_id, created=created, model=target.model, usage=result.usage(),
+        id=completion_id,
+        created=created,
+        model=target.model,
+        usage=result.usage(),
         choices=[CompletionChoice(text=result.text, finish_reason=result.finish_reason)],  # type: ignore[arg-type]
     )

@@ -128,13 +128,19 @@ def _send_to_workers(session: Session, job: Job, enqueue: EnqueueJob) -> None:
         logger.exception("could not enqueue job %s", job.id)
         error_body = {"code": "queue_unavailable", "message": "The job queue is unreachable.", "param": None}
         jobs.transition(
-            session, job, jobs.JobStatus.FAILED, "Could not queue the job: the broker is unreachable",
-            level=jobs.EventLevel.ERROR, error=error_body,
+            session,
+            job,
+            jobs.JobStatus.FAILED,
+            "Could not queue the job: the broker is unreachable",
+            level=jobs.EventLevel.ERROR,
+            error=error_body,
         )
         session.commit()
         raise APIError(
-            503, "The job queue is unreachable; the job was marked failed. Retry later.",
-            code="queue_unavailable", type="server_error",
+            503,
+            "The job queue is unreachable; the job was marked failed. Retry later.",
+            code="queue_unavailable",
+            type="server_error",
         ) from error
 
 
@@ -195,7 +201,12 @@ def _move_locked(
 
 def cancel_job(session: Session, tenant: Tenant, job_id: str) -> Job:
     return _move_locked(
-        session, tenant, job_id, jobs.request_cancel, jobs.JobNotCancellableError, "job_not_cancellable",
+        session,
+        tenant,
+        job_id,
+        jobs.request_cancel,
+        jobs.JobNotCancellableError,
+        "job_not_cancellable",
         lambda current: f"has already {current} and cannot be cancelled.",
     )
 
@@ -203,7 +214,12 @@ def cancel_job(session: Session, tenant: Tenant, job_id: str) -> Job:
 def pause_job(session: Session, tenant: Tenant, job_id: str) -> Job:
     """Queued: paused at once. Running: `pause_requested`; the worker checkpoints and moves it to paused."""
     return _move_locked(
-        session, tenant, job_id, jobs.request_pause, jobs.JobNotPausableError, "job_not_pausable",
+        session,
+        tenant,
+        job_id,
+        jobs.request_pause,
+        jobs.JobNotPausableError,
+        "job_not_pausable",
         lambda current: f"is {current} and cannot be paused: only a queued or running job can.",
     )
 
@@ -211,7 +227,12 @@ def pause_job(session: Session, tenant: Tenant, job_id: str) -> Job:
 def resume_job(session: Session, tenant: Tenant, job_id: str, enqueue: EnqueueJob) -> Job:
     """Paused -> queued, committed, then enqueued: any worker continues it from its pause checkpoint."""
     job = _move_locked(
-        session, tenant, job_id, jobs.resume, jobs.JobNotResumableError, "job_not_resumable",
+        session,
+        tenant,
+        job_id,
+        jobs.resume,
+        jobs.JobNotResumableError,
+        "job_not_resumable",
         lambda current: f"is {current} and cannot be resumed: only a paused job can.",
     )
     _send_to_workers(session, job, enqueue)

@@ -84,30 +84,39 @@ def engine_errors(param: str | None) -> Iterator[None]:
     except AdapterLoadError as error:
         if error.problem == "adapter directory does not exist":
             raise APIError(
-                404, f"The files of adapter '{error.adapter_id}' are missing from storage.",
-                param=param, code="adapter_files_missing",
+                404,
+                f"The files of adapter '{error.adapter_id}' are missing from storage.",
+                param=param,
+                code="adapter_files_missing",
             ) from error
         raise APIError(400, load_error_message(error), param=param, code="invalid_adapter") from error
     except AdapterQuotaError as error:
         # The quota is always the requesting tenant's own (adapters are loaded for their owner only).
         raise APIError(
-            429, f"Your tenant's quota of {error.limit} {error.kind} adapters is full"
+            429,
+            f"Your tenant's quota of {error.limit} {error.kind} adapters is full"
             + (" (each is pinned or serving)" if error.kind == "resident" else "")
             + f"; unpin or unload one of your adapters (LORASP_SERVING_MAX_{error.kind.upper()}_PER_TENANT).",
-            param=param, code="adapter_quota_exceeded",
+            param=param,
+            code="adapter_quota_exceeded",
         ) from error
     except AdapterCacheFullError as error:
         raise APIError(
-            503, f"No adapter slot is free: every resident adapter is pinned or serving ({error}). "
+            503,
+            f"No adapter slot is free: every resident adapter is pinned or serving ({error}). "
             "Unload or unpin an adapter, or retry later.",
-            param=param, code="adapter_cache_full", type="server_error",
+            param=param,
+            code="adapter_cache_full",
+            type="server_error",
         ) from error
     except ModelUnavailableError as error:
         raise APIError(503, str(error), param=param, code="model_unavailable", type="server_error") from error
     except ChatTemplateError as error:
         raise APIError(
-            400, f"The model's chat template cannot be used: {error.problem}.",
-            param=param, code="invalid_chat_template",
+            400,
+            f"The model's chat template cannot be used: {error.problem}.",
+            param=param,
+            code="invalid_chat_template",
         ) from error
 
 
@@ -141,7 +150,11 @@ def with_reload(
 
 
 def load_adapter(
-    session: Session, storage: BlobStorage, engine: ServingEngine, tenant: Tenant, adapter_id: str,
+    session: Session,
+    storage: BlobStorage,
+    engine: ServingEngine,
+    tenant: Tenant,
+    adapter_id: str,
     pin: bool | None,
 ) -> AdapterInfo:
     adapter = tenant_adapter(session, tenant, adapter_id, param="adapter_id")

@@ -28,8 +28,9 @@ def train_a_few_steps(
 ) -> torch.optim.AdamW:
     """Real AdamW steps (weight decay, clipping) so B != 0 and the head moves."""
     vocab_size = model.get_input_embeddings().weight.shape[0]
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
-                                  weight_decay=weight_decay)
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay
+    )
     model.train()
     for step in range(steps):
         input_ids = random_token_batch(vocab_size, seed=step)
@@ -64,8 +65,9 @@ def tiny_bert() -> nn.Module:
 def tiny_gpt2() -> nn.Module:
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    config = GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=2, n_positions=64,
-                        bos_token_id=1, eos_token_id=2)
+    config = GPT2Config(
+        vocab_size=64, n_embd=32, n_layer=2, n_head=2, n_positions=64, bos_token_id=1, eos_token_id=2
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = GPT2LMHeadModel(config)

@@ -50,8 +50,16 @@ def test_zero_freeze_ratio_is_plain_lora_and_allowed() -> None:
     "config",
     [
         LoraSPConfig(),
-        LoraSPConfig(r=4, alpha=8, dropout=0.1, target_modules=("q_proj", "v_proj"), freeze_ratio=0.25,
-                     mask_seed=7, init_seed=3, modules_to_save=("score",)),
+        LoraSPConfig(
+            r=4,
+            alpha=8,
+            dropout=0.1,
+            target_modules=("q_proj", "v_proj"),
+            freeze_ratio=0.25,
+            mask_seed=7,
+            init_seed=3,
+            modules_to_save=("score",),
+        ),
         LoraSPConfig(target_modules="all-linear", freeze_ratio=0.0),
     ],
 )

@@ -25,8 +25,9 @@ def _layer(
     freeze_ratio: float = 0.5, name: str = "blocks.0.q", in_f: int = 7, out_f: int = 5
 ) -> LoraSPLinear:
     torch.manual_seed(0)
-    return LoraSPLinear(nn.Linear(in_f, out_f), name=name, r=3, alpha=6, freeze_ratio=freeze_ratio,
-                        mask_seed=11, init_seed=5)
+    return LoraSPLinear(
+        nn.Linear(in_f, out_f), name=name, r=3, alpha=6, freeze_ratio=freeze_ratio, mask_seed=11, init_seed=5
+    )
 
 
 @pytest.mark.parametrize("freeze_ratio", [0.0, 0.3, 0.5, 0.9])
@@ -98,8 +99,10 @@ def test_frozen_entries_bit_identical_after_bf16_adamw_with_decay_and_clipping(
     tiny_llama: nn.Module, train_steps: Callable
 ) -> None:
     apply_lorasp(tiny_llama, LoraSPConfig(r=4, freeze_ratio=0.5))
-    before = {name: (layer.lora_A.detach().clone(), layer.lora_B.detach().clone())
-              for name, layer in lorasp_layers(tiny_llama)}
+    before = {
+        name: (layer.lora_A.detach().clone(), layer.lora_B.detach().clone())
+        for name, layer in lorasp_layers(tiny_llama)
+    }
     train_steps(tiny_llama, steps=3, lr=5e-2, weight_decay=0.5, bf16=True)
     for name, layer in lorasp_layers(tiny_llama):
         a_before, b_before = before[name]
@@ -178,11 +181,18 @@ def test_masks_do_not_depend_on_the_process_hash_seed() -> None:
     import subprocess
     import sys
 
-    script = ("from lorasp_core.layers import frozen_entry_indices as f, stable_seed as s; "
-              "print(f(50, 0.5, s('mask', 3, 'layers.0.q_proj', 'A'))[1].tolist())")
+    script = (
+        "from lorasp_core.layers import frozen_entry_indices as f, stable_seed as s; "
+        "print(f(50, 0.5, s('mask', 3, 'layers.0.q_proj', 'A'))[1].tolist())"
+    )
     outputs = {
-        subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
-                       env={**os.environ, "PYTHONHASHSEED": hash_seed, "OMP_NUM_THREADS": "1"}).stdout.strip()
+        subprocess.run(
+            [sys.executable, "-c", script],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": hash_seed, "OMP_NUM_THREADS": "1"},
+        ).stdout.strip()
         for hash_seed in ("1", "2")
     }
     here = frozen_entry_indices(50, 0.5, stable_seed("mask", 3, "layers.0.q_proj", "A"))[1].tolist()

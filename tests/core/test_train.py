@@ -25,19 +25,29 @@ TOKENIZER = make_tiny_tokenizer()
 
 
 def chat_data(n: int = 12) -> list[Example]:
-    return [ChatExample(messages=({"role": "user", "content": f"add {i} and {i % 5}" + "!" * (i % 4)},
-                                  {"role": "assistant", "content": f"{i + i % 5}"})) for i in range(n)]
+    return [
+        ChatExample(
+            messages=(
+                {"role": "user", "content": f"add {i} and {i % 5}" + "!" * (i % 4)},
+                {"role": "assistant", "content": f"{i + i % 5}"},
+            )
+        )
+        for i in range(n)
+    ]
 
 
 def completion_data(n: int = 12) -> list[Example]:
-    return [CompletionExample(prompt=f"say {i} twice" + "." * (i % 3), completion=f" {i} {i}")
-            for i in range(n)]
+    return [
+        CompletionExample(prompt=f"say {i} twice" + "." * (i % 3), completion=f" {i} {i}") for i in range(n)
+    ]
 
 
 def classification_data(n: int = 12) -> list[Example]:
     words = ["good", "bad", "meh"]
-    return [ClassificationExample(text=f"{words[i % 3]} film number {i}" + "?" * (i % 4), label=words[i % 3])
-            for i in range(n)]
+    return [
+        ClassificationExample(text=f"{words[i % 3]} film number {i}" + "?" * (i % 4), label=words[i % 3])
+        for i in range(n)
+    ]
 
 
 def llama(dropout: float = 0.0) -> nn.Module:
@@ -45,8 +55,11 @@ def llama(dropout: float = 0.0) -> nn.Module:
 
 
 def adapter_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {name: value.detach().clone() for name, value in model.state_dict().items() if "lora_" in name
-            or "classifier" in name}
+    return {
+        name: value.detach().clone()
+        for name, value in model.state_dict().items()
+        if "lora_" in name or "classifier" in name
+    }
 
 
 class Recorder(TrainCallback):
@@ -78,19 +91,30 @@ class Recorder(TrainCallback):
 def test_train_config_validation_and_round_trip() -> None:
     config = TrainConfig(task="causal-lm", lr_scheduler="cosine", warmup_ratio=0.1, max_steps=5)
     assert TrainConfig.from_dict(config.to_dict()) == config
-    for kwargs, message in [({"task": "seq-cls", "batching": "pack"}, "pack"),
-                            ({"task": "causal-lm", "checkpoint_every_steps": 2}, "checkpoint_dir"),
-                            ({"task": "causal-lm", "lr_scheduler": "plateau"}, "lr_scheduler"),
-                            ({"task": "causal-lm", "grad_accum_steps": 0}, "grad_accum_steps"),
-                            ({"task": "translate"}, "task")]:
+    for kwargs, message in [
+        ({"task": "seq-cls", "batching": "pack"}, "pack"),
+        ({"task": "causal-lm", "checkpoint_every_steps": 2}, "checkpoint_dir"),
+        ({"task": "causal-lm", "lr_scheduler": "plateau"}, "lr_scheduler"),
+        ({"task": "causal-lm", "grad_accum_steps": 0}, "grad_accum_steps"),
+        ({"task": "translate"}, "task"),
+    ]:
         with pytest.raises(ValueError, match=message):
             TrainConfig(**kwargs)  # type: ignore[arg-type]
 
 
 def test_chat_training_learns_and_reports_progress() -> None:
     model, data = llama(), chat_data()
-    config = TrainConfig(task="causal-lm", epochs=6, batch_size=4, learning_rate=2e-2, lr_scheduler="linear",
-                         warmup_ratio=0.2, eval_every_steps=4, full_eval_epochs=2, mixed_precision="no")
+    config = TrainConfig(
+        task="causal-lm",
+        epochs=6,
+        batch_size=4,
+        learning_rate=2e-2,
+        lr_scheduler="linear",
+        warmup_ratio=0.2,
+        eval_every_steps=4,
+        full_eval_epochs=2,
+        mixed_precision="no",
+    )
     before = evaluate(model, TOKENIZER, data, config)
     recorder = Recorder()
     global_rng = torch.get_rng_state()
@@ -124,10 +148,12 @@ def test_loss_counts_only_completion_tokens() -> None:
     tokenized = tokenize_example(example, TOKENIZER, max_length=512)
     assert isinstance(tokenized.labels, list) and -100 in tokenized.labels
     with torch.no_grad():
-        reference = model(input_ids=torch.tensor([tokenized.input_ids]),
-                          labels=torch.tensor([tokenized.labels])).loss
-        unmasked = model(input_ids=torch.tensor([tokenized.input_ids]),
-                         labels=torch.tensor([tokenized.input_ids])).loss
+        reference = model(
+            input_ids=torch.tensor([tokenized.input_ids]), labels=torch.tensor([tokenized.labels])
+        ).loss
+        unmasked = model(
+            input_ids=torch.tensor([tokenized.input_ids]), labels=torch.tensor([tokenized.input_ids])
+        ).loss
     metrics = evaluate(model, TOKENIZER, [example], config)
     loss = metrics["loss"]
     assert loss == pytest.approx(float(reference), abs=1e-5)
@@ -146,8 +172,15 @@ def test_gradient_accumulation_matches_a_larger_batch() -> None:
     results = []
     for batch_size, accumulation in ((4, 1), (2, 2)):
         model = llama()
-        config = TrainConfig(task="causal-lm", batch_size=batch_size, grad_accum_steps=accumulation,
-                             batching="padded", max_steps=2, learning_rate=1e-2, mixed_precision="no")
+        config = TrainConfig(
+            task="causal-lm",
+            batch_size=batch_size,
+            grad_accum_steps=accumulation,
+            batching="padded",
+            max_steps=2,
+            learning_rate=1e-2,
+            mixed_precision="no",
+        )
         assert train(config, model, TOKENIZER, data).steps == 2
         results.append(adapter_tensors(model))
     for name, value in results[0].items():
@@ -170,8 +203,15 @@ def test_classification_trains_head_and_reports_accuracy() -> None:
 def test_packing_and_bf16_keep_frozen_entries_bit_identical() -> None:
     model, data = llama(), chat_data(10)
     frozen_before = {name: b.clone() for name, b in model.named_buffers() if name.endswith("_frozen")}
-    config = TrainConfig(task="causal-lm", batching="pack", max_length=128, batch_size=2, weight_decay=0.5,
-                         mixed_precision="bf16", learning_rate=1e-2)
+    config = TrainConfig(
+        task="causal-lm",
+        batching="pack",
+        max_length=128,
+        batch_size=2,
+        weight_decay=0.5,
+        mixed_precision="bf16",
+        learning_rate=1e-2,
+    )
     result = train(config, model, TOKENIZER, data)
     assert result.train_loss is not None and torch.isfinite(torch.tensor(result.train_loss))
     assert result.steps < 5  # ten examples packed into fewer 128-token rows
@@ -195,10 +235,19 @@ def test_cancel_then_resume_is_bit_identical_to_a_straight_run(tmp_path: Path) -
     data = completion_data(24)  # 6 micro-batches = 3 optimizer steps per epoch: step 10 is mid-epoch
 
     def config(**overrides: object) -> TrainConfig:
-        base = dict(task="causal-lm", epochs=7, max_steps=20, batch_size=4, grad_accum_steps=2,
-                    learning_rate=1e-2,
-                    weight_decay=0.1, lr_scheduler="cosine", warmup_ratio=0.1, mixed_precision="no",
-                    checkpoint_every_steps=4)
+        base = dict(
+            task="causal-lm",
+            epochs=7,
+            max_steps=20,
+            batch_size=4,
+            grad_accum_steps=2,
+            learning_rate=1e-2,
+            weight_decay=0.1,
+            lr_scheduler="cosine",
+            warmup_ratio=0.1,
+            mixed_precision="no",
+            checkpoint_every_steps=4,
+        )
         return TrainConfig(**{**base, **overrides})  # type: ignore[arg-type]
 
     straight = llama(dropout=0.1)  # dropout: the RNG state must be restored too
@@ -207,8 +256,9 @@ def test_cancel_then_resume_is_bit_identical_to_a_straight_run(tmp_path: Path) -
 
     first_half = llama(dropout=0.1)
     recorder = Recorder(stop_after=10)
-    stopped = train(config(checkpoint_dir=str(tmp_path / "b")), first_half, TOKENIZER, data,
-                    callbacks=[recorder])
+    stopped = train(
+        config(checkpoint_dir=str(tmp_path / "b")), first_half, TOKENIZER, data, callbacks=[recorder]
+    )
     assert stopped.cancelled and stopped.steps == 10
     assert stopped.last_checkpoint == tmp_path / "b" / "step-10"
     assert [p.name for p in recorder.checkpoints] == ["step-4", "step-8", "step-10"]
@@ -218,8 +268,12 @@ def test_cancel_then_resume_is_bit_identical_to_a_straight_run(tmp_path: Path) -
 
     resumed = llama(dropout=0.1)  # a fresh model object
     # validation while resuming (the straight run had none) must not move the result by a bit
-    resume_config = config(checkpoint_dir=str(tmp_path / "c"), resume_from=str(stopped.last_checkpoint),
-                           eval_every_steps=3, eval_sample_size=2)
+    resume_config = config(
+        checkpoint_dir=str(tmp_path / "c"),
+        resume_from=str(stopped.last_checkpoint),
+        eval_every_steps=3,
+        eval_sample_size=2,
+    )
     resumed_result = train(resume_config, resumed, TOKENIZER, data, eval_data=completion_data(5))
     assert resumed_result.eval_metrics is not None
     assert resumed_result.steps == 20 and not resumed_result.cancelled

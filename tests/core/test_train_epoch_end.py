@@ -37,8 +37,9 @@ class EpochRecorder(TrainCallback):
 
 def test_epoch_end_is_called_per_completed_epoch_with_the_trained_model() -> None:
     model = apply_lorasp(tiny_random_llama(), LoraSPConfig(r=4))
-    config = TrainConfig(task="causal-lm", epochs=3, batch_size=4, batching="padded", learning_rate=1e-2,
-                         mixed_precision="no")
+    config = TrainConfig(
+        task="causal-lm", epochs=3, batch_size=4, batching="padded", learning_rate=1e-2, mixed_precision="no"
+    )
     recorder = EpochRecorder()
     result = train(config, model, TOKENIZER, data(), callbacks=[recorder])
     assert result.steps == 9 and recorder.ends == [(3, 0), (6, 1), (9, 2)]
@@ -50,8 +51,9 @@ def test_epoch_end_is_called_per_completed_epoch_with_the_trained_model() -> Non
 
 def test_a_run_stopped_mid_epoch_reports_only_the_epochs_it_finished() -> None:
     model = apply_lorasp(tiny_random_llama(), LoraSPConfig(r=4))
-    config = TrainConfig(task="causal-lm", epochs=3, batch_size=4, batching="padded", max_steps=4,
-                         mixed_precision="no")
+    config = TrainConfig(
+        task="causal-lm", epochs=3, batch_size=4, batching="padded", max_steps=4, mixed_precision="no"
+    )
     recorder = EpochRecorder()
     assert train(config, model, TOKENIZER, data(), callbacks=[recorder]).steps == 4
     assert recorder.ends == [(3, 0)]

@@ -34,36 +34,40 @@ def stack(
     root = tmp_path_factory.mktemp("e2e")
     port = free_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith("LORASP_")}
-    env.update({
-        "LORASP_HOME": str(root / "home"),
-        "LORASP_DATABASE_URL": database_url.render_as_string(hide_password=False),
-        "LORASP_BROKER_URL": redis_url,
-        "LORASP_BROKER_KEY_PREFIX": f"lorasp-{session_tag}:",
-        "LORASP_QUEUE_NAME": f"lorasp-{session_tag}",
-        "LORASP_MODEL_CACHE_DIR": str(root / "models"),
-        "LORASP_PORT": str(port),
-        "LORASP_CHECKPOINT_EVERY_STEPS": "10",
-        "LORASP_HEARTBEAT_INTERVAL_SECONDS": "0.5",
-        "LORASP_HEARTBEAT_STALE_SECONDS": "5",
-        # The webhook e2e's receiver listens on 127.0.0.1.
-        "LORASP_WEBHOOK_ALLOW_PRIVATE_NETWORKS": "true",
-        "OMP_NUM_THREADS": "1",
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "PYTHONPATH": str(REPO_ROOT),
-    })
+    env.update(
+        {
+            "LORASP_HOME": str(root / "home"),
+            "LORASP_DATABASE_URL": database_url.render_as_string(hide_password=False),
+            "LORASP_BROKER_URL": redis_url,
+            "LORASP_BROKER_KEY_PREFIX": f"lorasp-{session_tag}:",
+            "LORASP_QUEUE_NAME": f"lorasp-{session_tag}",
+            "LORASP_MODEL_CACHE_DIR": str(root / "models"),
+            "LORASP_PORT": str(port),
+            "LORASP_CHECKPOINT_EVERY_STEPS": "10",
+            "LORASP_HEARTBEAT_INTERVAL_SECONDS": "0.5",
+            "LORASP_HEARTBEAT_STALE_SECONDS": "5",
+            # The webhook e2e's receiver listens on 127.0.0.1.
+            "LORASP_WEBHOOK_ALLOW_PRIVATE_NETWORKS": "true",
+            "OMP_NUM_THREADS": "1",
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "PYTHONPATH": str(REPO_ROOT),
+        }
+    )
     logs = root / "logs"
     logs.mkdir()
     run_cli(env, "migrate")
     api_key = run_cli(env, "admin", "create-key", "--tenant", "e2e").strip().splitlines()[-1]
-    settings = Settings(**{key[len("LORASP_"):].lower(): value for key, value in env.items()
-                           if key.startswith("LORASP_")})
+    settings = Settings(
+        **{key[len("LORASP_") :].lower(): value for key, value in env.items() if key.startswith("LORASP_")}
+    )
     engine = sa.create_engine(database_url)
     serve_log = logs / "serve.log"
     with serve_log.open("wb") as log:
         command = [sys.executable, "-m", "lorasp_service.cli", "serve"]
-        server = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                  start_new_session=True)
+        server = subprocess.Popen(
+            command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
     base_url = f"http://127.0.0.1:{port}"
 
     def healthy() -> bool:
@@ -114,11 +118,27 @@ def job_id(stack: Stack, settings: Settings) -> Iterator[str]:
     with session_scope(settings) as session:
         session.add(Tenant(id=f"tenant-{tag}", name=f"lease-{tag}"))
         session.flush()  # no ORM relationships order these inserts
-        session.add(File(id=f"file-{tag}", tenant_id=f"tenant-{tag}", filename="t.jsonl", purpose="fine-tune",
-                         bytes=1, sha256="0" * 64, storage_key=f"files/{tag}"))
+        session.add(
+            File(
+                id=f"file-{tag}",
+                tenant_id=f"tenant-{tag}",
+                filename="t.jsonl",
+                purpose="fine-tune",
+                bytes=1,
+                sha256="0" * 64,
+                storage_key=f"files/{tag}",
+            )
+        )
         session.flush()
-        session.add(Job(id=f"ftjob-{tag}", tenant_id=f"tenant-{tag}", model="tiny-random-llama",
-                        training_file_id=f"file-{tag}", status="queued"))
+        session.add(
+            Job(
+                id=f"ftjob-{tag}",
+                tenant_id=f"tenant-{tag}",
+                model="tiny-random-llama",
+                training_file_id=f"file-{tag}",
+                status="queued",
+            )
+        )
         session.commit()
     yield f"ftjob-{tag}"
     with session_scope(settings) as session:

@@ -70,8 +70,14 @@ class Stack:
         log_path = self.logs / f"worker-{len(self.worker_logs)}.log"
         env = dict(self.env, **extra_env)
         with log_path.open("wb") as log:
-            process = subprocess.Popen([sys.executable, "-m", "lorasp_service.cli", "worker"], cwd=REPO_ROOT,
-                                       env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            process = subprocess.Popen(
+                [sys.executable, "-m", "lorasp_service.cli", "worker"],
+                cwd=REPO_ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.workers.append(process)
         self.worker_logs.append(log_path)
         wait_until(lambda: "ready." in log_path.read_text(errors="replace"), 90, f"worker ready ({log_path})")
@@ -122,8 +128,12 @@ class Stack:
         return str(response.json()["id"])
 
     def create_job(self, client: httpx.Client, file_id: str, **hyperparameters: Any) -> dict[str, Any]:
-        body = {"model": "tiny-random-llama", "training_file": file_id, "seed": 0,
-                "method": {"type": "lorasp", "lorasp": {"hyperparameters": hyperparameters}}}
+        body = {
+            "model": "tiny-random-llama",
+            "training_file": file_id,
+            "seed": 0,
+            "method": {"type": "lorasp", "lorasp": {"hyperparameters": hyperparameters}},
+        }
         response = client.post("/fine_tuning/jobs", json=body)
         assert response.status_code == 200, response.text
         return dict(response.json())
@@ -166,8 +176,13 @@ def events_of(client: httpx.Client, job_id: str) -> list[dict[str, Any]]:
 
 def saved_checkpoint_steps(client: httpx.Client, job_id: str) -> list[int]:
     """Steps at which the job saved a resume checkpoint, from its events (kept or pruned since)."""
-    return sorted({event["data"]["step"] for event in events_of(client, job_id)
-                   if event["message"].startswith("Checkpoint created at step")})
+    return sorted(
+        {
+            event["data"]["step"]
+            for event in events_of(client, job_id)
+            if event["message"].startswith("Checkpoint created at step")
+        }
+    )
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.25) -> Any:
@@ -191,7 +206,13 @@ def wait_for_end(client: httpx.Client, job_id: str, timeout: float) -> dict[str,
 
 
 def run_cli(env: dict[str, str], *args: str) -> str:
-    done = subprocess.run([sys.executable, "-m", "lorasp_service.cli", *args], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "lorasp_service.cli", *args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout

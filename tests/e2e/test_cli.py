@@ -25,8 +25,14 @@ def home_env(tmp_path: Path) -> dict[str, str]:
 
 
 def lorasp(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "lorasp_service.cli", *args], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "lorasp_service.cli", *args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_create_key_works_before_the_server_ever_ran(home_env: dict[str, str], tmp_path: Path) -> None:

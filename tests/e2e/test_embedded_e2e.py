@@ -21,8 +21,14 @@ class EmbeddedServer:
     def __init__(self, home: Path) -> None:
         self.home = home
         env = {key: value for key, value in os.environ.items() if not key.startswith("LORASP_")}
-        self.env = dict(env, LORASP_HOME=str(home), LORASP_CHECKPOINT_EVERY_STEPS="10", OMP_NUM_THREADS="1",
-                        LORASP_HEARTBEAT_INTERVAL_SECONDS="0.5", PYTHONPATH=str(REPO_ROOT))
+        self.env = dict(
+            env,
+            LORASP_HOME=str(home),
+            LORASP_CHECKPOINT_EVERY_STEPS="10",
+            OMP_NUM_THREADS="1",
+            LORASP_HEARTBEAT_INTERVAL_SECONDS="0.5",
+            PYTHONPATH=str(REPO_ROOT),
+        )
         self.process: subprocess.Popen[bytes] | None = None
         self.base_url = ""
 
@@ -30,9 +36,14 @@ class EmbeddedServer:
         port = free_port()
         self.base_url = f"http://127.0.0.1:{port}/v1"
         log = (self.home.parent / f"serve-{port}.log").open("wb")
-        self.process = subprocess.Popen([sys.executable, "-m", "lorasp_service.cli", "serve"], cwd=REPO_ROOT,
-                                        env=dict(self.env, LORASP_PORT=str(port)), stdout=log,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "lorasp_service.cli", "serve"],
+            cwd=REPO_ROOT,
+            env=dict(self.env, LORASP_PORT=str(port)),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         wait_until(self._healthy, 90, "the embedded server")
 
     def _healthy(self) -> bool:
@@ -68,12 +79,23 @@ def job_of(client: httpx.Client, job_id: str) -> dict[str, Any]:
 def test_embedded_job_resumes_after_its_worker_was_killed(server: EmbeddedServer) -> None:
     server.start()
     with server.client() as client:
-        uploaded = client.post("/files", data={"purpose": "fine-tune"},
-                               files={"file": ("t.jsonl", jsonl(chat_rows(32, words=60)))}).json()
-        job = client.post("/fine_tuning/jobs", json={
-            "model": "tiny-random-llama", "training_file": uploaded["id"], "seed": 0,
-            "method": {"type": "lorasp", "lorasp": {"hyperparameters": {"n_epochs": 40, "batch_size": 4}}},
-        }).json()
+        uploaded = client.post(
+            "/files",
+            data={"purpose": "fine-tune"},
+            files={"file": ("t.jsonl", jsonl(chat_rows(32, words=60)))},
+        ).json()
+        job = client.post(
+            "/fine_tuning/jobs",
+            json={
+                "model": "tiny-random-llama",
+                "training_file": uploaded["id"],
+                "seed": 0,
+                "method": {
+                    "type": "lorasp",
+                    "lorasp": {"hyperparameters": {"n_epochs": 40, "batch_size": 4}},
+                },
+            },
+        ).json()
         wait_until(lambda: saved_checkpoint_steps(client, job["id"]), 90, "a first checkpoint")
         running = job_of(client, job["id"])
         assert running["status"] == "running"
@@ -86,11 +108,17 @@ def test_embedded_job_resumes_after_its_worker_was_killed(server: EmbeddedServer
     server.start()  # same home: the new worker finds the orphaned job
 
     with server.client() as client:
-        done = wait_until(lambda: (j := job_of(client, job["id"]))["status"] in ("succeeded", "failed") and j,
-                          150, "the resumed job")
+        done = wait_until(
+            lambda: (j := job_of(client, job["id"]))["status"] in ("succeeded", "failed") and j,
+            150,
+            "the resumed job",
+        )
         assert done["status"] == "succeeded", done["error"]
-        resumed = [event for event in events_of(client, job["id"])
-                   if (event.get("data") or {}).get("resumed_from_step")]
+        resumed = [
+            event
+            for event in events_of(client, job["id"])
+            if (event.get("data") or {}).get("resumed_from_step")
+        ]
         assert resumed and "resuming from checkpoint at step" in resumed[-1]["message"]
 
 
@@ -100,8 +128,9 @@ def _worker_pid_of(server: EmbeddedServer, job_id: str) -> int:
     engine = sa.create_engine(f"sqlite:///{server.home / 'lorasp.db'}")
     try:
         with engine.connect() as conn:
-            worker_id = conn.execute(sa.text("SELECT worker_id FROM fine_tuning_jobs WHERE id = :id"),
-                                     {"id": job_id}).scalar_one()
+            worker_id = conn.execute(
+                sa.text("SELECT worker_id FROM fine_tuning_jobs WHERE id = :id"), {"id": job_id}
+            ).scalar_one()
     finally:
         engine.dispose()
     return int(str(worker_id).rsplit(":", 1)[1])

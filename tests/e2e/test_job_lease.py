@@ -74,8 +74,14 @@ def test_a_stale_lease_is_taken_over_and_resumes_from_the_last_checkpoint(
 
 def test_a_job_whose_workers_keep_dying_fails(settings: Settings, job_id: str) -> None:
     stale = jobs.utcnow() - timedelta(seconds=settings.heartbeat_stale_seconds + 1)
-    set_job(settings, job_id, status="running", worker_id=DEAD_WORKER, heartbeat_at=stale,
-            attempts=settings.max_job_attempts)
+    set_job(
+        settings,
+        job_id,
+        status="running",
+        worker_id=DEAD_WORKER,
+        heartbeat_at=stale,
+        attempts=settings.max_job_attempts,
+    )
     assert jobs.claim_job(settings, job_id, "host-b:7").outcome == jobs.ClaimOutcome.EXHAUSTED
     job = get_job(settings, job_id)
     assert job.status == "failed" and job.error is not None and job.error["code"] == "worker_lost"

@@ -64,8 +64,9 @@ def test_job_trains_and_registers_a_downloadable_adapter(
         assert all(data["train_loss"] > 0 and data["tokens_per_second"] > 0 for data in metrics)
 
         # It wrote checkpoints at steps 10 and 20, and deleted them once it succeeded (the adapter remains).
-        created = {event["data"]["step"] for event in events
-                   if event["message"].startswith("Checkpoint created")}
+        created = {
+            event["data"]["step"] for event in events if event["message"].startswith("Checkpoint created")
+        }
         assert created == {10, 20}
         assert stack.resume_checkpoints(job["id"]) == [] and stack.checkpoint_dirs(job["id"]) == []
 
@@ -120,7 +121,10 @@ def test_redelivered_message_for_a_finished_job_is_a_no_op(
     wait_until(lambda: log_says(worker, noop_logged), 60, "the redelivered task")
     after = stack.job_row(job_id)
     assert (after["status"], after["attempts"], after["fine_tuned_model"]) == (
-        before["status"], before["attempts"], before["fine_tuned_model"])
+        before["status"],
+        before["attempts"],
+        before["fine_tuned_model"],
+    )
     assert stack.count("adapters", job_id) == 1
     assert stack.count("fine_tuning_job_events", job_id) == event_count
 
@@ -135,8 +139,13 @@ def test_duplicate_message_for_a_running_job_is_a_no_op(stack: Stack, worker: Pa
 
         enqueue_job(stack.settings, job["id"])
 
-        wait_until(lambda: any(log_says(path, f"job {job['id']}: nothing to do (held)")
-                               for path in (worker, second_worker)), 60, "the duplicate task")
+        wait_until(
+            lambda: any(
+                log_says(path, f"job {job['id']}: nothing to do (held)") for path in (worker, second_worker)
+            ),
+            60,
+            "the duplicate task",
+        )
         now = stack.job_row(job["id"])
         assert (now["status"], now["attempts"], now["worker_id"]) == ("running", 1, holder["worker_id"])
         client.post(f"/fine_tuning/jobs/{job['id']}/cancel")
@@ -158,8 +167,11 @@ def test_job_of_a_killed_worker_resumes_from_its_last_checkpoint(stack: Stack, w
 
         done = wait_for_end(client, job["id"], 150)
         assert done["status"] == "succeeded", done["error"]
-        resumed = [event for event in events_of(client, job["id"])
-                   if (event.get("data") or {}).get("resumed_from_step") is not None]
+        resumed = [
+            event
+            for event in events_of(client, job["id"])
+            if (event.get("data") or {}).get("resumed_from_step") is not None
+        ]
         assert resumed, "no event says the job resumed"
         assert all(event["data"]["resumed_from_step"] >= checkpoint_step for event in resumed)
         assert all(f"at step {event['data']['resumed_from_step']}" in event["message"] for event in resumed)

@@ -18,13 +18,18 @@ pytestmark = pytest.mark.services
 def test_openai_client_fine_tunes_and_chats_with_the_result(stack: Stack, worker: Path) -> None:
     client = openai.OpenAI(api_key=stack.api_key, base_url=stack.base_url + "/v1", max_retries=0, timeout=60)
 
-    uploaded = client.files.create(file=("train.jsonl", io.BytesIO(jsonl(chat_rows(24, words=20)))),
-                                   purpose="fine-tune")
+    uploaded = client.files.create(
+        file=("train.jsonl", io.BytesIO(jsonl(chat_rows(24, words=20)))), purpose="fine-tune"
+    )
     assert uploaded.id.startswith("file-")
-    validation = client.files.create(file=("valid.jsonl", io.BytesIO(jsonl(chat_rows(6, words=20)))),
-                                     purpose="fine-tune")
+    validation = client.files.create(
+        file=("valid.jsonl", io.BytesIO(jsonl(chat_rows(6, words=20)))), purpose="fine-tune"
+    )
     job = client.fine_tuning.jobs.create(
-        model="tiny-random-llama", training_file=uploaded.id, validation_file=validation.id, suffix="client",
+        model="tiny-random-llama",
+        training_file=uploaded.id,
+        validation_file=validation.id,
+        suffix="client",
         seed=1,
         method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 4}}},
     )
@@ -53,7 +58,9 @@ def test_openai_client_fine_tunes_and_chats_with_the_result(stack: Stack, worker
     # Checkpoints are models: the final one (step 12) and the end of epoch 1 (step 6), newest first.
     listed = client.fine_tuning.jobs.checkpoints.list(job.id).data
     assert [c.fine_tuned_model_checkpoint for c in listed] == [
-        f"{job.fine_tuned_model}:ckpt-step-12", f"{job.fine_tuned_model}:ckpt-step-6"]
+        f"{job.fine_tuned_model}:ckpt-step-12",
+        f"{job.fine_tuned_model}:ckpt-step-6",
+    ]
     assert [c.step_number for c in listed] == [12, 6]
     for checkpoint in listed:
         step = checkpoint.step_number
@@ -63,8 +70,10 @@ def test_openai_client_fine_tunes_and_chats_with_the_result(stack: Stack, worker
     epoch_checkpoint = client.models.retrieve(f"{job.fine_tuned_model}:ckpt-step-6")
     assert epoch_checkpoint.id == f"{job.fine_tuned_model}:ckpt-step-6"
     final_checkpoint = client.chat.completions.create(
-        model=f"{job.fine_tuned_model}:ckpt-step-12", messages=[{"role": "user", "content": "great"}],
-        max_tokens=2, temperature=0,
+        model=f"{job.fine_tuned_model}:ckpt-step-12",
+        messages=[{"role": "user", "content": "great"}],
+        max_tokens=2,
+        temperature=0,
     )
     assert final_checkpoint.choices
 
@@ -81,8 +90,10 @@ def test_openai_client_fine_tunes_and_chats_with_the_result(stack: Stack, worker
     assert model.id == job.fine_tuned_model
 
     completion = client.chat.completions.create(
-        model=job.fine_tuned_model, messages=[{"role": "user", "content": "great great great"}],
-        max_tokens=4, temperature=0,
+        model=job.fine_tuned_model,
+        messages=[{"role": "user", "content": "great great great"}],
+        max_tokens=4,
+        temperature=0,
     )
     assert completion.model == job.fine_tuned_model
     assert completion.choices and isinstance(completion.choices[0].message.content, str)

@@ -117,8 +117,9 @@ def test_a_succeeded_job_keeps_no_checkpoint(settings: Settings, job_id: str) ->
     assert not storage.path(checkpoints.job_blob_key(job_id)).exists()
 
 
-def test_work_folders_of_dead_or_finished_attempts_are_swept(tmp_path: Path, settings: Settings,
-                                                             job_id: str) -> None:
+def test_work_folders_of_dead_or_finished_attempts_are_swept(
+    tmp_path: Path, settings: Settings, job_id: str
+) -> None:
     mine = settings.model_copy(update={"home": tmp_path})
     old = time.time() - mine.heartbeat_stale_seconds - 5
 

@@ -13,6 +13,7 @@ from lorasp_service.settings import Settings
 # Small enough for the size tests to exceed cheaply, large enough for every dataset the tests upload.
 TEST_MAX_UPLOAD_BYTES = 64 * 1024
 
+
 def jsonl(rows: list[Any]) -> bytes:
     return ("\n".join(json.dumps(row) for row in rows) + "\n").encode()
 
@@ -29,7 +30,10 @@ def classification_rows(labels: tuple[str, ...] = ("neg", "pos"), n: int = 4) ->
 
 
 def upload(
-    client: TestClient, headers: dict[str, str], content: bytes, filename: str = "train.jsonl",
+    client: TestClient,
+    headers: dict[str, str],
+    content: bytes,
+    filename: str = "train.jsonl",
     purpose: str = "fine-tune",
 ) -> Any:
     return client.post(

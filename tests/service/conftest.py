@@ -128,8 +128,10 @@ def real_adapter_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A genuine LoRA-SP adapter of the tiny Llama, as the worker would save it."""
     model = apply_lorasp(tiny_random_llama(seed=0), LoraSPConfig(r=4, alpha=8.0, freeze_ratio=0.5))
     return save_adapter(
-        model, tmp_path_factory.mktemp("adapter") / "adapter",
-        base_model_name_or_path="tiny-random-llama", task_type="causal-lm",
+        model,
+        tmp_path_factory.mktemp("adapter") / "adapter",
+        base_model_name_or_path="tiny-random-llama",
+        task_type="causal-lm",
     )
 
 
@@ -147,9 +149,17 @@ def make_adapter(db: Session, api_settings: Settings, real_adapter_dir: Path) ->
             archive_key = dir_key + ".tar.gz"
             size, sha256 = storage.archive_dir(dir_key, archive_key)
         adapter = Adapter(
-            id=adapter_id, tenant_id=tenant_id, base_model="tiny-random-llama", task="causal-lm",
-            storage_key=dir_key, archive_key=archive_key, sha256=sha256, bytes=size, rank=4,
-            freeze_ratio=0.5, target_modules=["q_proj", "v_proj"],
+            id=adapter_id,
+            tenant_id=tenant_id,
+            base_model="tiny-random-llama",
+            task="causal-lm",
+            storage_key=dir_key,
+            archive_key=archive_key,
+            sha256=sha256,
+            bytes=size,
+            rank=4,
+            freeze_ratio=0.5,
+            target_modules=["q_proj", "v_proj"],
         )
         db.add(adapter)
         db.commit()

@@ -37,8 +37,9 @@ def make_llama_adapter(
     directory: Path, seed: int, *, r: int = 4, targets: tuple[str, ...] | None = None
 ) -> nn.Module:
     """Save a LoRA-SP causal-LM adapter with non-zero B; returns the adapted model (the reference)."""
-    config = LoraSPConfig(r=r, alpha=2.0 * r, freeze_ratio=0.5, mask_seed=seed, init_seed=seed,
-                          target_modules=targets)
+    config = LoraSPConfig(
+        r=r, alpha=2.0 * r, freeze_ratio=0.5, mask_seed=seed, init_seed=seed, target_modules=targets
+    )
     model = apply_lorasp(tiny_random_llama(seed=0), config)
     _randomise(model, seed)
     model.eval()
@@ -56,8 +57,15 @@ def make_bert_adapter(directory: Path, seed: int, labels: list[str], *, r: int =
 
 
 def register_adapter(
-    db: Session, settings: Settings, tenant_id: str, directory: Path, *, base_model: str = LLAMA,
-    task: str = "causal-lm", rank: int = 4, label_names: list[str] | None = None,
+    db: Session,
+    settings: Settings,
+    tenant_id: str,
+    directory: Path,
+    *,
+    base_model: str = LLAMA,
+    task: str = "causal-lm",
+    rank: int = 4,
+    label_names: list[str] | None = None,
 ) -> str:
     """Store the directory and register the row the way the worker does; returns the model id."""
     storage = BlobStorage(settings.blob_dir)
@@ -65,11 +73,22 @@ def register_adapter(
     dir_key = f"adapters/{new_id('test')}"
     storage.put_dir(dir_key, directory)
     size, sha256 = storage.archive_dir(dir_key, dir_key + ".tar.gz")
-    db.add(Adapter(
-        id=adapter_id, tenant_id=tenant_id, base_model=base_model, task=task, storage_key=dir_key,
-        archive_key=dir_key + ".tar.gz", sha256=sha256, bytes=size, rank=rank, freeze_ratio=0.5,
-        target_modules=["q_proj", "v_proj"], label_names=label_names,
-    ))
+    db.add(
+        Adapter(
+            id=adapter_id,
+            tenant_id=tenant_id,
+            base_model=base_model,
+            task=task,
+            storage_key=dir_key,
+            archive_key=dir_key + ".tar.gz",
+            sha256=sha256,
+            bytes=size,
+            rank=rank,
+            freeze_ratio=0.5,
+            target_modules=["q_proj", "v_proj"],
+            label_names=label_names,
+        )
+    )
     db.commit()
     return adapter_id
 
@@ -116,6 +135,6 @@ def sse_payloads(body: str) -> list[Any]:
     payloads: list[Any] = []
     for event in events:
         assert event.startswith("data: "), event
-        data = event[len("data: "):]
+        data = event[len("data: ") :]
         payloads.append(data if data == "[DONE]" else json.loads(data))
     return payloads

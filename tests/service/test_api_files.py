@@ -45,7 +45,9 @@ def test_classification_upload_counts_labels(client: TestClient, alice: dict[str
     response = upload(client, alice, jsonl(classification_rows(("a", "b", "c"), n=7)))
     assert response.status_code == 200, response.text
     assert response.json()["lorasp"] == {
-        "format": "classification", "examples": 7, "label_counts": {"a": 3, "b": 2, "c": 2}
+        "format": "classification",
+        "examples": 7,
+        "label_counts": {"a": 3, "b": 2, "c": 2},
     }
 
 
@@ -156,7 +158,8 @@ def test_file_used_by_an_active_job_cannot_be_deleted(
     client: TestClient, alice: dict[str, str], chat_file: dict[str, Any]
 ) -> None:
     job = client.post(
-        "/v1/fine_tuning/jobs", headers=alice,
+        "/v1/fine_tuning/jobs",
+        headers=alice,
         json={"model": "tiny-random-llama", "training_file": chat_file["id"]},
     )
     assert job.status_code == 200, job.text

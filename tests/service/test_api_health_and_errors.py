@@ -69,8 +69,14 @@ def test_unexpected_errors_are_a_500_envelope_without_details(api_settings: Sett
 
 def test_openapi_documents_every_route_with_tags(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
-    for path in ("/v1/files", "/v1/fine_tuning/jobs", "/v1/fine_tuning/jobs/{fine_tuning_job_id}/events",
-                 "/v1/models/{model_id}", "/v1/adapters/{adapter_id}/download", "/health"):
+    for path in (
+        "/v1/files",
+        "/v1/fine_tuning/jobs",
+        "/v1/fine_tuning/jobs/{fine_tuning_job_id}/events",
+        "/v1/models/{model_id}",
+        "/v1/adapters/{adapter_id}/download",
+        "/health",
+    ):
         assert path in spec["paths"], path
     assert {tag["name"] for tag in spec["tags"]} >= {"files", "fine-tuning", "models", "adapters", "health"}
     assert client.get("/docs").status_code == 200
@@ -169,9 +175,17 @@ def test_odd_uploads_are_4xx(client: TestClient, alice: dict[str, str]) -> None:
 
 def test_odd_ids_and_cursors_are_4xx(client: TestClient, alice: dict[str, str]) -> None:
     for path in (
-        "/v1/files/%00", "/v1/files/" + "x" * 5000, f"{JOBS}/%F0%9F%92%A5", f"{JOBS}/%00/cancel",
-        f"{JOBS}/%ED%A0%80/events", f"{JOBS}?after=%00", "/v1/files?after=%00", "/v1/files?purpose=%00",
-        "/v1/models/ft:..%2F..%2Fetc", "/v1/models/%00", "/v1/adapters/%2e%2e/download",
+        "/v1/files/%00",
+        "/v1/files/" + "x" * 5000,
+        f"{JOBS}/%F0%9F%92%A5",
+        f"{JOBS}/%00/cancel",
+        f"{JOBS}/%ED%A0%80/events",
+        f"{JOBS}?after=%00",
+        "/v1/files?after=%00",
+        "/v1/files?purpose=%00",
+        "/v1/models/ft:..%2F..%2Fetc",
+        "/v1/models/%00",
+        "/v1/adapters/%2e%2e/download",
         "/v1/adapters/%00/download",
     ):
         response = client.get(path, headers=alice)

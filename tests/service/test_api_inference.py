@@ -138,12 +138,21 @@ def test_streamed_completion_ends_with_done(serving_client: TestClient, alice: d
 
 
 def test_classification_with_adapter_labels_and_base_model(
-    serving_client: TestClient, alice: dict[str, str], db: Session, api_settings: Settings,
-    adapters_dir: Path, bert_model: nn.Module,
+    serving_client: TestClient,
+    alice: dict[str, str],
+    db: Session,
+    api_settings: Settings,
+    adapters_dir: Path,
+    bert_model: nn.Module,
 ) -> None:
     labels = ["negative", "neutral", "positive"]
     adapter_id = register_adapter(
-        db, api_settings, alice["X-Tenant-Id"], adapters_dir / "bert", base_model=BERT, task="seq-cls",
+        db,
+        api_settings,
+        alice["X-Tenant-Id"],
+        adapters_dir / "bert",
+        base_model=BERT,
+        task="seq-cls",
         label_names=labels,
     )
     texts = ["great film", "awful film", "fine"]
@@ -233,7 +242,11 @@ def test_stream_is_cancelled_when_the_client_goes_away() -> None:
 
     async def read_one_then_leave() -> list[str]:
         events = sse_stream(
-            stream, target, "text_completion", head=[], payloads=lambda c: [{"t": c.text_delta}],
+            stream,
+            target,
+            "text_completion",
+            head=[],
+            payloads=lambda c: [{"t": c.text_delta}],
             usage_payload=None,
         )
         first = [await events.__anext__()]

@@ -95,9 +95,17 @@ def test_checkpoints_list_the_jobs_models_not_its_resume_checkpoints(
 
 def adapter_row(job: Job, model_id: str, step: int, **lineage: str) -> Adapter:
     return Adapter(
-        id=model_id, tenant_id=job.tenant_id, base_model=job.model, task="causal-lm",
-        storage_key=f"adapters/{model_id}", sha256="0" * 64, bytes=1, rank=8, step=step,
-        metrics={"step": step, "train_loss": 2.0 - step / 100, "full_valid_loss": 0.75}, **lineage,
+        id=model_id,
+        tenant_id=job.tenant_id,
+        base_model=job.model,
+        task="causal-lm",
+        storage_key=f"adapters/{model_id}",
+        sha256="0" * 64,
+        bytes=1,
+        rank=8,
+        step=step,
+        metrics={"step": step, "train_loss": 2.0 - step / 100, "full_valid_loss": 0.75},
+        **lineage,
     )
 
 

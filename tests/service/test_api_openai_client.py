@@ -67,6 +67,8 @@ def test_errors_surface_as_openai_exceptions(openai_client: openai.OpenAI) -> No
     assert bad_request.value.param == "seed"
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(
-            api_key="sk-lorasp-wrong", base_url="http://testserver/v1",
-            http_client=openai_client._client, max_retries=0,
+            api_key="sk-lorasp-wrong",
+            base_url="http://testserver/v1",
+            http_client=openai_client._client,
+            max_retries=0,
         ).models.list()

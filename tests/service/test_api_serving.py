@@ -114,8 +114,13 @@ def _corrupt(directory: Path, tensors: dict[str, Any] | None = None, garbage: bo
 
 @pytest.mark.parametrize("problem", ["garbage", "rank", "shapes", "target", "config"])
 def test_corrupt_or_mismatched_adapter_is_400_and_server_keeps_serving(
-    small_client: TestClient, alice: dict[str, str], register: Any, db: Session, api_settings: Settings,
-    tmp_path: Path, problem: str,
+    small_client: TestClient,
+    alice: dict[str, str],
+    register: Any,
+    db: Session,
+    api_settings: Settings,
+    tmp_path: Path,
+    problem: str,
 ) -> None:
     if problem == "rank":
         make_llama_adapter(tmp_path / "bad", 12, r=16)  # over the server's max rank of 8
@@ -136,8 +141,13 @@ def test_corrupt_or_mismatched_adapter_is_400_and_server_keeps_serving(
     elif problem == "config":
         (directory / "adapter_config.json").write_text("{not json")
     error = assert_error(load(small_client, alice, bad_id), 400, param="adapter_id", code="invalid_adapter")
-    expected = {"garbage": "safetensors", "rank": "max_rank", "shapes": "do not fit", "target": "nope_proj",
-                "config": "adapter_config.json"}[problem]
+    expected = {
+        "garbage": "safetensors",
+        "rank": "max_rank",
+        "shapes": "do not fit",
+        "target": "nope_proj",
+        "config": "adapter_config.json",
+    }[problem]
     assert expected in error["message"]
     assert str(directory) not in error["message"]  # no server paths
     assert_error(chat(small_client, alice, bad_id), 400, param="model", code="invalid_adapter")

@@ -60,15 +60,20 @@ def files_of(directory: Path) -> dict[str, bytes]:
     return {path.name: path.read_bytes() for path in sorted(directory.iterdir())}
 
 
-def upload(client: TestClient, headers: dict[str, str], content: bytes, filename: str = "a.tar.gz",
-           **form: str) -> Any:
+def upload(
+    client: TestClient, headers: dict[str, str], content: bytes, filename: str = "a.tar.gz", **form: str
+) -> Any:
     data = {"base_model": LLAMA, **form}
     return client.post("/v1/adapters", headers=headers, files={"file": (filename, content)}, data=data)
 
 
 def test_upload_tar_gz_then_chat_download_and_delete(
-    upload_client: TestClient, alice: dict[str, str], bob: dict[str, str], adapter: tuple[Path, nn.Module],
-    db: Session, api_settings: Settings,
+    upload_client: TestClient,
+    alice: dict[str, str],
+    bob: dict[str, str],
+    adapter: tuple[Path, nn.Module],
+    db: Session,
+    api_settings: Settings,
 ) -> None:
     directory, model = adapter
     response = upload(upload_client, alice, tar_gz(files_of(directory)), suffix="mine")
@@ -148,8 +153,12 @@ def _symlink_zip(files: dict[str, bytes]) -> bytes:
     ],
 )
 def test_hostile_or_broken_archives_are_400s(
-    upload_client: TestClient, alice: dict[str, str], adapter: tuple[Path, nn.Module], api_settings: Settings,
-    kind: str, fragment: str,
+    upload_client: TestClient,
+    alice: dict[str, str],
+    adapter: tuple[Path, nn.Module],
+    api_settings: Settings,
+    kind: str,
+    fragment: str,
 ) -> None:
     files = files_of(adapter[0])
     content = {

@@ -50,8 +50,12 @@ def test_omitted_knobs_are_the_engine_dataclass_defaults(tmp_path: Path) -> None
     # one batch of at least 8 examples).
     assert back.to_lora_config() == LoraSPConfig(mask_seed=11, init_seed=11)
     assert back.to_train_config("causal-lm") == TrainConfig(
-        task="causal-lm", epochs=AUTO_N_EPOCHS, seed=11, eval_every_steps=150, eval_sample_size=8,
-        full_eval_epochs=3
+        task="causal-lm",
+        epochs=AUTO_N_EPOCHS,
+        seed=11,
+        eval_every_steps=150,
+        eval_sample_size=8,
+        full_eval_epochs=3,
     )
     assert TrainConfig(task="causal-lm").epochs != AUTO_N_EPOCHS  # the one knob that is not the engine's
 
