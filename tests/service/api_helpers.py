@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -75,3 +78,15 @@ class EnqueueRecorder:
         if self.fail:
             raise ConnectionError("broker down (test)")
         self.job_ids.append(job_id)
+
+
+def run_together(calls: list[Callable[[], Any]]) -> list[Any]:
+    """Run the calls in threads released at the same instant (a race); results in call order."""
+    barrier = threading.Barrier(len(calls))
+
+    def run(call: Callable[[], Any]) -> Any:
+        barrier.wait()
+        return call()
+
+    with ThreadPoolExecutor(max_workers=len(calls)) as pool:
+        return list(pool.map(run, calls))

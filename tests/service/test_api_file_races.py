@@ -7,14 +7,20 @@ PostgreSQL database, and the embedded SQLite default), so the locks taken by `de
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from api_helpers import TEST_MAX_UPLOAD_BYTES, assert_error, chat_rows, create_job, jsonl, upload
+from api_helpers import (
+    TEST_MAX_UPLOAD_BYTES,
+    assert_error,
+    chat_rows,
+    create_job,
+    jsonl,
+    run_together,
+    upload,
+)
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -30,18 +36,6 @@ ROUNDS = 20
 DELETERS = 20
 
 
-def _together(calls: list[Callable[[], Any]]) -> list[Any]:
-    """Run the calls in threads released at the same instant; results in call order."""
-    barrier = threading.Barrier(len(calls))
-
-    def run(call: Callable[[], Any]) -> Any:
-        barrier.wait()
-        return call()
-
-    with ThreadPoolExecutor(max_workers=len(calls)) as pool:
-        return list(pool.map(run, calls))
-
-
 def _new_file(client: TestClient, headers: dict[str, str]) -> str:
     response = upload(client, headers, jsonl(chat_rows()))
     assert response.status_code == 200, response.text
@@ -55,7 +49,7 @@ def _no_server_path(response: Any, settings: Settings) -> None:
 def _delete_race(client: TestClient, tenant: dict[str, str], settings: Settings) -> None:
     for _ in range(ROUNDS):
         file_id = _new_file(client, tenant)
-        responses = _together([partial(client.delete, f"/v1/files/{file_id}", headers=tenant)] * DELETERS)
+        responses = run_together([partial(client.delete, f"/v1/files/{file_id}", headers=tenant)] * DELETERS)
         statuses = sorted(response.status_code for response in responses)
         assert statuses == [200] + [404] * (DELETERS - 1), statuses
         for response in responses:
@@ -69,7 +63,7 @@ def _job_race(client: TestClient, tenant: dict[str, str], settings: Settings, db
     outcomes = {"job": 0, "delete": 0}
     for _ in range(ROUNDS):
         file_id = _new_file(client, tenant)
-        job, deleted = _together(
+        job, deleted = run_together(
             [
                 partial(create_job, client, tenant, file_id),
                 partial(client.delete, f"/v1/files/{file_id}", headers=tenant),

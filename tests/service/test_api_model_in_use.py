@@ -3,16 +3,14 @@ creation racing the model's DELETE never lets both win (row locks decide: Postgr
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 from adapter_helpers import llama_parent_dir, register_adapter
-from api_helpers import TEST_MAX_UPLOAD_BYTES, assert_error, chat_rows, jsonl, upload
+from api_helpers import TEST_MAX_UPLOAD_BYTES, assert_error, chat_rows, jsonl, run_together, upload
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -104,17 +102,6 @@ def test_a_checkpoint_in_use_keeps_its_jobs_model_too(
     assert client.get(f"/v1/models/{checkpoint.id}", headers=tenant).status_code == 404
 
 
-def _together(calls: list[Callable[[], Any]]) -> list[Any]:
-    barrier = threading.Barrier(len(calls))
-
-    def run(call: Callable[[], Any]) -> Any:
-        barrier.wait()
-        return call()
-
-    with ThreadPoolExecutor(max_workers=len(calls)) as pool:
-        return list(pool.map(run, calls))
-
-
 def _race(
     client: TestClient, tenant: dict[str, str], settings: Settings, db: Session, parent_dir: Path
 ) -> None:
@@ -122,7 +109,7 @@ def _race(
     outcomes = {"job": 0, "delete": 0}
     for _ in range(ROUNDS):
         parent = register_adapter(db, settings, tenant["X-Tenant-Id"], parent_dir)
-        job, deleted = _together(
+        job, deleted = run_together(
             [
                 partial(_continue, client, tenant, parent.id, training),
                 partial(_delete, client, tenant, parent.id),
