@@ -13,11 +13,11 @@ from pathlib import Path
 import httpx
 import pytest
 import sqlalchemy as sa
-from e2e_stack import REPO_ROOT, Stack, free_port, run_cli, wait_until
+from e2e_stack import REPO_ROOT, Stack, free_port, insert_queued_job, run_cli, wait_until
 from sqlalchemy.engine import make_url
 
 from lorasp_service.db import session_scope
-from lorasp_service.orm import File, Job, Tenant
+from lorasp_service.orm import Job
 from lorasp_service.settings import Settings
 
 
@@ -115,31 +115,7 @@ def job_id(stack: Stack, settings: Settings) -> Iterator[str]:
     """
     stack.ensure_workers(0)
     tag = secrets.token_hex(6)
-    with session_scope(settings) as session:
-        session.add(Tenant(id=f"tenant-{tag}", name=f"lease-{tag}"))
-        session.flush()  # no ORM relationships order these inserts
-        session.add(
-            File(
-                id=f"file-{tag}",
-                tenant_id=f"tenant-{tag}",
-                filename="t.jsonl",
-                purpose="fine-tune",
-                bytes=1,
-                sha256="0" * 64,
-                storage_key=f"files/{tag}",
-            )
-        )
-        session.flush()
-        session.add(
-            Job(
-                id=f"ftjob-{tag}",
-                tenant_id=f"tenant-{tag}",
-                model="tiny-random-llama",
-                training_file_id=f"file-{tag}",
-                status="queued",
-            )
-        )
-        session.commit()
+    insert_queued_job(settings, tag, f"lease-{tag}")
     yield f"ftjob-{tag}"
     with session_scope(settings) as session:
         session.execute(sa.update(Job).where(Job.id == f"ftjob-{tag}").values(status="cancelled"))

@@ -21,6 +21,8 @@ from typing import Any
 import httpx
 import sqlalchemy as sa
 
+from lorasp_service.db import session_scope
+from lorasp_service.orm import File, Job, Tenant
 from lorasp_service.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -216,3 +218,34 @@ def run_cli(env: dict[str, str], *args: str) -> str:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
+
+
+def insert_queued_job(settings: Settings, tag: str, tenant_name: str) -> str:
+    """A queued job row (and its tenant and file rows) written directly: no message is sent for it, and
+    its file has no blob in storage. Returns the job id, `ftjob-<tag>`."""
+    with session_scope(settings) as session:
+        session.add(Tenant(id=f"tenant-{tag}", name=tenant_name))
+        session.flush()  # no ORM relationships order these inserts
+        session.add(
+            File(
+                id=f"file-{tag}",
+                tenant_id=f"tenant-{tag}",
+                filename="t.jsonl",
+                purpose="fine-tune",
+                bytes=1,
+                sha256="0" * 64,
+                storage_key=f"files/{tag}",
+            )
+        )
+        session.flush()
+        session.add(
+            Job(
+                id=f"ftjob-{tag}",
+                tenant_id=f"tenant-{tag}",
+                model="tiny-random-llama",
+                training_file_id=f"file-{tag}",
+                status="queued",
+            )
+        )
+        session.commit()
+    return f"ftjob-{tag}"

@@ -14,13 +14,13 @@ from pathlib import Path
 import openai
 import pytest
 import torch
-from e2e_stack import Stack, chat_rows, jsonl, wait_until
+from e2e_stack import Stack, chat_rows, insert_queued_job, jsonl, wait_until
 from safetensors.torch import load_file
 from sqlalchemy import update
 
 from lorasp_service import jobs
 from lorasp_service.db import session_scope
-from lorasp_service.orm import File, Job, Tenant
+from lorasp_service.orm import Job
 from lorasp_service.settings import Settings
 
 pytestmark = pytest.mark.services
@@ -109,32 +109,7 @@ def test_a_paused_job_resumes_on_another_worker_and_ends_bit_exact(
 @pytest.fixture
 def queued_job(stack: Stack) -> str:
     tag = secrets.token_hex(6)
-    with session_scope(stack.settings) as session:
-        session.add(Tenant(id=f"tenant-{tag}", name=f"pause-{tag}"))
-        session.flush()
-        session.add(
-            File(
-                id=f"file-{tag}",
-                tenant_id=f"tenant-{tag}",
-                filename="t.jsonl",
-                purpose="fine-tune",
-                bytes=1,
-                sha256="0" * 64,
-                storage_key=f"files/{tag}",
-            )
-        )
-        session.flush()
-        session.add(
-            Job(
-                id=f"ftjob-{tag}",
-                tenant_id=f"tenant-{tag}",
-                model="tiny-random-llama",
-                training_file_id=f"file-{tag}",
-                status="queued",
-            )
-        )
-        session.commit()
-    return f"ftjob-{tag}"
+    return insert_queued_job(stack.settings, tag, f"pause-{tag}")
 
 
 def test_the_message_of_a_paused_job_is_a_no_op_and_a_resumed_one_continues_from_its_checkpoint(
