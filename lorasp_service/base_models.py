@@ -8,9 +8,11 @@ they say so: the caller owns the transaction.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
+from typing import Protocol, TypeVar
 
-from sqlalchemy import Connection, Row, or_, select
+from sqlalchemy import ColumnElement, Connection, Row, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -86,26 +88,46 @@ def seed_catalog(session: Session) -> None:
     session.execute(statement)
 
 
-def _offered(settings: Settings, row: BaseModelRecord) -> bool:
+class _Listed(Protocol):
+    """What ordering and filtering read of a base-model row (an ORM object or a Core row)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def source_kind(self) -> str: ...
+    @property
+    def created_at(self) -> datetime: ...
+
+
+_Row = TypeVar("_Row", bound=_Listed)
+_CATALOG_ORDER = {name: index for index, name in enumerate(CATALOG)}
+
+
+def _offered(settings: Settings, row: _Listed) -> bool:
     enabled = settings.enabled_models
     return row.source_kind != CATALOG_KIND or enabled is None or row.name in enabled
 
 
-# Built once: /v1/models runs it on every call. Catalog rows first (in catalog order), then by name.
-_VISIBLE = (
-    select(BaseModelRecord)
-    .where(BaseModelRecord.status == READY)
-    .order_by(BaseModelRecord.created_at, BaseModelRecord.name)
-)
+def _offered_in_order(settings: Settings, rows: Iterable[_Row]) -> list[_Row]:
+    """The rows `settings` offers: catalog rows first (in catalog order), then by creation and name."""
+    offered = [row for row in rows if _offered(settings, row)]
+    last = len(_CATALOG_ORDER)
+    offered.sort(key=lambda row: (_CATALOG_ORDER.get(row.name, last), row.created_at, row.name))
+    return offered
+
+
+def _visible_to(tenant_id: str) -> ColumnElement[bool]:
+    owner = BaseModelRecord.owner_tenant_id
+    return or_(owner.is_(None), owner == tenant_id)
+
+
+# Built once: /v1/models runs it on every call.
+_VISIBLE = select(BaseModelRecord).where(BaseModelRecord.status == READY)
 
 
 def offered_models(session: Session, settings: Settings, tenant_id: str) -> dict[str, BaseModelRecord]:
     """The ready base models the tenant may use, by name (one query)."""
-    owner = BaseModelRecord.owner_tenant_id
-    statement = _VISIBLE.where(or_(owner.is_(None), owner == tenant_id))
-    rows = [row for row in session.scalars(statement) if _offered(settings, row)]
-    catalog_order = {name: index for index, name in enumerate(CATALOG)}
-    rows.sort(key=lambda row: (catalog_order.get(row.name, len(catalog_order)), row.created_at, row.name))
+    rows = _offered_in_order(settings, session.scalars(_VISIBLE.where(_visible_to(tenant_id))))
     return {row.name: row for row in rows}
 
 
@@ -124,17 +146,7 @@ OfferedRow = Row[str, str, str, str, datetime]
 
 def offered_rows(connection: Connection, settings: Settings, tenant_id: str) -> list[OfferedRow]:
     """`offered_models` for the models listing: the same rows, in the same order, as light Core rows."""
-    owner = BaseModelRecord.owner_tenant_id
-    statement = _OFFERED_COLUMNS.where(or_(owner.is_(None), owner == tenant_id))
-    enabled = settings.enabled_models
-    rows = [
-        row
-        for row in connection.execute(statement)
-        if row.source_kind != CATALOG_KIND or enabled is None or row.name in enabled
-    ]
-    catalog_order = {name: index for index, name in enumerate(CATALOG)}
-    rows.sort(key=lambda row: (catalog_order.get(row.name, len(catalog_order)), row.created_at, row.name))
-    return rows
+    return _offered_in_order(settings, connection.execute(_OFFERED_COLUMNS.where(_visible_to(tenant_id))))
 
 
 def offered_model(session: Session, settings: Settings, tenant_id: str, name: str) -> BaseModelRecord | None:
