@@ -18,11 +18,6 @@ FORMATS_FOR_TASK: dict[str, frozenset[str]] = {
 }
 
 
-def enabled_base_models(session: Session, settings: Settings, tenant_id: str) -> dict[str, BaseModelRecord]:
-    """The base models the tenant may use, by name (one query)."""
-    return base_models.offered_models(session, settings, tenant_id)
-
-
 def offered_base_model(
     session: Session, settings: Settings, tenant_id: str, name: str
 ) -> BaseModelRecord | None:
