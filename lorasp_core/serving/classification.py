@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from lorasp_core.serving.adapter_files import ParsedAdapter
-from lorasp_core.serving.resident import ResidentModel
+from lorasp_core.serving.resident import ResidentModel, model_device
 from lorasp_core.serving.types import ClassificationResult
 
 
@@ -66,8 +66,12 @@ def classify_rows(
     texts = [text[:cap] for text in texts] if cap is not None else list(texts)
     with resident.tokenizer_lock:
         encoded = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-    inputs = {k: v for k, v in encoded.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-    with torch.inference_mode(), resident.active_slots(torch.tensor(list(row_slots), dtype=torch.long)):
+    device = model_device(resident.model)
+    inputs = {
+        k: v.to(device) for k, v in encoded.items() if k in ("input_ids", "attention_mask", "token_type_ids")
+    }
+    slots = torch.tensor(list(row_slots), dtype=torch.long, device=device)
+    with torch.inference_mode(), resident.active_slots(slots):
         logits = resident.model(**inputs).logits.float()
     results = []
     for row, labels in enumerate(row_labels):

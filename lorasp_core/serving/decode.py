@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache
 
-from lorasp_core.serving.resident import ResidentModel
+from lorasp_core.serving.resident import ResidentModel, model_device
 from lorasp_core.serving.text_stream import TextStream
 from lorasp_core.serving.types import MAX_SEED, MIN_SEED, FinishReason, GenerationChunk, GenerationResult
 
@@ -126,9 +126,10 @@ def decode_batch(resident: ResidentModel, rows: list[DecodeRow]) -> list[Generat
     if not alive:
         return [_result(row, state) for row, state in zip(rows, states, strict=True)]
     live_rows = [rows[i] for i in alive]
-    step_ids, attention_mask = _left_pad(live_rows, pad_token_id(resident))
+    device = model_device(resident.model)  # rows are built on the CPU; the forward runs where the model is
+    step_ids, attention_mask = (t.to(device) for t in _left_pad(live_rows, pad_token_id(resident)))
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    row_slots = torch.tensor([row.slot for row in live_rows], dtype=torch.long)
+    row_slots = torch.tensor([row.slot for row in live_rows], dtype=torch.long, device=device)
     config = getattr(resident.model, "config", None)
     cache = DynamicCache(config=config)
     with torch.inference_mode():
@@ -163,12 +164,12 @@ def decode_batch(resident: ResidentModel, rows: list[DecodeRow]) -> list[Generat
             if len(keep) < len(alive):
                 if not keep:
                     break
-                selected = torch.tensor(keep, dtype=torch.long)
+                selected = torch.tensor(keep, dtype=torch.long, device=device)
                 cache.batch_select_indices(selected)
                 attention_mask, row_slots = attention_mask[selected], row_slots[selected]
                 position_ids = position_ids[selected]
                 alive = [alive[p] for p in keep]
-            step_ids = torch.tensor(next_tokens, dtype=torch.long).view(-1, 1)
+            step_ids = torch.tensor(next_tokens, dtype=torch.long, device=device).view(-1, 1)
             attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(alive), 1))], dim=1)
             position_ids = position_ids[:, -1:] + 1
     return [_result(row, state) for row, state in zip(rows, states, strict=True)]

@@ -17,6 +17,12 @@ from lorasp_core.serving.multi_lora import MultiAdapterLinear, RowDispatchModule
 from lorasp_core.serving.types import AdapterLoadError, BaseModelBundle
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """Where the model's weights are: the batch tensors built on the CPU are moved there."""
+    first = next(model.parameters(), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
 def _same_model_name(a: str, b: str) -> bool:
     """Names match exactly, case-insensitively, or by their last path component (hub id vs local dir)."""
     a, b = a.strip().rstrip("/").lower(), b.strip().rstrip("/").lower()
