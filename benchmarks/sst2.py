@@ -17,7 +17,8 @@ from typing import Any
 from benchmarks.common import peak_rss_mb, read_sst2_tsv, run_in_subprocess, sample_train
 
 ENCODER_METHODS = ("full", "peft-lora", "peft-lora-grouped", "lora", "lorasp")
-CHAT_METHODS = ("chat-base", "chat-lorasp")
+# chat-dpo: DPO from the base; chat-sft-dpo: DPO continuing the chat-lorasp adapter (SFT -> DPO)
+CHAT_METHODS = ("chat-base", "chat-lorasp", "chat-dpo", "chat-sft-dpo")
 DEFAULT_LRS = {
     "full": [5e-5],
     "peft-lora": [1e-3],
@@ -26,6 +27,8 @@ DEFAULT_LRS = {
     "lorasp": [2e-3],
     "chat-base": [0.0],
     "chat-lorasp": [1e-3],
+    "chat-dpo": [2e-4],  # the DPO stage's rate; chat-sft-dpo's SFT stage runs at chat-lorasp's
+    "chat-sft-dpo": [2e-4],
 }
 
 

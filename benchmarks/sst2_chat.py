@@ -1,5 +1,9 @@
 """Causal-LM SST-2: smollm2-135m-instruct fine-tuned with LoRA-SP on reviews rewritten as chat,
-scored by greedy generation against the base model zero-shot."""
+scored by greedy generation against the base model zero-shot.
+
+Methods: chat-base (zero-shot), chat-lorasp (supervised), chat-dpo (DPO from the base model on pairs
+from the same training sentences: chosen = the right word, rejected = the wrong one) and chat-sft-dpo
+(the supervised run, then DPO from its adapter, which is then the reference)."""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from benchmarks.common import LabelledSentence
 
 SYSTEM = "You are a sentiment classifier. Answer with one word: positive or negative."
 WORDS = ("negative", "positive")
+SFT_LEARNING_RATE = 1e-3  # chat-sft-dpo's supervised stage: chat-lorasp's default rate
 
 
 def as_messages(row: LabelledSentence, with_answer: bool) -> list[dict[str, str]]:
@@ -22,6 +27,16 @@ def as_messages(row: LabelledSentence, with_answer: bool) -> list[dict[str, str]
     if with_answer:
         messages.append({"role": "assistant", "content": WORDS[row.label]})
     return messages
+
+
+def as_preference(row: LabelledSentence) -> Any:
+    from lorasp_core.data import PreferenceExample
+
+    return PreferenceExample(
+        prompt=tuple(as_messages(row, False)),
+        chosen={"role": "assistant", "content": WORDS[row.label]},
+        rejected={"role": "assistant", "content": WORDS[1 - row.label]},
+    )
 
 
 def predicted_label(answer: str) -> int | None:
@@ -54,21 +69,32 @@ def generation_accuracy(
     return correct / len(rows)
 
 
+def _train_stage(
+    spec: dict[str, Any], model: Any, tokenizer: Any, examples: list[Any], *, dpo: bool, learning_rate: float
+) -> Any:
+    from lorasp_core import TrainConfig, train
+
+    train_config = TrainConfig(
+        task="causal-lm",
+        epochs=spec["epochs"],
+        batch_size=spec["batch_size"],
+        learning_rate=learning_rate,
+        warmup_ratio=0.06,
+        max_length=spec["max_length"],
+        seed=spec["seed"],
+        batching="group_by_length",
+        objective="dpo" if dpo else "supervised",
+    )
+    return train(train_config, model, tokenizer, examples)
+
+
 def run_chat(
     spec: dict[str, Any], train_rows: list[LabelledSentence], eval_rows: list[LabelledSentence]
 ) -> dict[str, Any]:
-    from lorasp_core import (
-        ChatExample,
-        LoraSPConfig,
-        TrainConfig,
-        apply_lorasp,
-        load_base_model,
-        train,
-        trainable_parameters,
-    )
+    from lorasp_core import ChatExample, LoraSPConfig, apply_lorasp, load_base_model, trainable_parameters
 
     torch.manual_seed(spec["seed"])
-    loaded = load_base_model("smollm2-135m-instruct")
+    loaded = load_base_model(spec.get("model", "smollm2-135m-instruct"))
     model, tokenizer = loaded.model, loaded.tokenizer
     result: dict[str, Any] = {
         "trainable_parameters": 0,
@@ -76,30 +102,33 @@ def run_chat(
         "train_seconds": 0.0,
         "tokens_per_second": None,
     }
-    if spec["method"] == "chat-lorasp":
+    method = spec["method"]
+    if method != "chat-base":
         config = LoraSPConfig(
             r=spec["r"], alpha=spec["alpha"], freeze_ratio=0.5, mask_seed=spec["seed"], init_seed=spec["seed"]
         )
         apply_lorasp(model, config)
-        examples = [ChatExample(messages=tuple(as_messages(r, True))) for r in train_rows]
-        train_config = TrainConfig(
-            task="causal-lm",
-            epochs=spec["epochs"],
-            batch_size=spec["batch_size"],
-            learning_rate=spec["learning_rate"],
-            warmup_ratio=0.06,
-            max_length=spec["max_length"],
-            seed=spec["seed"],
-            batching="group_by_length",
-        )
+        stages: list[tuple[bool, float, list[Any]]] = []  # (dpo, learning rate, examples)
+        chats = [ChatExample(messages=tuple(as_messages(r, True))) for r in train_rows]
+        pairs = [as_preference(r) for r in train_rows]
+        if method == "chat-lorasp":
+            stages.append((False, spec["learning_rate"], chats))
+        if method == "chat-sft-dpo":
+            stages.append((False, SFT_LEARNING_RATE, chats))
+        if method in ("chat-dpo", "chat-sft-dpo"):
+            stages.append((True, spec["learning_rate"], pairs))
         start = time.perf_counter()
-        trained = train(train_config, model, tokenizer, examples)
+        trained_tokens, optimizer_bytes = 0, 0
+        for dpo, learning_rate, examples in stages:
+            trained = _train_stage(spec, model, tokenizer, examples, dpo=dpo, learning_rate=learning_rate)
+            trained_tokens += trained.trained_tokens
+            optimizer_bytes = max(optimizer_bytes, int(trained.optimizer_state_bytes["adapter"]))
         seconds = time.perf_counter() - start
         result.update(
             train_seconds=seconds,
-            tokens_per_second=trained.trained_tokens / seconds,
+            tokens_per_second=trained_tokens / seconds,
             trainable_parameters=trainable_parameters(model),
-            optimizer_state_bytes=int(trained.optimizer_state_bytes["adapter"]),
+            optimizer_state_bytes=optimizer_bytes,
         )
     result["dev_accuracy"] = generation_accuracy(model, tokenizer, eval_rows)
     return result

@@ -12,6 +12,7 @@ from lorasp_core.peft_format import (
 )
 from lorasp_core.wrapping import (
     adapter_optimizer_state_entries,
+    adapters_disabled,
     apply_lorasp,
     lorasp_config_of,
     lorasp_layers,
@@ -27,6 +28,7 @@ __all__ = [
     "TaskType",
     "adapter_optimizer_state_entries",
     "adapter_state_dict",
+    "adapters_disabled",
     "apply_lorasp",
     "load_adapter",
     "lorasp_config_of",

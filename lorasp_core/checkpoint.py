@@ -35,6 +35,9 @@ class TrainerState:
     optimizer: dict[str, Any]
     scheduler: dict[str, Any]
     rng: dict[str, Any]
+    # dpo: the reference policy's (pairs, 2) log-probs, computed before the first update; a resumed run
+    # must not recompute them from the policy it resumes
+    reference_log_probs: torch.Tensor | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"version": STATE_VERSION, **self.__dict__}

@@ -71,6 +71,7 @@ class LoraSPLinear(nn.Module):
         self.scaling = alpha / r
         self.freeze_ratio = freeze_ratio
         self.merged = False
+        self.disabled = False  # True: the base layer alone (see wrapping.adapters_disabled)
         self.lora_dropout: nn.Module = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
         device = base_layer.weight.device
@@ -153,7 +154,7 @@ class LoraSPLinear(nn.Module):
     # -- forward ---------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         result: torch.Tensor = self.base_layer(x)
-        if self.merged:
+        if self.merged or self.disabled:
             return result
         lora_a, lora_b = self.lora_A, self.lora_B
         # Outside autocast, compute the low-rank path in the adapter's dtype (as PEFT does).

@@ -12,6 +12,8 @@ TaskType = Literal["causal-lm", "seq-cls"]
 EvalScope = Literal["sample", "full"]
 Batching = Literal["group_by_length", "pack", "padded"]
 MixedPrecision = Literal["auto", "bf16", "no"]
+# What the loss is: next-token cross-entropy on the labelled tokens, or DPO on preference pairs (dpo.py).
+Objective = Literal["supervised", "dpo"]
 
 # transformers.get_scheduler names that need no extra arguments (plateau needs metrics, WSD needs kwargs).
 SUPPORTED_SCHEDULERS = (
@@ -26,6 +28,10 @@ SUPPORTED_SCHEDULERS = (
 TASKS: tuple[TaskType, ...] = ("causal-lm", "seq-cls")
 BATCHINGS: tuple[Batching, ...] = ("group_by_length", "pack", "padded")
 MIXED_PRECISIONS: tuple[MixedPrecision, ...] = ("auto", "bf16", "no")
+OBJECTIVES: tuple[Objective, ...] = ("supervised", "dpo")
+# The figures a dpo step reports (TRL's names): mean implicit rewards beta * (pi - ref) of the chosen
+# and the rejected answers, the share of pairs whose chosen reward is higher, and the mean margin.
+DPO_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins")
 
 
 def _require(condition: bool, message: str) -> None:
@@ -61,6 +67,8 @@ class TrainConfig:
     device: str = "auto"
     mixed_precision: MixedPrecision = "auto"
     max_steps: int | None = None
+    objective: Objective = "supervised"
+    dpo_beta: float = 0.1  # DPO's beta (OpenAI's and TRL's default): how far the policy may drift
 
     def __post_init__(self) -> None:
         _require(self.task in TASKS, f"task must be one of {TASKS}, got {self.task!r}")
@@ -105,6 +113,19 @@ class TrainConfig:
             isinstance(self.device, str) and bool(self.device),
             f"device must be a device name, got {self.device!r}",
         )
+        _require(
+            self.objective in OBJECTIVES, f"objective must be one of {OBJECTIVES}, got {self.objective!r}"
+        )
+        _require(
+            isinstance(self.dpo_beta, int | float)
+            and not isinstance(self.dpo_beta, bool)
+            and self.dpo_beta > 0,
+            f"dpo_beta must be > 0, got {self.dpo_beta!r}",
+        )
+        _require(
+            self.objective != "dpo" or (self.task == "causal-lm" and self.batching != "pack"),
+            "objective 'dpo' needs task 'causal-lm' and batching other than 'pack' (a pair is two sequences)",
+        )
         for name in ("eval_every_steps", "full_eval_epochs", "checkpoint_every_steps", "max_steps"):
             _positive_int_or_none(name, getattr(self, name))
         _require(
@@ -138,6 +159,8 @@ class ProgressEvent:
     train_mean_token_accuracy: float | None = None
     eval_metrics: dict[str, float] | None = None  # on the fixed validation sample, when it ran this step
     full_eval_metrics: dict[str, float] | None = None  # on the whole validation set, when it ran this step
+    # the objective's own figures of this step: for dpo, dpo.DPO_METRICS (rewards/chosen, ...)
+    objective_metrics: dict[str, float] | None = None
 
 
 class TrainCallback:

@@ -26,10 +26,12 @@ from lorasp_core.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from lorasp_core.data import Example, TokenizedExample, collate, packed_rows
+from lorasp_core.data import Example, TokenizedExample, TokenizedPair, collate, packed_rows
+from lorasp_core.dpo import dpo_backward, reference_log_probs, tokenize_pairs
 from lorasp_core.evaluation import Validation, evaluate
 from lorasp_core.train_config import ProgressEvent, TrainCallback, TrainConfig, TrainResult
 from lorasp_core.training_ops import (
+    apply_update,
     autocast_dtype,
     correct_predictions,
     count_targets,
@@ -59,9 +61,10 @@ class _Totals:
 @dataclass(frozen=True)
 class _StepResult:
     loss: float
-    token_accuracy: float
+    token_accuracy: float | None  # None for dpo: its figures are in objective_metrics
     tokens: int
     learning_rate: float
+    objective_metrics: dict[str, float] | None = None
 
 
 def _optimizer_step(
@@ -85,12 +88,7 @@ def _optimizer_step(
         step_loss += loss.item()
         correct += correct_predictions(logits, batch["labels"], config.task)
         tokens += int(batch["attention_mask"].sum())
-    if config.max_grad_norm is not None:
-        torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
-    learning_rate = float(scheduler.get_last_lr()[0])
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
+    learning_rate = apply_update(trainable, config, optimizer, scheduler)
     return _StepResult(step_loss, correct / max(step_targets, 1), tokens, learning_rate)
 
 
@@ -125,9 +123,19 @@ def train(
     amp_dtype = autocast_dtype(config.mixed_precision, device)
     label_names = resolve_label_names(config, train_data, label_names)
     pad_id = pad_token_id(tokenizer)
-    examples = _training_examples(train_data, tokenizer, config, label_names, pad_id)
+    dpo = config.objective == "dpo"
+    if dpo and eval_data:
+        raise ValueError("validation data is not supported with the dpo objective")
+    examples: list[TokenizedExample] = []
+    pairs: list[TokenizedPair] = []
+    if dpo:
+        pairs = tokenize_pairs(train_data, tokenizer, config)
+        lengths = [pair.length for pair in pairs]
+    else:
+        examples = _training_examples(train_data, tokenizer, config, label_names, pad_id)
+        lengths = [len(example.input_ids) for example in examples]
     eval_examples = tokenize_all(eval_data, tokenizer, config, label_names) if eval_data else []
-    steps_per_epoch = len(step_groups(epoch_batches(examples, config, 0), config.grad_accum_steps))
+    steps_per_epoch = len(step_groups(epoch_batches(lengths, config, 0), config.grad_accum_steps))
     total_steps = config.epochs * steps_per_epoch
     if config.max_steps is not None:
         total_steps = min(total_steps, config.max_steps)
@@ -143,6 +151,7 @@ def train(
         num_training_steps=total_steps,
     )
     validation = Validation(model, eval_examples, pad_id, config, callbacks)
+    reference: torch.Tensor | None = None  # dpo: the reference policy's log-probs of every pair
 
     def checkpoint(totals: _Totals, epoch: int, next_group: int) -> Path:
         return _save_checkpoint(
@@ -157,6 +166,7 @@ def train(
             next_group,
             optimizer,
             scheduler,
+            reference,
         )
 
     cuda_devices = [device] if device.type == "cuda" else []
@@ -171,6 +181,11 @@ def train(
             restore_rng_state(resumed.rng)
             totals = _Totals(resumed.step, resumed.trained_tokens, resumed.loss_sum)
             start_epoch, start_group = resumed.epoch, resumed.batch_in_epoch
+            reference = resumed.reference_log_probs
+            if dpo and (reference is None or len(reference) != len(pairs)):
+                raise ValueError(f"{config.resume_from} holds no reference log-probs for these pairs")
+        elif dpo:  # the model before its first update is the reference policy (see dpo.py)
+            reference = reference_log_probs(model, pairs, pad_id, config.batch_size, device, amp_dtype)
 
         for callback in callbacks:
             callback.on_train_begin(total_steps)
@@ -182,7 +197,7 @@ def train(
         epoch, next_group = start_epoch, start_group
 
         for epoch in range(start_epoch, config.epochs):
-            groups = step_groups(epoch_batches(examples, config, epoch), config.grad_accum_steps)
+            groups = step_groups(epoch_batches(lengths, config, epoch), config.grad_accum_steps)
             first_group = start_group if epoch == start_epoch else 0
             for group_index in range(first_group, len(groups)):
                 next_group = group_index
@@ -191,11 +206,18 @@ def train(
                 cancelled = any(callback.should_stop() for callback in callbacks)
                 if cancelled:
                     break
-                batches = [
-                    to_device(collate([examples[i] for i in indices], pad_id), device)
-                    for indices in groups[group_index]
-                ]
-                done = _optimizer_step(model, batches, config, amp_dtype, trainable, optimizer, scheduler)
+                if reference is not None:
+                    figures = dpo_backward(
+                        model, pairs, reference, groups[group_index], pad_id, config, amp_dtype
+                    )
+                    rate = apply_update(trainable, config, optimizer, scheduler)
+                    done = _StepResult(figures.loss, None, figures.tokens, rate, figures.metrics)
+                else:
+                    batches = [
+                        to_device(collate([examples[i] for i in indices], pad_id), device)
+                        for indices in groups[group_index]
+                    ]
+                    done = _optimizer_step(model, batches, config, amp_dtype, trainable, optimizer, scheduler)
                 totals.step += 1
                 totals.loss_sum += done.loss
                 totals.trained_tokens += done.tokens
@@ -219,6 +241,7 @@ def train(
                     train_mean_token_accuracy=done.token_accuracy,
                     eval_metrics=sample,
                     full_eval_metrics=full,
+                    objective_metrics=done.objective_metrics,
                 )
                 for callback in callbacks:
                     callback.on_progress(event)
@@ -264,6 +287,7 @@ def _save_checkpoint(
     next_group: int,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
+    reference: torch.Tensor | None,
 ) -> Path:
     assert config.checkpoint_dir is not None
     state = TrainerState(
@@ -275,6 +299,7 @@ def _save_checkpoint(
         optimizer=optimizer.state_dict(),
         scheduler=scheduler.state_dict(),
         rng=capture_rng_state(),
+        reference_log_probs=reference,
     )
     summary = {
         "step": totals.step,

@@ -66,12 +66,12 @@ def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
     return pad_id
 
 
-def epoch_batches(examples: Sequence[TokenizedExample], config: TrainConfig, epoch: int) -> list[list[int]]:
-    """Micro-batches (lists of example indices) of one epoch; their number never depends on epoch."""
+def epoch_batches(lengths: Sequence[int], config: TrainConfig, epoch: int) -> list[list[int]]:
+    """Micro-batches (lists of example indices, from the examples' token lengths) of one epoch; their
+    number never depends on epoch."""
     if config.batching == "group_by_length":
-        lengths = [len(example.input_ids) for example in examples]
         return length_grouped_batches(lengths, config.batch_size, seed=config.seed, epoch=epoch)
-    return padded_batches(len(examples), config.batch_size, seed=config.seed, epoch=epoch)
+    return padded_batches(len(lengths), config.batch_size, seed=config.seed, epoch=epoch)
 
 
 def step_groups(batches: list[list[int]], grad_accum_steps: int) -> list[list[list[int]]]:
@@ -113,3 +113,19 @@ def count_targets(labels: torch.Tensor, task: str) -> int:
 
 def to_device(batch: Batch, device: torch.device) -> Batch:
     return {key: value.to(device) for key, value in batch.items()}
+
+
+def apply_update(
+    trainable: list[nn.Parameter],
+    config: TrainConfig,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> float:
+    """Clip, step and schedule after a step's backward passes; returns the learning rate it used."""
+    if config.max_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
+    learning_rate = float(scheduler.get_last_lr()[0])
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return learning_rate

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -164,6 +165,24 @@ def adapter_optimizer_state_entries(optimizer: torch.optim.Optimizer, model: nn.
         if id(parameter) in adapter_parameters:
             total += sum(state[key].numel() for key in ("exp_avg", "exp_avg_sq") if key in state)
     return total
+
+
+@contextmanager
+def adapters_disabled(model: nn.Module) -> Iterator[nn.Module]:
+    """The base model inside the block (every LoRA-SP layer computes its base layer alone), like PEFT's
+    `disable_adapter()`: DPO's reference policy without a second copy of the model. A classification
+    head (modules_to_save) stays as trained. Merged adapters cannot be switched off: ValueError."""
+    layers = [layer for _, layer in lorasp_layers(model)]
+    if any(layer.merged for layer in layers):
+        raise ValueError("adapters_disabled needs unmerged adapters (call unmerge_adapters first)")
+    previous = [layer.disabled for layer in layers]
+    for layer in layers:
+        layer.disabled = True
+    try:
+        yield model
+    finally:
+        for layer, was_disabled in zip(layers, previous, strict=True):
+            layer.disabled = was_disabled
 
 
 def merge_adapters(model: nn.Module) -> None:

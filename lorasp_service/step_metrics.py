@@ -3,9 +3,10 @@
 Each training step becomes one metrics event (`metrics_data`): OpenAI's `step`, `train_loss`,
 `train_mean_token_accuracy`, `valid_loss` / `valid_mean_token_accuracy` (the fixed validation sample,
 when evaluated at that step) and `full_valid_loss` / `full_valid_mean_token_accuracy` (the whole
-validation file, at the end of the last epochs), plus lorasp's `total_steps`, `epoch`, `learning_rate`,
-`tokens_per_second`, `elapsed_seconds`, `eta_seconds` and `trained_tokens`. At the end of a job the
-events become its result file `step_metrics.csv` (`result_file`).
+validation file, at the end of the last epochs), a DPO job's `rewards/chosen`, `rewards/rejected`,
+`rewards/accuracies` and `rewards/margins` (TRL's names), plus lorasp's `total_steps`, `epoch`,
+`learning_rate`, `tokens_per_second`, `elapsed_seconds`, `eta_seconds` and `trained_tokens`. At the end of a
+job the events become its result file `step_metrics.csv` (`result_file`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from lorasp_core.train_config import ProgressEvent
+from lorasp_core.train_config import DPO_METRICS, ProgressEvent
 from lorasp_service.ids import new_id
 from lorasp_service.jobs.events import EventType
 from lorasp_service.orm import File, Job, JobEvent
@@ -61,6 +62,7 @@ def metrics_data(event: ProgressEvent) -> dict[str, Any]:
         "elapsed_seconds": event.elapsed_seconds,
         "eta_seconds": event.eta_seconds,
         "trained_tokens": event.trained_tokens,
+        **(event.objective_metrics or {}),
     }
     return data
 
@@ -82,12 +84,14 @@ def step_rows(session: Session, job_id: str) -> list[dict[str, Any]]:
 
 
 def to_csv(rows: list[dict[str, Any]]) -> bytes:
-    """CSV with a header; a metric not measured at a step is an empty cell."""
+    """CSV with a header; a metric not measured at a step is an empty cell. A DPO job's rows add its
+    reward columns."""
+    columns = CSV_COLUMNS + tuple(name for name in DPO_METRICS if any(name in row for row in rows))
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({name: "" if row.get(name) is None else row[name] for name in CSV_COLUMNS})
+        writer.writerow({name: "" if row.get(name) is None else row[name] for name in columns})
     return buffer.getvalue().encode()
 
 

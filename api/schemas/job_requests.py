@@ -1,4 +1,4 @@
-"""Body of `POST /v1/fine_tuning/jobs`: OpenAI's shape plus the `lorasp` method.
+"""Body of `POST /v1/fine_tuning/jobs`: OpenAI's shape (methods `supervised`, `dpo`) plus `lorasp`.
 
 Unknown fields are rejected (400 naming them) and types are strict, so a mistyped request never trains
 with silently changed values. Values that may be "auto" use plain validators so that an error's
@@ -28,6 +28,7 @@ MAX_BATCH_SIZE = 512
 MAX_LR_MULTIPLIER = 100.0
 MAX_TARGET_MODULES = 64
 MAX_METADATA_PAIRS = 16
+MAX_DPO_BETA = 2.0  # OpenAI's upper bound for beta
 
 
 def _int_or_auto(low: int, high: int) -> Callable[[Any], int | str]:
@@ -83,6 +84,22 @@ TargetModules = Annotated[
 ]
 
 
+def _beta_or_auto(value: Any) -> float | str:
+    if value == "auto":
+        return "auto"
+    valid = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not valid or not 0 < value <= MAX_DPO_BETA:
+        raise ValueError(f"expected a number > 0 and <= {MAX_DPO_BETA:g}, or 'auto'")
+    return float(value)
+
+
+Beta = Annotated[
+    float | Literal["auto"],
+    PlainValidator(_beta_or_auto, json_schema_input_type=float | Literal["auto"]),
+    Field(description="DPO's beta: how strongly the model is held to the reference (default 0.1)"),
+]
+
+
 EvalEvery = Annotated[
     int | Literal["auto"],
     PlainValidator(_int_or_auto(1, 1_000_000), json_schema_input_type=int | Literal["auto"]),
@@ -119,6 +136,16 @@ class LoraSPHyperparameters(SupervisedHyperparameters):
     mask_seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
 
 
+class DPOHyperparameters(SupervisedHyperparameters):
+    """OpenAI's dpo knobs: its three plus beta."""
+
+    beta: Beta | None = None
+
+
+class DPOMethodParams(StrictModel):
+    hyperparameters: DPOHyperparameters = Field(default_factory=DPOHyperparameters)
+
+
 class SupervisedMethodParams(StrictModel):
     hyperparameters: SupervisedHyperparameters = Field(default_factory=SupervisedHyperparameters)
 
@@ -127,26 +154,40 @@ class LoraSPMethodParams(StrictModel):
     hyperparameters: LoraSPHyperparameters = Field(default_factory=LoraSPHyperparameters)
 
 
-class Method(StrictModel):
-    """`{"type": "lorasp", "lorasp": {...}}` or `{"type": "supervised", "supervised": {...}}`."""
+METHOD_TYPES = ("lorasp", "supervised", "dpo")
 
-    type: Literal["lorasp", "supervised"]
+
+class Method(StrictModel):
+    """`{"type": t, t: {"hyperparameters": {...}}}` with t "lorasp", "supervised" or "dpo"."""
+
+    type: Literal["lorasp", "supervised", "dpo"]
     lorasp: LoraSPMethodParams | None = None
     supervised: SupervisedMethodParams | None = None
+    dpo: DPOMethodParams | None = None
 
     @model_validator(mode="after")
     def _only_the_chosen_method(self) -> Method:
-        other = "supervised" if self.type == "lorasp" else "lorasp"
-        if getattr(self, other) is not None:
-            raise ValueError(f"'{other}' is only allowed when type is '{other}'")
+        for other in METHOD_TYPES:
+            if other != self.type and getattr(self, other) is not None:
+                raise ValueError(f"'{other}' is only allowed when type is '{other}'")
         return self
 
     def hyperparameters(self) -> LoraSPHyperparameters:
-        """The method's hyperparameters as LoRA-SP ones (supervised = LoRA-SP with defaults)."""
+        """The method's hyperparameters as LoRA-SP ones (supervised and dpo = LoRA-SP with defaults)."""
         if self.type == "lorasp":
             return (self.lorasp or LoraSPMethodParams()).hyperparameters
-        chosen = (self.supervised or SupervisedMethodParams()).hyperparameters
-        return LoraSPHyperparameters(**chosen.model_dump(exclude_none=True))
+        chosen: SupervisedHyperparameters = (
+            (self.dpo or DPOMethodParams()).hyperparameters
+            if self.type == "dpo"
+            else (self.supervised or SupervisedMethodParams()).hyperparameters
+        )
+        trio = chosen.model_dump(exclude_none=True, include=set(SupervisedHyperparameters.model_fields))
+        return LoraSPHyperparameters(**trio)
+
+    def beta(self) -> float | None:
+        """A dpo job's beta; None: the default (also for "auto")."""
+        beta = (self.dpo or DPOMethodParams()).hyperparameters.beta if self.type == "dpo" else None
+        return beta if isinstance(beta, float) else None
 
 
 def _storable_text(value: str) -> str:

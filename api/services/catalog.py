@@ -16,6 +16,8 @@ FORMATS_FOR_TASK: dict[str, frozenset[str]] = {
     "causal-lm": frozenset({DatasetFormat.CHAT.value, DatasetFormat.PROMPT_COMPLETION.value}),
     "seq-cls": frozenset({DatasetFormat.CLASSIFICATION.value}),
 }
+# What a dpo job trains on (a causal-lm model only); supervised jobs refuse these files.
+PREFERENCE_FORMATS: frozenset[str] = frozenset({DatasetFormat.PREFERENCE.value})
 
 
 def offered_base_model(

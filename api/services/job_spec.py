@@ -110,6 +110,8 @@ def build_spec(
         )
         raise _too_large(method.type, "max_length", detail)
     mask_seed = values.pop("mask_seed", seed)
+    if (beta := method.beta()) is not None:
+        values["beta"] = beta
     spec = TrainingSpec(seed=seed, mask_seed=mask_seed, method_type=method.type, **values)
     if spec.target_modules is not None:  # the per-architecture defaults always match
         _check_targets(model, spec, settings)

@@ -14,7 +14,7 @@ from api.deps import EnqueueJob
 from api.errors import APIError, not_found
 from api.schemas.job_integrations import stored_integrations
 from api.schemas.job_requests import CreateFineTuningJobRequest
-from api.services.catalog import FORMATS_FOR_TASK
+from api.services.catalog import FORMATS_FOR_TASK, PREFERENCE_FORMATS
 from api.services.files import lock_files_for_job
 from api.services.job_integrations import check_integrations
 from api.services.job_parent import ParentStructure, resolve_job_base
@@ -31,16 +31,23 @@ from lorasp_service.storage import BlobStorage
 logger = logging.getLogger(__name__)
 
 
-def _file_for_job(session: Session, tenant: Tenant, file_id: str, param: str, task: str) -> File:
+def _file_for_job(
+    session: Session, tenant: Tenant, file_id: str, param: str, task: str, method_type: str
+) -> File:
     row = registry.get_file_for_tenant(session, tenant.id, file_id)
     if row is None:
         raise not_found("file", file_id, param=param)
     allowed = FORMATS_FOR_TASK[task]
+    if method_type == "dpo":  # preference pairs, and only a causal LM can generate their answers
+        allowed = PREFERENCE_FORMATS if task == "causal-lm" else frozenset()
     if row.data_format not in allowed:
+        trains_on = (
+            f"{' or '.join(sorted(allowed))} data" if allowed else "no data (dpo needs a causal-lm model)"
+        )
         raise APIError(
             400,
-            f"File '{file_id}' is a {row.data_format} dataset, but a {task} model trains on "
-            f"{' or '.join(sorted(allowed))} data.",
+            f"File '{file_id}' is a {row.data_format} dataset, but a {method_type} job on a {task} model "
+            f"trains on {trains_on}.",
             param=param,
             code="invalid_file_format",
         )
@@ -86,9 +93,15 @@ def create_job(
     """`request.model` is a base model, or an adapter of the tenant to continue from (see job_parent)."""
     check_integrations(request.integrations, settings)
     base = resolve_job_base(session, settings, storage, tenant, request.model)
-    training = _file_for_job(session, tenant, request.training_file, "training_file", base.task)
+    method_type = request.method.type if request.method is not None else "supervised"
+    training = _file_for_job(session, tenant, request.training_file, "training_file", base.task, method_type)
     if request.validation_file is not None:
-        validation = _file_for_job(session, tenant, request.validation_file, "validation_file", base.task)
+        if method_type == "dpo":
+            message = "A dpo job does not take a validation_file yet: its validation is not implemented."
+            raise APIError(400, message, param="validation_file", code="invalid_file_format")
+        validation = _file_for_job(
+            session, tenant, request.validation_file, "validation_file", base.task, method_type
+        )
         if base.task == "seq-cls":
             _check_validation_labels(training, validation)
     if base.parent is not None and base.task == "seq-cls":

@@ -1,7 +1,7 @@
 """Datasets: streaming readers and validation, tokenization with loss masks, batching and collation.
 
-Formats: chat JSONL (OpenAI fine-tuning format), prompt/completion JSONL, and classification as
-JSONL `{"text", "label"}` or CSV/TSV with a header row (`text,label` or `sentence\\tlabel`).
+Formats: chat JSONL (OpenAI fine-tuning format), preference (DPO) JSONL, prompt/completion JSONL, and
+classification as JSONL `{"text", "label"}` or CSV/TSV with a header row (`text,label` or `sentence\\tlabel`).
 """
 
 from lorasp_core.data.batching import collate, length_grouped_batches, packed_rows, padded_batches
@@ -14,7 +14,14 @@ from lorasp_core.data.formats import (
     DatasetProblem,
     DatasetReport,
     Example,
+    PreferenceExample,
     label_names_for,
+)
+from lorasp_core.data.preference import (
+    TokenizedPair,
+    count_pair_tokens,
+    parse_preference,
+    tokenize_preference,
 )
 from lorasp_core.data.readers import detect_layout, read_examples
 from lorasp_core.data.tokenization import (
@@ -36,16 +43,21 @@ __all__ = [
     "DatasetProblem",
     "DatasetReport",
     "Example",
+    "PreferenceExample",
     "TokenizedExample",
+    "TokenizedPair",
     "collate",
+    "count_pair_tokens",
     "count_tokens",
     "detect_layout",
     "label_names_for",
     "length_grouped_batches",
     "packed_rows",
     "padded_batches",
+    "parse_preference",
     "read_examples",
     "render_chat",
     "tokenize_example",
+    "tokenize_preference",
     "validate_dataset",
 ]

@@ -53,6 +53,8 @@ def json_type_name(value: object) -> str:
 
 def detect_format(obj: dict[str, Any]) -> DatasetFormat | None:
     """The format an object is trying to be, judged by its keys (even if the values are wrong)."""
+    if "input" in obj or "preferred_output" in obj:
+        return DatasetFormat.PREFERENCE
     if "messages" in obj:
         return DatasetFormat.CHAT
     if "prompt" in obj or "completion" in obj:

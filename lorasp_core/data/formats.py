@@ -12,6 +12,7 @@ class DatasetFormat(StrEnum):
     CHAT = "chat"
     PROMPT_COMPLETION = "prompt_completion"
     CLASSIFICATION = "classification"
+    PREFERENCE = "preference"  # DPO pairs (lorasp_core/data/preference.py)
 
 
 CHAT_ROLES: frozenset[str] = frozenset({"system", "user", "assistant"})
@@ -36,7 +37,17 @@ class ClassificationExample:
     label: str  # kept as a string; mapped to an id with label_names_for / label2id
 
 
-Example = ChatExample | CompletionExample | ClassificationExample
+@dataclass(frozen=True)
+class PreferenceExample:
+    """OpenAI's preference (DPO) format: a prompt conversation and a preferred and a rejected answer."""
+
+    prompt: tuple[dict[str, str], ...]  # input.messages, not ending with an assistant message
+    chosen: dict[str, str]  # the preferred_output's assistant message
+    rejected: dict[str, str]  # the non_preferred_output's
+    tools: Any = None  # input.tools, passed to the chat template as given
+
+
+Example = ChatExample | CompletionExample | ClassificationExample | PreferenceExample
 
 
 @dataclass(frozen=True)

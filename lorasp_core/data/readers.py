@@ -17,6 +17,7 @@ from typing import Literal
 from lorasp_core.data.fields import TEXT_KEYS, detect_format, json_type_name, parse_object, parse_row
 from lorasp_core.data.formats import DatasetError, DatasetFormat, DatasetProblem, DatasetReport, Example
 from lorasp_core.data.lines import OverlongLine, file_chunks, line_too_long_reason, split_lines
+from lorasp_core.data.preference import parse_preference
 
 Layout = Literal["jsonl", "csv", "tsv"]
 ScanItem = tuple[int, Example | DatasetProblem]
@@ -168,8 +169,8 @@ class DatasetScanner:
                 if fmt is None:
                     keys = ", ".join(repr(key) for key in list(obj)[:5]) or "none"
                     reason = (
-                        "unrecognised example: expected 'messages', 'prompt'/'completion' or "
-                        f"'{TEXT_KEYS[0]}'/'label' keys, got {keys}"
+                        "unrecognised example: expected 'messages', 'input'/'preferred_output', "
+                        f"'prompt'/'completion' or '{TEXT_KEYS[0]}'/'label' keys, got {keys}"
                     )
                     yield line, DatasetProblem(line, reason)
                     continue
@@ -177,7 +178,12 @@ class DatasetScanner:
                 if mixed is not None:
                     yield line, mixed
                     continue
-                yield from self._accept(parse_object(obj, fmt, line), fmt, line)
+                parsed: Example | list[DatasetProblem]
+                if fmt is DatasetFormat.PREFERENCE:
+                    parsed = parse_preference(obj, line)
+                else:
+                    parsed = parse_object(obj, fmt, line)
+                yield from self._accept(parsed, fmt, line)
 
     def _scan_delimited(self, delimiter: str) -> Iterator[ScanItem]:
         source = _DecodedLines(self.path, self.max_line_bytes)

@@ -13,7 +13,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
-from lorasp_core.data.formats import ChatExample, ClassificationExample, CompletionExample, Example
+from lorasp_core.data.formats import (
+    ChatExample,
+    ClassificationExample,
+    CompletionExample,
+    Example,
+    PreferenceExample,
+)
 
 if TYPE_CHECKING:  # transformers is heavy; only the type is needed here
     from transformers import PreTrainedTokenizerBase
@@ -122,8 +128,14 @@ def _completion_ids(
     return prompt_ids, completion_ids
 
 
+# a pair is two sequences, not one: preference.tokenize_preference / count_pair_tokens tokenize it
+_PAIR_REFUSED = "preference examples are tokenized by tokenize_preference, not tokenize_example"
+
+
 def count_tokens(example: Example, tokenizer: PreTrainedTokenizerBase) -> int:
     """Untruncated length of `tokenize_example(example, tokenizer, ...)`'s input_ids."""
+    if isinstance(example, PreferenceExample):
+        raise TypeError(_PAIR_REFUSED)
     if isinstance(example, ChatExample):
         return len(_chat_ids(tokenizer, example)[1])
     if isinstance(example, CompletionExample):
@@ -142,6 +154,8 @@ def tokenize_example(
     """Token ids and loss labels of one example, truncated to max_length tokens (the start is kept)."""
     if max_length < 1:
         raise ValueError(f"max_length must be >= 1, got {max_length}")
+    if isinstance(example, PreferenceExample):
+        raise TypeError(_PAIR_REFUSED)
     if isinstance(example, ClassificationExample):
         if label2id is None:
             raise ValueError("label2id is required to tokenize classification examples")

@@ -13,7 +13,9 @@ from lorasp_core.data.formats import (
     DatasetProblem,
     DatasetReport,
     Example,
+    PreferenceExample,
 )
+from lorasp_core.data.preference import count_pair_tokens
 from lorasp_core.data.readers import DatasetScanner
 from lorasp_core.data.tokenization import count_tokens, tokenize_example
 
@@ -49,15 +51,20 @@ class _TokenCounter:
     def count(self, example: Example, line: int) -> DatasetProblem | None:
         if self.disabled_reason is not None:
             return None
-        if isinstance(example, ChatExample) and getattr(self.tokenizer, "chat_template", None) is None:
+        templated = isinstance(example, ChatExample | PreferenceExample)
+        if templated and getattr(self.tokenizer, "chat_template", None) is None:
             # one file-level problem, not one per line
-            self.disabled_reason = "the tokenizer has no chat template, so chat examples cannot be rendered"
+            self.disabled_reason = (
+                "the tokenizer has no chat template, so chat or preference examples cannot be rendered"
+            )
             return DatasetProblem(0, self.disabled_reason)
         try:
             if isinstance(example, ChatExample):
                 # the full tokenization also derives the assistant spans, so a template that does not
                 # render a message verbatim is caught at upload time rather than in the training job
                 n_tokens = len(tokenize_example(example, self.tokenizer, max_length=sys.maxsize).input_ids)
+            elif isinstance(example, PreferenceExample):
+                n_tokens = count_pair_tokens(example, self.tokenizer)  # also checks the prompt is a prefix
             else:
                 n_tokens = count_tokens(example, self.tokenizer)
         except Exception as error:  # noqa: BLE001 - a template may raise anything (jinja's raise_exception)

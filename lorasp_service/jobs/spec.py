@@ -9,7 +9,8 @@ request leaves out (or sets to "auto") takes the engine's own default: the field
 Stored shape (unchanged from before this type existed): `Job.hyperparameters` holds OpenAI's trio
 {n_epochs, batch_size, learning_rate_multiplier}; `Job.method` is
 `{"type": t, t: {"hyperparameters": {...every knob..., "effective_learning_rate": ...}}}` with `t` one of
-"supervised" / "lorasp"; `Job.seed` is the seed (also the LoRA-SP init seed).
+"supervised" / "lorasp" / "dpo" (dpo's knobs include `beta`); `Job.seed` is the seed (also the LoRA-SP
+init seed).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from lorasp_core.train_config import TaskType, TrainConfig
 from lorasp_service.jobs.auto import AUTO_LEARNING_RATE_MULTIPLIER, TARGET_EPOCHS
 from lorasp_service.orm import Job
 
-MethodType = Literal["supervised", "lorasp"]
+MethodType = Literal["supervised", "lorasp", "dpo"]
 TargetModules = tuple[str, ...] | Literal["all-linear"] | None
 
 
@@ -73,6 +74,7 @@ class TrainingSpec:
     warmup_ratio: float = TRAIN_DEFAULTS["warmup_ratio"]
     max_length: int = TRAIN_DEFAULTS["max_length"]
     eval_every: int = DEFAULT_EVAL_EVERY  # steps between validations on the fixed sample
+    beta: float = TRAIN_DEFAULTS["dpo_beta"]  # dpo only (stored and used for that method alone)
 
     @property
     def effective_learning_rate(self) -> float:
@@ -103,6 +105,8 @@ class TrainingSpec:
             "max_length": self.max_length,
             "eval_every": self.eval_every,
         }
+        if self.method_type == "dpo":
+            resolved["beta"] = self.beta
         return {"type": self.method_type, self.method_type: {"hyperparameters": resolved}}
 
     def store_on(self, job: Job) -> None:
@@ -165,6 +169,8 @@ class TrainingSpec:
             checkpoint_every_steps=checkpoint_every_steps,
             checkpoint_dir=str(checkpoint_dir) if checkpoint_dir is not None else None,
             resume_from=str(resume_from) if resume_from is not None else None,
+            objective="dpo" if self.method_type == "dpo" else "supervised",
+            dpo_beta=self.beta,
         )
 
 

@@ -28,6 +28,19 @@ def chat_rows(n: int = 4) -> list[dict[str, Any]]:
     ]
 
 
+def preference_rows(n: int = 4) -> list[dict[str, Any]]:
+    """OpenAI's preference (DPO) lines: the chosen answer is the right parity, the rejected one the other."""
+    answers = ("even", "odd")
+    return [
+        {
+            "input": {"messages": [{"role": "user", "content": f"is {i} even or odd?"}]},
+            "preferred_output": [{"role": "assistant", "content": answers[i % 2]}],
+            "non_preferred_output": [{"role": "assistant", "content": answers[1 - i % 2]}],
+        }
+        for i in range(n)
+    ]
+
+
 def classification_rows(labels: tuple[str, ...] = ("neg", "pos"), n: int = 4) -> list[dict[str, str]]:
     return [{"text": f"text number {i}", "label": labels[i % len(labels)]} for i in range(n)]
 

@@ -197,7 +197,19 @@ def test_lorasp_method_hyperparameters_are_resolved_and_win(
             400,
             "method.supervised.hyperparameters.rank",
         ),
-        ({"method": {"type": "dpo"}}, 400, "method.type"),
+        ({"method": {"type": "dpo"}}, 400, "training_file"),  # a dpo job needs preference data
+        ({"method": {"type": "dpo", "supervised": {}}}, 400, "method"),
+        (
+            {"method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": 0}}}},
+            400,
+            "method.dpo.hyperparameters.beta",
+        ),
+        (
+            {"method": {"type": "dpo", "dpo": {"hyperparameters": {"rank": 4}}}},
+            400,
+            "method.dpo.hyperparameters.rank",
+        ),
+        ({"method": {"type": "reinforcement"}}, 400, "method.type"),
         ({"method": {"type": "lorasp", "supervised": {}}}, 400, "method"),
         ({"suffix": "x" * 65}, 400, "suffix"),
         ({"suffix": "has:colon"}, 400, "suffix"),
