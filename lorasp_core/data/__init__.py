@@ -5,6 +5,7 @@ JSONL `{"text", "label"}` or CSV/TSV with a header row (`text,label` or `sentenc
 """
 
 from lorasp_core.data.batching import collate, length_grouped_batches, packed_rows, padded_batches
+from lorasp_core.data.chat_messages import parse_messages
 from lorasp_core.data.formats import (
     ChatExample,
     ClassificationExample,
@@ -14,6 +15,7 @@ from lorasp_core.data.formats import (
     DatasetProblem,
     DatasetReport,
     Example,
+    UntrainedExampleProblem,
     label_names_for,
 )
 from lorasp_core.data.readers import detect_layout, read_examples
@@ -24,10 +26,12 @@ from lorasp_core.data.tokenization import (
     render_chat,
     tokenize_example,
 )
+from lorasp_core.data.tool_template import TOOLS_UNSUPPORTED, tool_support_problem
 from lorasp_core.data.validate import validate_dataset
 
 __all__ = [
     "IGNORE_INDEX",
+    "TOOLS_UNSUPPORTED",
     "ChatExample",
     "ClassificationExample",
     "CompletionExample",
@@ -37,6 +41,7 @@ __all__ = [
     "DatasetReport",
     "Example",
     "TokenizedExample",
+    "UntrainedExampleProblem",
     "collate",
     "count_tokens",
     "detect_layout",
@@ -44,8 +49,10 @@ __all__ = [
     "length_grouped_batches",
     "packed_rows",
     "padded_batches",
+    "parse_messages",
     "read_examples",
     "render_chat",
     "tokenize_example",
+    "tool_support_problem",
     "validate_dataset",
 ]

@@ -20,6 +20,7 @@ from lorasp_core.models.tiny import (
     TINY_BERT_NAME,
     TINY_LLAMA_NAME,
     make_tiny_tokenizer,
+    make_tiny_tool_tokenizer,
     tiny_random_bert,
     tiny_random_llama,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "infer_task",
     "load_base_model",
     "make_tiny_tokenizer",
+    "make_tiny_tool_tokenizer",
     "tiny_random_bert",
     "tiny_random_llama",
 ]
