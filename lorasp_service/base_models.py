@@ -10,18 +10,21 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from sqlalchemy import ColumnElement, Connection, Row, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from lorasp_core.models import CATALOG, LoadedModel, TaskType, load_base_model
+from lorasp_core.models import CATALOG, LoadedModel, TaskType, load_base_model, load_base_tokenizer
 from lorasp_service.jobs.status import ACTIVE_STATUSES
 from lorasp_service.orm import Adapter, BaseModelRecord, Job
 from lorasp_service.registry import is_plausible_id
 from lorasp_service.settings import Settings
 from lorasp_service.storage import BlobStorage
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 READY, DOWNLOADING, FAILED = "ready", "downloading", "failed"
 CATALOG_KIND = "catalog"
@@ -201,6 +204,14 @@ def load_model(
     if row.chat_template is not None:
         loaded.tokenizer.chat_template = row.chat_template
     return loaded
+
+
+def load_tokenizer(settings: Settings, storage: BlobStorage, row: BaseModelRecord) -> PreTrainedTokenizerBase:
+    """The row's tokenizer with the row's chat template applied, as `load_model` gives it (no weights)."""
+    tokenizer = load_base_tokenizer(load_source(storage, row), cache_dir=settings.model_cache_dir)
+    if row.chat_template is not None:
+        tokenizer.chat_template = row.chat_template
+    return tokenizer
 
 
 def remove_model(session: Session, storage: BlobStorage, name: str) -> list[str]:

@@ -19,6 +19,7 @@ from api.services.files import lock_files_for_job
 from api.services.job_integrations import check_integrations
 from api.services.job_parent import ParentStructure, resolve_job_base
 from api.services.job_spec import build_spec
+from api.services.job_tools import check_tool_support
 from api.services.paging import fetch_page, newer_first_after
 from lorasp_service import jobs, model_checkpoints, registry
 from lorasp_service.ids import new_id
@@ -106,6 +107,10 @@ def create_job(
             _check_validation_labels(training, validation)
     if base.parent is not None and base.task == "seq-cls":
         _check_parent_labels(training, base.parent)
+    checked_files = {"training_file": training} | (
+        {"validation_file": validation} if request.validation_file is not None else {}
+    )
+    check_tool_support(session, settings, storage, base.base_model, checked_files)
     lock_files_for_job(
         session, tenant.id, {"training_file": training.id, "validation_file": request.validation_file}
     )

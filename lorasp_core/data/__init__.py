@@ -5,6 +5,7 @@ classification as JSONL `{"text", "label"}` or CSV/TSV with a header row (`text,
 """
 
 from lorasp_core.data.batching import collate, length_grouped_batches, packed_rows, padded_batches
+from lorasp_core.data.chat_messages import parse_messages
 from lorasp_core.data.formats import (
     ChatExample,
     ClassificationExample,
@@ -15,6 +16,7 @@ from lorasp_core.data.formats import (
     DatasetReport,
     Example,
     PreferenceExample,
+    UntrainedExampleProblem,
     label_names_for,
 )
 from lorasp_core.data.preference import (
@@ -31,10 +33,12 @@ from lorasp_core.data.tokenization import (
     render_chat,
     tokenize_example,
 )
+from lorasp_core.data.tool_template import TOOLS_UNSUPPORTED, tool_support_problem
 from lorasp_core.data.validate import validate_dataset
 
 __all__ = [
     "IGNORE_INDEX",
+    "TOOLS_UNSUPPORTED",
     "ChatExample",
     "ClassificationExample",
     "CompletionExample",
@@ -46,6 +50,7 @@ __all__ = [
     "PreferenceExample",
     "TokenizedExample",
     "TokenizedPair",
+    "UntrainedExampleProblem",
     "collate",
     "count_pair_tokens",
     "count_tokens",
@@ -59,5 +64,7 @@ __all__ = [
     "render_chat",
     "tokenize_example",
     "tokenize_preference",
+    "parse_messages",
+    "tool_support_problem",
     "validate_dataset",
 ]

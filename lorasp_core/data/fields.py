@@ -4,51 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from lorasp_core.data.chat_messages import parse_messages
 from lorasp_core.data.formats import (
-    CHAT_ROLES,
-    ChatExample,
     ClassificationExample,
     CompletionExample,
     DatasetFormat,
     DatasetProblem,
     Example,
 )
+from lorasp_core.data.json_values import LONE_SURROGATE_REASON, is_valid_unicode, json_type_name, string_field
 
 TEXT_KEYS: tuple[str, ...] = ("text", "sentence")  # "sentence" as in GLUE SST-2
-
-
-LONE_SURROGATE_REASON = (
-    "contains a lone surrogate (a \\ud800-\\udfff escape without its pair): not valid Unicode"
-)
-
-
-def is_valid_unicode(text: str) -> bool:
-    """False for a string holding a lone surrogate: json.loads accepts "\\ud800", but no tokenizer or
-    UTF-8 writer can take it, so it would fail the training job long after the upload was accepted."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def json_type_name(value: object) -> str:
-    """The JSON name of a value's type, for messages like "must be a string, got null"."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    return type(value).__name__
 
 
 def detect_format(obj: dict[str, Any]) -> DatasetFormat | None:
@@ -64,71 +30,15 @@ def detect_format(obj: dict[str, Any]) -> DatasetFormat | None:
     return None
 
 
-def _string_field(
-    obj: dict[str, Any], key: str, path: str, line: int, problems: list[DatasetProblem], *, allow_empty: bool
-) -> str | None:
-    if key not in obj:
-        problems.append(DatasetProblem(line, "missing", path))
-        return None
-    value = obj[key]
-    if not isinstance(value, str):
-        problems.append(DatasetProblem(line, f"must be a string, got {json_type_name(value)}", path))
-        return None
-    if not allow_empty and not value.strip():
-        problems.append(DatasetProblem(line, "empty content", path))
-        return None
-    if not is_valid_unicode(value):
-        problems.append(DatasetProblem(line, LONE_SURROGATE_REASON, path))
-        return None
-    return value
-
-
 def parse_chat(obj: dict[str, Any], line: int) -> Example | list[DatasetProblem]:
-    problems: list[DatasetProblem] = []
-    messages = obj["messages"]
-    if not isinstance(messages, list):
-        return [
-            DatasetProblem(line, f"must be a list of messages, got {json_type_name(messages)}", "messages")
-        ]
-    if not messages:
-        return [DatasetProblem(line, "empty conversation", "messages")]
-    parsed: list[dict[str, str]] = []
-    role_problem = False
-    roles: set[str] = set()
-    for index, message in enumerate(messages):
-        path = f"messages[{index}]"
-        if not isinstance(message, dict):
-            problems.append(DatasetProblem(line, f"must be an object, got {json_type_name(message)}", path))
-            role_problem = True
-            continue
-        role = _string_field(message, "role", f"{path}.role", line, problems, allow_empty=False)
-        if role is not None and role not in CHAT_ROLES:
-            problems.append(
-                DatasetProblem(
-                    line, f"unknown role {role!r} (expected system, user or assistant)", f"{path}.role"
-                )
-            )
-            role = None
-        role_problem = role_problem or role is None
-        if role is not None:
-            roles.add(role)
-        content = _string_field(message, "content", f"{path}.content", line, problems, allow_empty=False)
-        if role is not None and content is not None:
-            # extra keys ("name", "weight") are tolerated and dropped: the template only needs these two
-            parsed.append({"role": role, "content": content})
-    # only claim "no assistant turn" when every role was readable, so a typo like 'bot' is not reported twice
-    if not role_problem and "assistant" not in roles:
-        problems.append(DatasetProblem(line, "no assistant message: nothing to train on", "messages"))
-    if problems:
-        return problems
-    return ChatExample(messages=tuple(parsed))
+    return parse_messages(obj, line)
 
 
 def parse_completion(obj: dict[str, Any], line: int) -> Example | list[DatasetProblem]:
     problems: list[DatasetProblem] = []
     # an empty prompt is legitimate (unconditional text); an empty completion has nothing to learn
-    prompt = _string_field(obj, "prompt", "prompt", line, problems, allow_empty=True)
-    completion = _string_field(obj, "completion", "completion", line, problems, allow_empty=False)
+    prompt = string_field(obj, "prompt", "prompt", line, problems, allow_empty=True)
+    completion = string_field(obj, "completion", "completion", line, problems, allow_empty=False)
     if prompt is None or completion is None:
         return problems
     return CompletionExample(prompt=prompt, completion=completion)
@@ -137,7 +47,7 @@ def parse_completion(obj: dict[str, Any], line: int) -> Example | list[DatasetPr
 def parse_classification(obj: dict[str, Any], line: int) -> Example | list[DatasetProblem]:
     problems: list[DatasetProblem] = []
     text_key = next((key for key in TEXT_KEYS if key in obj), "text")
-    text = _string_field(obj, text_key, text_key, line, problems, allow_empty=False)
+    text = string_field(obj, text_key, text_key, line, problems, allow_empty=False)
     label: str | None = None
     if "label" not in obj:
         problems.append(DatasetProblem(line, "missing", "label"))

@@ -15,14 +15,36 @@ class DatasetFormat(StrEnum):
     PREFERENCE = "preference"  # DPO pairs (lorasp_core/data/preference.py)
 
 
-CHAT_ROLES: frozenset[str] = frozenset({"system", "user", "assistant"})
+CHAT_ROLES: frozenset[str] = frozenset({"system", "user", "assistant", "tool"})
 
 
 @dataclass(frozen=True)
 class ChatExample:
-    """OpenAI fine-tuning chat format; each message holds exactly the keys 'role' and 'content'."""
+    """OpenAI fine-tuning chat format, parsed into what the tokenizer's chat template takes.
 
-    messages: tuple[dict[str, str], ...]
+    Each message has 'role' and 'content' (None for an assistant turn that only calls tools), plus
+    'tool_calls' (assistant; arguments parsed to dicts, transformers' convention) or 'tool_call_id'
+    (tool). Legacy `functions` / `function_call` / `function` messages arrive here converted.
+    """
+
+    messages: tuple[dict[str, Any], ...]
+    tools: tuple[dict[str, Any], ...] | None = None
+    # per message: 0 = an assistant turn shown as context but not trained on; None: every turn trains
+    weights: tuple[int, ...] | None = None
+    parallel_tool_calls: bool | None = None
+
+    def trains_message(self, index: int) -> bool:
+        """Whether message `index` contributes to the loss (an assistant turn whose weight is not 0)."""
+        if self.messages[index]["role"] != "assistant":
+            return False
+        return self.weights is None or self.weights[index] != 0
+
+    @property
+    def uses_tools(self) -> bool:
+        """Tool definitions, tool calls or tool results: needs a chat template that renders tools."""
+        return self.tools is not None or any(
+            message["role"] == "tool" or "tool_calls" in message for message in self.messages
+        )
 
 
 @dataclass(frozen=True)
@@ -68,6 +90,12 @@ class DatasetProblem:
         return {"line": self.line, "reason": self.reason, "field": self.field}
 
 
+@dataclass(frozen=True)
+class UntrainedExampleProblem(DatasetProblem):
+    """A chat line whose every assistant turn has weight 0; a file of only such lines is also reported
+    as a whole (validate_dataset tells them apart by this type)."""
+
+
 @dataclass
 class DatasetReport:
     format: DatasetFormat | None
@@ -75,6 +103,7 @@ class DatasetReport:
     tokens: int | None
     max_example_tokens: int | None
     label_counts: dict[str, int] = field(default_factory=dict)
+    tool_examples: int = 0  # chat examples with tools, tool calls or tool results
     problems: list[DatasetProblem] = field(default_factory=list)
     problems_truncated: bool = False
 
@@ -90,6 +119,7 @@ class DatasetReport:
             "tokens": self.tokens,
             "max_example_tokens": self.max_example_tokens,
             "label_counts": dict(self.label_counts),
+            "tool_examples": self.tool_examples,
             "problems": [problem.to_dict() for problem in self.problems],
             "problems_truncated": self.problems_truncated,
             "ok": self.ok,

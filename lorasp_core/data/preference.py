@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, cast
 
+from lorasp_core.data.chat_messages import parse_messages
 from lorasp_core.data.fields import json_type_name, parse_chat
 from lorasp_core.data.formats import CHAT_ROLES, ChatExample, DatasetProblem, PreferenceExample
 from lorasp_core.data.tokenization import IGNORE_INDEX, TokenizedExample
@@ -24,9 +25,6 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 OUTPUT_KEYS = ("preferred_output", "non_preferred_output")
-# stands in for the answer while input.messages goes through parse_chat, whose rule "a conversation
-# needs an assistant message" is for chat files, not for a prompt
-_PLACEHOLDER_ANSWER = {"role": "assistant", "content": "placeholder"}
 
 
 def _moved(problems: list[DatasetProblem], old_prefix: str, new_prefix: str) -> list[DatasetProblem]:
@@ -44,21 +42,15 @@ def _parse_input(value: object, line: int) -> tuple[tuple[dict[str, str], ...], 
         return [DatasetProblem(line, f"must be an object, got {json_type_name(value)}", "input")]
     if "messages" not in value:
         return [DatasetProblem(line, "missing", "input.messages")]
-    messages = value["messages"]
-    if isinstance(messages, list) and messages:
-        parsed = parse_chat({"messages": [*messages, _PLACEHOLDER_ANSWER]}, line)
-    else:
-        parsed = parse_chat({"messages": messages}, line)  # reports the wrong type / the empty list
+    # the chat rules, tools included, without chat's "needs an assistant message" (this is a prompt)
+    parsed = parse_messages(value, line, "input.", require_assistant=False)
     if isinstance(parsed, list):
-        return _moved(parsed, "messages", "input.messages")
-    assert isinstance(parsed, ChatExample)
-    prompt = parsed.messages[:-1]
+        return parsed
+    prompt = parsed.messages
     if prompt[-1]["role"] == "assistant":
         reason = "the input must not end with an assistant message (the outputs are the answer)"
         return [DatasetProblem(line, reason, f"input.messages[{len(prompt) - 1}]")]
-    if "tools" in value and not isinstance(value["tools"], list):
-        return [DatasetProblem(line, f"must be a list, got {json_type_name(value['tools'])}", "input.tools")]
-    return prompt, value.get("tools")
+    return prompt, (list(parsed.tools) if parsed.tools else None)
 
 
 def _parse_output(obj: dict[str, Any], key: str, line: int) -> dict[str, str] | list[DatasetProblem]:

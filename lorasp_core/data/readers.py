@@ -14,8 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
-from lorasp_core.data.fields import TEXT_KEYS, detect_format, json_type_name, parse_object, parse_row
+from lorasp_core.data.fields import TEXT_KEYS, detect_format, parse_object, parse_row
 from lorasp_core.data.formats import DatasetError, DatasetFormat, DatasetProblem, DatasetReport, Example
+from lorasp_core.data.json_values import json_type_name
 from lorasp_core.data.lines import OverlongLine, file_chunks, line_too_long_reason, split_lines
 from lorasp_core.data.preference import parse_preference
 

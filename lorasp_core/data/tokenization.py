@@ -2,7 +2,8 @@
 
 Chat examples are rendered with the tokenizer's own chat template. The assistant spans are derived
 by rendering the conversation prefix up to each assistant message (with the generation prompt, so the
-"assistant header" is excluded) and through it (so its end-of-turn marker is included), then mapping
+"assistant header" is excluded) and through it (so its end-of-turn marker is included; tool calls the
+template writes are inside that span), then mapping
 those character spans onto tokens. Working in characters and not in prefix token counts keeps the
 spans right when BPE merges across a boundary would change the prefix's tokens.
 """
@@ -41,51 +42,78 @@ def _input_ids(tokenizer: PreTrainedTokenizerBase, text: str, **kwargs: Any) -> 
 
 def render_chat(
     tokenizer: PreTrainedTokenizerBase,
-    messages: Sequence[dict[str, str]],
+    messages: Sequence[dict[str, Any]],
     *,
     add_generation_prompt: bool = False,
+    tools: Sequence[dict[str, Any]] | None = None,
 ) -> str:
-    """The conversation as the model sees it, by the tokenizer's own chat template."""
+    """The conversation as the model sees it, by the tokenizer's own chat template (tools included)."""
+    extra: dict[str, Any] = {} if tools is None else {"tools": list(tools)}
     rendered = tokenizer.apply_chat_template(
-        list(messages), tokenize=False, add_generation_prompt=add_generation_prompt
+        list(messages), tokenize=False, add_generation_prompt=add_generation_prompt, **extra
     )
     if not isinstance(rendered, str):
         raise TypeError(f"apply_chat_template(tokenize=False) returned {type(rendered).__name__}, not str")
     return rendered
 
 
+def _span_by_content(
+    rendered: str, message: dict[str, Any], search_from: int, header_found: bool, index: int
+) -> tuple[int, int]:
+    """Fallback when prefix renders do not bracket the turn: find the content itself."""
+    content = message.get("content")
+    if not isinstance(content, str) or "tool_calls" in message:
+        raise ValueError(
+            f"the chat template does not render assistant message {index} as a prefix-stable turn"
+        )
+    # some templates trim message content (Llama 3), so look for the stripped text as a fallback
+    start = rendered.find(content, search_from)
+    if start < 0:
+        content = content.strip()
+        start = rendered.find(content, search_from)
+    if start < 0:
+        if not header_found:
+            raise ValueError(f"the chat template does not render assistant message {index} verbatim")
+        start, content = search_from, ""
+    return start, start + len(content)
+
+
 def assistant_char_spans(
-    tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict[str, str]], rendered: str
-) -> list[tuple[int, int]]:
-    """[start, end) character spans of each assistant message (content + end-of-turn) in `rendered`."""
-    spans: list[tuple[int, int]] = []
+    tokenizer: PreTrainedTokenizerBase,
+    messages: Sequence[dict[str, Any]],
+    rendered: str,
+    tools: Sequence[dict[str, Any]] | None = None,
+) -> dict[int, tuple[int, int]]:
+    """[start, end) character spans in `rendered` of each assistant message (by message index): what
+    the template writes for the turn after the generation prompt (content, tool calls, end-of-turn).
+
+    The span runs from the end of the prefix rendered with the generation prompt to the end of the
+    prefix rendered through the message, so tool-call markup the template writes (which appears
+    nowhere verbatim in the data) is found; content search is the fallback for templates whose
+    prefix renders are not prefixes of the whole conversation.
+    """
+    spans: dict[int, tuple[int, int]] = {}
     cursor = 0
     for index, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
         search_from, header_found = cursor, False
         if index > 0:
-            header = render_chat(tokenizer, messages[:index], add_generation_prompt=True)
+            header = render_chat(tokenizer, messages[:index], add_generation_prompt=True, tools=tools)
             if rendered.startswith(header) and len(header) >= cursor:
                 search_from, header_found = len(header), True
-        # some templates trim message content (Llama 3), so look for the stripped text as a fallback
-        content = message["content"]
-        start = rendered.find(content, search_from)
-        if start < 0:
-            content = content.strip()
-            start = rendered.find(content, search_from)
-        if start < 0:
-            if not header_found:
-                raise ValueError(f"the chat template does not render assistant message {index} verbatim")
-            start, content = search_from, ""
-        end = start + len(content)
-        through = render_chat(tokenizer, messages[: index + 1])
-        if rendered.startswith(through) and len(through) > end:
-            # include the end-of-turn marker the template appends (the model must learn to stop), but
-            # not the whitespace after it, which is formatting between turns
-            end = len(through.rstrip())
-        spans.append((start, max(end, start + len(content))))
-        cursor = spans[-1][1]
+        # the end-of-turn marker is included (the model must learn to stop), the whitespace after it
+        # is formatting between turns and is not
+        through = render_chat(tokenizer, messages[: index + 1], tools=tools)
+        through_end = len(through.rstrip())
+        if header_found and rendered.startswith(through) and through_end > search_from:
+            start, end = search_from, through_end
+        else:
+            start, end = _span_by_content(rendered, message, search_from, header_found, index)
+            if rendered.startswith(through) and through_end > end:
+                end = through_end
+        spans[index] = (start, end)
+        cursor = end
     return spans
 
 
@@ -109,7 +137,7 @@ def _token_mask_from_spans(
 
 
 def _chat_ids(tokenizer: PreTrainedTokenizerBase, example: ChatExample) -> tuple[str, list[int]]:
-    rendered = render_chat(tokenizer, example.messages)
+    rendered = render_chat(tokenizer, example.messages, tools=example.tools)
     # exactly what apply_chat_template(tokenize=True) does: the template writes the special tokens itself
     return rendered, _input_ids(tokenizer, rendered, add_special_tokens=False)
 
@@ -169,7 +197,9 @@ def tokenize_example(
         labels = [IGNORE_INDEX] * len(prompt_ids) + completion_ids
     else:
         rendered, ids = _chat_ids(tokenizer, example)
-        spans = assistant_char_spans(tokenizer, example.messages, rendered)
-        mask = _token_mask_from_spans(tokenizer, rendered, spans, len(ids))
+        spans = assistant_char_spans(tokenizer, example.messages, rendered, example.tools)
+        # a weight-0 turn stays in the input as context; its tokens get no loss (and so no gradient)
+        trained_spans = [span for index, span in spans.items() if example.trains_message(index)]
+        mask = _token_mask_from_spans(tokenizer, rendered, trained_spans, len(ids))
         labels = [token if trained else IGNORE_INDEX for token, trained in zip(ids, mask, strict=True)]
     return TokenizedExample(input_ids=ids[:max_length], labels=labels[:max_length])

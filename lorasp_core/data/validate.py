@@ -14,10 +14,12 @@ from lorasp_core.data.formats import (
     DatasetReport,
     Example,
     PreferenceExample,
+    UntrainedExampleProblem,
 )
 from lorasp_core.data.preference import count_pair_tokens
 from lorasp_core.data.readers import DatasetScanner
 from lorasp_core.data.tokenization import count_tokens, tokenize_example
+from lorasp_core.data.tool_template import tool_support_problem
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -47,6 +49,7 @@ class _TokenCounter:
         self.total = 0
         self.longest = 0
         self.disabled_reason: str | None = None
+        self.tools_checked = False  # the template's tool support is probed once, at the first tool example
 
     def count(self, example: Example, line: int) -> DatasetProblem | None:
         if self.disabled_reason is not None:
@@ -58,6 +61,13 @@ class _TokenCounter:
                 "the tokenizer has no chat template, so chat or preference examples cannot be rendered"
             )
             return DatasetProblem(0, self.disabled_reason)
+        if isinstance(example, ChatExample) and example.uses_tools:
+            tool_problem = None if self.tools_checked else tool_support_problem(self.tokenizer)
+            self.tools_checked = True
+            if tool_problem is not None:
+                # never flatten tool calls into plain text: the file is refused, once for the whole file
+                self.disabled_reason = f"{tool_problem}; this file has tool calls (first on line {line})"
+                return DatasetProblem(0, self.disabled_reason)
         try:
             if isinstance(example, ChatExample):
                 # the full tokenization also derives the assistant spans, so a template that does not
@@ -102,13 +112,15 @@ def validate_dataset(
         return DatasetReport(expected_format, 0, None, None, problems=collector.problems)
     counter = None if tokenizer is None else _TokenCounter(tokenizer, max_tokens)
     scanner = DatasetScanner(path, expected_format, max_line_bytes)
-    examples = 0
+    examples = tool_examples = untrained_lines = 0
     label_counts: dict[str, int] = {}
     for line, item in scanner:
         if isinstance(item, DatasetProblem):
+            untrained_lines += isinstance(item, UntrainedExampleProblem)
             collector.add(item)
             continue
         examples += 1
+        tool_examples += isinstance(item, ChatExample) and item.uses_tools
         if isinstance(item, ClassificationExample):
             label_counts[item.label] = label_counts.get(item.label, 0) + 1
         if counter is not None:
@@ -117,6 +129,10 @@ def validate_dataset(
                 collector.add(token_problem)
     if not scanner.saw_content:
         collector.add(DatasetProblem(0, "empty file"))
+    elif examples == 0 and untrained_lines > 0:
+        collector.add(
+            DatasetProblem(0, "every assistant message in the file has weight 0: nothing to train on")
+        )
     elif examples < min_examples:
         plural = "s" if min_examples != 1 else ""
         collector.add(
@@ -128,6 +144,7 @@ def validate_dataset(
         tokens=None if counter is None else counter.total,
         max_example_tokens=None if counter is None else counter.longest,
         label_counts=label_counts,
+        tool_examples=tool_examples,
         problems=collector.problems,
         problems_truncated=collector.truncated,
     )

@@ -14,12 +14,13 @@ from lorasp_core.models.catalog import (
     default_cache_dir,
     find_package_dir,
 )
-from lorasp_core.models.loading import infer_task, load_base_model
+from lorasp_core.models.loading import infer_task, load_base_model, load_base_tokenizer
 from lorasp_core.models.tiny import (
     CHATML_TEMPLATE,
     TINY_BERT_NAME,
     TINY_LLAMA_NAME,
     make_tiny_tokenizer,
+    make_tiny_tool_tokenizer,
     tiny_random_bert,
     tiny_random_llama,
 )
@@ -40,7 +41,9 @@ __all__ = [
     "find_package_dir",
     "infer_task",
     "load_base_model",
+    "load_base_tokenizer",
     "make_tiny_tokenizer",
+    "make_tiny_tool_tokenizer",
     "tiny_random_bert",
     "tiny_random_llama",
 ]

@@ -46,6 +46,21 @@ def cached_smollm2(entry: CatalogEntry, cache_root: Path) -> tuple[PreTrainedMod
     return _load_cache(cache_path)
 
 
+def smollm2_tokenizer(entry: CatalogEntry, cache_root: Path) -> PreTrainedTokenizerBase:
+    """SmolLM2's tokenizer alone (no weights): from the cache when built, else straight from the GGUF."""
+    gguf_path = packaged_file(entry, SMOLLM2_GGUF_FILE)
+    cache_path = cache_root / entry.name
+    if _cache_is_valid(cache_path, _marker_for(gguf_path)):
+        tokenizer = AutoTokenizer.from_pretrained(str(cache_path), local_files_only=True)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(
+            str(gguf_path.parent), gguf_file=gguf_path.name, local_files_only=True
+        )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def _marker_for(gguf_path: Path) -> dict[str, Any]:
     """What the cache was built from; a different GGUF (package upgrade) invalidates it."""
     return {

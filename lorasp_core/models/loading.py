@@ -31,7 +31,7 @@ from lorasp_core.models.catalog import (
     LoadedModel,
     TaskType,
 )
-from lorasp_core.models.gguf_cache import cached_smollm2
+from lorasp_core.models.gguf_cache import cached_smollm2, smollm2_tokenizer
 from lorasp_core.models.tiny import (
     TINY_BERT_NAME,
     TINY_LLAMA_NAME,
@@ -75,6 +75,31 @@ def load_base_model(
         f"unknown base model {name_or_path!r}: not a catalog name ({', '.join(catalog.catalog_names())}) "
         "and not a local directory containing config.json"
     )
+
+
+def load_base_tokenizer(name_or_path: str, *, cache_dir: str | Path | None = None) -> PreTrainedTokenizerBase:
+    """The tokenizer `load_base_model(name_or_path)` would return, without loading any weights
+    (what a file check against a base model's chat template needs)."""
+    entry = CATALOG.get(name_or_path)
+    if entry is not None:
+        if entry.name == SMOLLM2_NAME:
+            cache_root = (
+                Path(cache_dir).expanduser() if cache_dir is not None else catalog.default_cache_dir()
+            )
+            return smollm2_tokenizer(entry, cache_root)
+        if entry.name == MINILM_NAME:
+            model_dir = catalog.packaged_file(entry, MINILM_SUBDIR)
+            return AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+        return make_tiny_tokenizer()
+    local_dir = Path(name_or_path).expanduser()
+    if not (local_dir / "config.json").is_file():
+        raise ValueError(f"unknown base model {name_or_path!r}: not a catalog name and not a model directory")
+    try:
+        return AutoTokenizer.from_pretrained(str(local_dir), local_files_only=True)
+    except (OSError, ValueError) as error:
+        raise ValueError(
+            f"local model directory {local_dir} has no usable tokenizer files: {error}"
+        ) from error
 
 
 def _load_catalog_model(

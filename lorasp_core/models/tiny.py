@@ -41,6 +41,42 @@ CHATML_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
+# Qwen2.5 / Hermes style tool calling over ChatML: the tools as JSON in the system turn, each call as
+# <tool_call>{"name", "arguments"}</tool_call> in the assistant turn, tool results in a user turn of
+# <tool_response> blocks. The assistant header equals the generation prompt, as in Qwen2.5.
+TOOL_CALLING_TEMPLATE = (
+    "{% set offset = 0 %}"
+    "{% if tools %}"
+    "{{ '<|im_start|>system\n' }}"
+    "{% if messages[0]['role'] == 'system' %}{{ messages[0]['content'] }}{% set offset = 1 %}"
+    "{% else %}{{ 'You are a helpful assistant.' }}{% endif %}"
+    "{{ '\n\n# Tools\n\n<tools>' }}"
+    "{% for tool in tools %}{{ '\n' }}{{ tool | tojson }}{% endfor %}"
+    "{{ '\n</tools>\n\nFor each function call, return a json object within <tool_call></tool_call> tags."
+    "<|im_end|>\n' }}"
+    "{% endif %}"
+    "{% for message in messages %}"
+    "{% if loop.index0 < offset %}"
+    "{% elif message['role'] == 'assistant' %}"
+    "{{ '<|im_start|>assistant\n' }}"
+    "{% if message['content'] %}{{ message['content'] }}{% endif %}"
+    "{% for call in message['tool_calls'] or [] %}"
+    "{% if message['content'] or not loop.first %}{{ '\n' }}{% endif %}"
+    "{{ '<tool_call>\n{\"name\": \"' + call['function']['name'] + '\", \"arguments\": ' }}"
+    "{{ call['function']['arguments'] | tojson }}{{ '}\n</tool_call>' }}"
+    "{% endfor %}"
+    "{{ '<|im_end|>\n' }}"
+    "{% elif message['role'] == 'tool' %}"
+    "{% if loop.first or messages[loop.index0 - 1]['role'] != 'tool' %}{{ '<|im_start|>user' }}{% endif %}"
+    "{{ '\n<tool_response>\n' + message['content'] + '\n</tool_response>' }}"
+    "{% if loop.last or messages[loop.index0 + 1]['role'] != 'tool' %}{{ '<|im_end|>\n' }}{% endif %}"
+    "{% else %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
 TINY_HIDDEN_SIZE = 64
 TINY_LAYERS = 2
 TINY_HEADS = 4
@@ -90,6 +126,13 @@ def make_tiny_tokenizer() -> PreTrainedTokenizerFast:
     )
     tokenizer.chat_template = CHATML_TEMPLATE
     tokenizer.name_or_path = "tiny-byte-level"
+    return tokenizer
+
+
+def make_tiny_tool_tokenizer() -> PreTrainedTokenizerFast:
+    """The tiny tokenizer with a chat template that renders tools, tool calls and tool results."""
+    tokenizer = make_tiny_tokenizer()
+    tokenizer.chat_template = TOOL_CALLING_TEMPLATE
     return tokenizer
 
 

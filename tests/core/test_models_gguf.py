@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lorasp_core.models import LoadedModel, load_base_model
+from lorasp_core.data import TOOLS_UNSUPPORTED, tool_support_problem
+from lorasp_core.models import LoadedModel, load_base_model, load_base_tokenizer
 from lorasp_core.models.gguf_cache import CACHE_MARKER_FILE
 
 pytestmark = pytest.mark.slow
@@ -69,3 +70,17 @@ def test_chat_generation_is_sensible(first_load: LoadedModel) -> None:
         output = model.generate(**inputs, max_new_tokens=24, do_sample=False)
     answer = tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     assert "Paris" in answer, answer
+
+
+def test_tokenizer_alone_matches_and_its_template_cannot_render_tools(
+    first_load: LoadedModel, cache_root: Path, tmp_path: Path
+) -> None:
+    from_cache = load_base_tokenizer(NAME, cache_dir=cache_root)
+    from_gguf = load_base_tokenizer(NAME, cache_dir=tmp_path)  # no cache there: read from the GGUF
+    assert not (tmp_path / NAME).exists()  # the tokenizer alone builds no cache
+    for tokenizer in (from_cache, from_gguf):
+        assert tokenizer.chat_template == first_load.tokenizer.chat_template
+        assert tokenizer("Hello there")["input_ids"] == first_load.tokenizer("Hello there")["input_ids"]
+    # the packaged SmolLM2 template ignores tools: tool-calling files are refused for it
+    problem = tool_support_problem(from_cache)
+    assert problem is not None and problem.startswith(TOOLS_UNSUPPORTED)

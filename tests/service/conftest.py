@@ -166,3 +166,12 @@ def make_adapter(db: Session, api_settings: Settings, real_adapter_dir: Path) ->
         return adapter
 
     return make
+
+
+@pytest.fixture(scope="session")
+def admin(db_engine: sa.Engine) -> dict[str, str]:
+    """An operator's key (admin routes: base-model registration)."""
+    with Session(db_engine) as session:
+        _, key = create_tenant_with_key(session, f"ops-{secrets.token_hex(4)}", admin=True)
+        session.commit()
+    return {"Authorization": f"Bearer {key}"}

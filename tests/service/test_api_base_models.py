@@ -11,26 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 from api_helpers import assert_error, chat_rows, create_job, jsonl, upload
 from fastapi.testclient import TestClient
 from model_dirs import bert_dir, llama_dir, qwen2_dir, truncate_weights
 from sqlalchemy.orm import Session
 
 from lorasp_core.models import CHATML_TEMPLATE
-from lorasp_service.auth import create_tenant_with_key
 from lorasp_service.orm import Tenant
 from lorasp_service.settings import Settings
 
 ADMIN = "/v1/admin/models"
-
-
-@pytest.fixture(scope="session")
-def admin(db_engine: sa.Engine) -> dict[str, str]:
-    with Session(db_engine) as session:
-        _, key = create_tenant_with_key(session, f"ops-{secrets.token_hex(4)}", admin=True)
-        session.commit()
-    return {"Authorization": f"Bearer {key}"}
 
 
 @pytest.fixture(scope="session")
