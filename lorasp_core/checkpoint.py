@@ -35,6 +35,7 @@ class TrainerState:
     optimizer: dict[str, Any]
     scheduler: dict[str, Any]
     rng: dict[str, Any]
+    grad_scaler: dict[str, Any] | None = None  # fp16's loss scale and its growth tracker
 
     def to_dict(self) -> dict[str, Any]:
         return {"version": STATE_VERSION, **self.__dict__}

@@ -6,12 +6,16 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
+from lorasp_core.precision import ResolvedPrecision
+
 TaskType = Literal["causal-lm", "seq-cls"]
 # Which validation data an evaluation ran on: the fixed sample (`eval_sample_size` examples, every
 # `eval_every_steps`) or the whole validation set (at the end of the last `full_eval_epochs` epochs).
 EvalScope = Literal["sample", "full"]
 Batching = Literal["group_by_length", "pack", "padded"]
-MixedPrecision = Literal["auto", "bf16", "no"]
+MixedPrecision = Literal["auto", "bf16", "fp16", "no"]
+BaseDtype = Literal["auto", "float32", "bfloat16"]
+GradientCheckpointing = bool | Literal["auto"]
 
 # transformers.get_scheduler names that need no extra arguments (plateau needs metrics, WSD needs kwargs).
 SUPPORTED_SCHEDULERS = (
@@ -25,7 +29,8 @@ SUPPORTED_SCHEDULERS = (
 )
 TASKS: tuple[TaskType, ...] = ("causal-lm", "seq-cls")
 BATCHINGS: tuple[Batching, ...] = ("group_by_length", "pack", "padded")
-MIXED_PRECISIONS: tuple[MixedPrecision, ...] = ("auto", "bf16", "no")
+MIXED_PRECISIONS: tuple[MixedPrecision, ...] = ("auto", "bf16", "fp16", "no")
+BASE_DTYPES: tuple[BaseDtype, ...] = ("auto", "float32", "bfloat16")
 
 
 def _require(condition: bool, message: str) -> None:
@@ -61,6 +66,13 @@ class TrainConfig:
     device: str = "auto"
     mixed_precision: MixedPrecision = "auto"
     max_steps: int | None = None
+    # the frozen base's dtype; "auto": bfloat16 when bf16 autocast is chosen (halves its memory and
+    # spares autocast re-casting fp32 weights on every forward), else float32
+    base_dtype: BaseDtype = "auto"
+    # causal-lm: apply the LM head (and the loss) only at supervised positions, not at prompt tokens
+    head_at_labels: bool = True
+    # recompute activations in backward; "auto": off (on until an admission estimate says memory is short)
+    gradient_checkpointing: GradientCheckpointing = "auto"
 
     def __post_init__(self) -> None:
         _require(self.task in TASKS, f"task must be one of {TASKS}, got {self.task!r}")
@@ -100,6 +112,18 @@ class TrainConfig:
         _require(
             self.mixed_precision in MIXED_PRECISIONS,
             f"mixed_precision must be one of {MIXED_PRECISIONS}, got {self.mixed_precision!r}",
+        )
+        _require(
+            self.base_dtype in BASE_DTYPES,
+            f"base_dtype must be one of {BASE_DTYPES}, got {self.base_dtype!r}",
+        )
+        _require(
+            isinstance(self.head_at_labels, bool),
+            f"head_at_labels must be true or false, got {self.head_at_labels!r}",
+        )
+        _require(
+            isinstance(self.gradient_checkpointing, bool) or self.gradient_checkpointing == "auto",
+            f"gradient_checkpointing must be true, false or 'auto', got {self.gradient_checkpointing!r}",
         )
         _require(
             isinstance(self.device, str) and bool(self.device),
@@ -176,3 +200,5 @@ class TrainResult:
     last_checkpoint: Path | None
     # per-element optimizer state at the end: "adapter" (LoRA entries), "other" (head), "total"
     optimizer_state_bytes: dict[str, int] = field(default_factory=dict)
+    precision: ResolvedPrecision | None = None  # what the run computed in and held the base in
+    gradient_checkpointing: bool = False  # as resolved from the config's "auto" / true / false

@@ -26,16 +26,15 @@ from lorasp_core.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
+from lorasp_core.checkpointing import gradient_checkpointing, resolve_gradient_checkpointing
 from lorasp_core.data import Example, TokenizedExample, collate, packed_rows
 from lorasp_core.evaluation import Validation, evaluate
+from lorasp_core.precision import grad_scaler, hold_frozen_base_in, resolve_precision
+from lorasp_core.target_logits import target_logits
 from lorasp_core.train_config import ProgressEvent, TrainCallback, TrainConfig, TrainResult
 from lorasp_core.training_ops import (
-    autocast_dtype,
-    correct_predictions,
     count_targets,
     epoch_batches,
-    forward_logits,
-    loss_sum_and_targets,
     pad_token_id,
     resolve_device,
     resolve_label_names,
@@ -72,23 +71,25 @@ def _optimizer_step(
     trainable: list[nn.Parameter],
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
 ) -> _StepResult:
     """Forward/backward over the micro-batches of one step (loss averaged over all their targets), then
-    clip, step and schedule."""
+    clip, step and schedule. `scaler` scales the loss under fp16 only (otherwise it passes through)."""
     step_targets = sum(count_targets(batch["labels"], config.task) for batch in batches)
     step_loss, correct, tokens = 0.0, 0, 0
     for batch in batches:
-        logits = forward_logits(model, batch, amp_dtype)
-        loss, _ = loss_sum_and_targets(logits, batch["labels"], config.task)
-        loss = loss / max(step_targets, 1)
-        loss.backward()  # type: ignore[no-untyped-call]
+        at_targets = target_logits(model, batch, amp_dtype, config.task, config.head_at_labels)
+        loss = at_targets.loss_sum() / max(step_targets, 1)
+        scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
         step_loss += loss.item()
-        correct += correct_predictions(logits, batch["labels"], config.task)
+        correct += at_targets.correct()
         tokens += int(batch["attention_mask"].sum())
     if config.max_grad_norm is not None:
+        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
         torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
     learning_rate = float(scheduler.get_last_lr()[0])
-    optimizer.step()
+    scaler.step(optimizer)  # skipped when fp16 gradients overflowed
+    scaler.update()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return _StepResult(step_loss, correct / max(step_targets, 1), tokens, learning_rate)
@@ -122,7 +123,9 @@ def train(
 ) -> TrainResult:
     """Train the (already `apply_lorasp`-wrapped) model in place; see docs/interfaces.md."""
     device = resolve_device(config.device)
-    amp_dtype = autocast_dtype(config.mixed_precision, device)
+    precision = resolve_precision(config.mixed_precision, config.base_dtype, device)
+    amp_dtype = precision.autocast_dtype
+    checkpointing = resolve_gradient_checkpointing(config.gradient_checkpointing, device)
     label_names = resolve_label_names(config, train_data, label_names)
     pad_id = pad_token_id(tokenizer)
     examples = _training_examples(train_data, tokenizer, config, label_names, pad_id)
@@ -134,6 +137,8 @@ def train(
 
     # optimizer over the entries that really train (frozen LoRA-SP entries are buffers, not here)
     model.to(device)
+    hold_frozen_base_in(model, precision.base_torch_dtype)
+    scaler = grad_scaler(precision, device)
     trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = get_scheduler(
@@ -157,10 +162,11 @@ def train(
             next_group,
             optimizer,
             scheduler,
+            scaler,
         )
 
     cuda_devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda_devices):
+    with torch.random.fork_rng(devices=cuda_devices), gradient_checkpointing(model, checkpointing):
         torch.manual_seed(config.seed)
         totals, start_epoch, start_group = _Totals(), 0, 0
         if config.resume_from is not None:
@@ -168,6 +174,8 @@ def train(
             resumed = load_trainer_state(config.resume_from)
             optimizer.load_state_dict(resumed.optimizer)
             scheduler.load_state_dict(resumed.scheduler)
+            if resumed.grad_scaler is not None:
+                scaler.load_state_dict(resumed.grad_scaler)
             restore_rng_state(resumed.rng)
             totals = _Totals(resumed.step, resumed.trained_tokens, resumed.loss_sum)
             start_epoch, start_group = resumed.epoch, resumed.batch_in_epoch
@@ -195,7 +203,9 @@ def train(
                     to_device(collate([examples[i] for i in indices], pad_id), device)
                     for indices in groups[group_index]
                 ]
-                done = _optimizer_step(model, batches, config, amp_dtype, trainable, optimizer, scheduler)
+                done = _optimizer_step(
+                    model, batches, config, amp_dtype, trainable, optimizer, scheduler, scaler
+                )
                 totals.step += 1
                 totals.loss_sum += done.loss
                 totals.trained_tokens += done.tokens
@@ -249,6 +259,8 @@ def train(
         cancelled=cancelled,
         last_checkpoint=last_checkpoint,
         optimizer_state_bytes=optimizer_state_bytes(optimizer, model),
+        precision=precision,
+        gradient_checkpointing=checkpointing,
     )
 
 
@@ -264,6 +276,7 @@ def _save_checkpoint(
     next_group: int,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
 ) -> Path:
     assert config.checkpoint_dir is not None
     state = TrainerState(
@@ -275,6 +288,7 @@ def _save_checkpoint(
         optimizer=optimizer.state_dict(),
         scheduler=scheduler.state_dict(),
         rng=capture_rng_state(),
+        grad_scaler=scaler.state_dict() if scaler.is_enabled() else None,
     )
     summary = {
         "step": totals.step,

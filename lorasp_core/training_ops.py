@@ -18,6 +18,7 @@ from lorasp_core.data import (
     padded_batches,
     tokenize_example,
 )
+from lorasp_core.precision import resolve_precision
 from lorasp_core.train_config import TrainConfig
 
 Batch = dict[str, torch.Tensor]
@@ -30,12 +31,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 def autocast_dtype(mixed_precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast dtype, or None for full precision ("auto": bf16 on CUDA only)."""
-    if mixed_precision == "bf16":
-        return torch.bfloat16
-    if mixed_precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return None
+    """The autocast dtype `mixed_precision` resolves to on `device` (None: full precision)."""
+    return resolve_precision(mixed_precision, "auto", device).autocast_dtype
 
 
 def resolve_label_names(
