@@ -220,6 +220,8 @@ def _train_and_register(
         message = f"Resuming training from the checkpoint at step {claim.resume_step}"
         jobs.record_message(settings, job_id, message, data={"resumed_from_step": claim.resume_step})
     _record_precision(settings, job_id, worker_id, claim, config)
+    with session_scope(settings) as session:  # the job as it now reads (its W&B config shows the precision)
+        job = session.get(Job, job_id) or job
     model = apply_lorasp(loaded.model, lora)
     if parent is not None and claim.resume_key is None:  # a resume checkpoint already holds the weights
         try:
