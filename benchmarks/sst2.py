@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import peak_rss_mb, read_sst2_tsv, run_in_subprocess, sample_train
+from benchmarks.sst2_chat import LORASP_CHAT_KNOBS
 
 ENCODER_METHODS = ("full", "peft-lora", "peft-lora-grouped", "lora", "lorasp")
-CHAT_METHODS = ("chat-base", "chat-lorasp")
+CHAT_METHODS = ("chat-base", *LORASP_CHAT_KNOBS)
 DEFAULT_LRS = {
     "full": [5e-5],
     "peft-lora": [1e-3],
@@ -25,7 +26,7 @@ DEFAULT_LRS = {
     "lora": [1e-3],
     "lorasp": [2e-3],
     "chat-base": [0.0],
-    "chat-lorasp": [1e-3],
+    **{method: [1e-3] for method in LORASP_CHAT_KNOBS},
 }
 
 

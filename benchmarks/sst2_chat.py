@@ -10,6 +10,15 @@ import torch
 
 from benchmarks.common import LabelledSentence
 
+# chat-lorasp and one knob changed each: fp32 with the head at labels is the reference, so every other
+# row shows what its one knob buys (bf16 autocast + bf16 base; the full-vocabulary head at every
+# position; gradient checkpointing, whose peak RSS is the point).
+LORASP_CHAT_KNOBS: dict[str, dict[str, Any]] = {
+    "chat-lorasp": {"mixed_precision": "no"},
+    "chat-lorasp-bf16": {"mixed_precision": "bf16", "base_dtype": "bfloat16"},
+    "chat-lorasp-fullhead": {"mixed_precision": "no", "head_at_labels": False},
+    "chat-lorasp-ckpt": {"mixed_precision": "no", "gradient_checkpointing": True},
+}
 SYSTEM = "You are a sentiment classifier. Answer with one word: positive or negative."
 WORDS = ("negative", "positive")
 
@@ -76,7 +85,7 @@ def run_chat(
         "train_seconds": 0.0,
         "tokens_per_second": None,
     }
-    if spec["method"] == "chat-lorasp":
+    if spec["method"] in LORASP_CHAT_KNOBS:
         config = LoraSPConfig(
             r=spec["r"], alpha=spec["alpha"], freeze_ratio=0.5, mask_seed=spec["seed"], init_seed=spec["seed"]
         )
@@ -91,6 +100,7 @@ def run_chat(
             max_length=spec["max_length"],
             seed=spec["seed"],
             batching="group_by_length",
+            **LORASP_CHAT_KNOBS[spec["method"]],
         )
         start = time.perf_counter()
         trained = train(train_config, model, tokenizer, examples)
@@ -100,6 +110,8 @@ def run_chat(
             tokens_per_second=trained.trained_tokens / seconds,
             trainable_parameters=trainable_parameters(model),
             optimizer_state_bytes=int(trained.optimizer_state_bytes["adapter"]),
+            precision=trained.precision.to_dict() if trained.precision is not None else None,
+            gradient_checkpointing=trained.gradient_checkpointing,
         )
     result["dev_accuracy"] = generation_accuracy(model, tokenizer, eval_rows)
     return result
