@@ -81,22 +81,25 @@ def target_lines(best: dict[str, dict[str, Any]]) -> list[str]:
 
 def budget_lines(results: list[dict[str, Any]], args: dict[str, Any]) -> list[str]:
     methods = {r["method"] for r in results}
+    chat = {m for m in methods if m.startswith("chat-")}
     lines = []
-    chat_methods = {"chat-base", "chat-lorasp", "chat-dpo", "chat-sft-dpo"}
-    if methods - chat_methods:
+    if methods - chat:
         lines += [
             f"Encoder budget: minilm-l6, {args['train_size']} training examples (fixed sample), "
             f"{args['epochs']} epochs, batch {args['batch_size']}, max length {args['max_length']}, "
             f"r={args['r']}, alpha={args['alpha']}, seeds {args['seeds']}; each run in its own process.",
             "",
         ]
-    if methods & chat_methods:
+    if chat:
         lines += [
             f"Causal-LM budget: smollm2-135m-instruct, SST-2 rewritten as chat, {args['chat_train_size']} "
             f"training examples, {args['chat_epochs']} epoch(s), batch {args['chat_batch_size']}, "
-            f"r={args['r']}; dev accuracy by greedy generation (first sentiment word named). chat-dpo: DPO "
-            "(beta 0.1) from the base on pairs of the same sentences (chosen = the right word, rejected = "
-            "the wrong one); chat-sft-dpo: the chat-lorasp run, then DPO with its adapter as reference.",
+            f"r={args['r']}; dev accuracy by greedy generation (first sentiment word named). "
+            "chat-lorasp is fp32 with the LM head at labels only; -bf16 (bf16 autocast, bf16 base), "
+            "-fullhead (head at every position), -ckpt (gradient checkpointing) change one knob each. "
+            "chat-dpo: DPO (beta 0.1) from the base on pairs of the same sentences (chosen = the right "
+            "word, rejected = the wrong one); chat-sft-dpo: the chat-lorasp run, then DPO with its adapter "
+            "as reference.",
             "",
         ]
     return lines

@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import peak_rss_mb, read_sst2_tsv, run_in_subprocess, sample_train
+from benchmarks.sst2_chat import LORASP_CHAT_KNOBS
 
 ENCODER_METHODS = ("full", "peft-lora", "peft-lora-grouped", "lora", "lorasp")
 # chat-dpo: DPO from the base; chat-sft-dpo: DPO continuing the chat-lorasp adapter (SFT -> DPO)
-CHAT_METHODS = ("chat-base", "chat-lorasp", "chat-dpo", "chat-sft-dpo")
+CHAT_METHODS = ("chat-base", *LORASP_CHAT_KNOBS, "chat-dpo", "chat-sft-dpo")
 DEFAULT_LRS = {
     "full": [5e-5],
     "peft-lora": [1e-3],
@@ -26,7 +27,7 @@ DEFAULT_LRS = {
     "lora": [1e-3],
     "lorasp": [2e-3],
     "chat-base": [0.0],
-    "chat-lorasp": [1e-3],
+    **{method: [1e-3] for method in LORASP_CHAT_KNOBS},
     "chat-dpo": [2e-4],  # the DPO stage's rate; chat-sft-dpo's SFT stage runs at chat-lorasp's
     "chat-sft-dpo": [2e-4],
 }

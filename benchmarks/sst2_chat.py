@@ -14,6 +14,15 @@ import torch
 
 from benchmarks.common import LabelledSentence
 
+# chat-lorasp and one knob changed each: fp32 with the head at labels is the reference, so every other
+# row shows what its one knob buys (bf16 autocast + bf16 base; the full-vocabulary head at every
+# position; gradient checkpointing, whose peak RSS is the point).
+LORASP_CHAT_KNOBS: dict[str, dict[str, Any]] = {
+    "chat-lorasp": {"mixed_precision": "no"},
+    "chat-lorasp-bf16": {"mixed_precision": "bf16", "base_dtype": "bfloat16"},
+    "chat-lorasp-fullhead": {"mixed_precision": "no", "head_at_labels": False},
+    "chat-lorasp-ckpt": {"mixed_precision": "no", "gradient_checkpointing": True},
+}
 SYSTEM = "You are a sentiment classifier. Answer with one word: positive or negative."
 WORDS = ("negative", "positive")
 SFT_LEARNING_RATE = 1e-3  # chat-sft-dpo's supervised stage: chat-lorasp's default rate
@@ -84,6 +93,8 @@ def _train_stage(
         seed=spec["seed"],
         batching="group_by_length",
         objective="dpo" if dpo else "supervised",
+        # chat-lorasp's knob-variants change one setting each; the DPO methods run as chat-lorasp (fp32)
+        **LORASP_CHAT_KNOBS.get(spec["method"], LORASP_CHAT_KNOBS["chat-lorasp"]),
     )
     return train(train_config, model, tokenizer, examples)
 
@@ -111,7 +122,7 @@ def run_chat(
         stages: list[tuple[bool, float, list[Any]]] = []  # (dpo, learning rate, examples)
         chats = [ChatExample(messages=tuple(as_messages(r, True))) for r in train_rows]
         pairs = [as_preference(r) for r in train_rows]
-        if method == "chat-lorasp":
+        if method in LORASP_CHAT_KNOBS:
             stages.append((False, spec["learning_rate"], chats))
         if method == "chat-sft-dpo":
             stages.append((False, SFT_LEARNING_RATE, chats))
@@ -129,6 +140,8 @@ def run_chat(
             tokens_per_second=trained_tokens / seconds,
             trainable_parameters=trainable_parameters(model),
             optimizer_state_bytes=optimizer_bytes,
+            precision=trained.precision.to_dict() if trained.precision is not None else None,
+            gradient_checkpointing=trained.gradient_checkpointing,
         )
     result["dev_accuracy"] = generation_accuracy(model, tokenizer, eval_rows)
     return result

@@ -38,6 +38,7 @@ class TrainerState:
     # dpo: the reference policy's (pairs, 2) log-probs, computed before the first update; a resumed run
     # must not recompute them from the policy it resumes
     reference_log_probs: torch.Tensor | None = None
+    grad_scaler: dict[str, Any] | None = None  # fp16's loss scale and its growth tracker
 
     def to_dict(self) -> dict[str, Any]:
         return {"version": STATE_VERSION, **self.__dict__}

@@ -125,6 +125,7 @@ def dpo_backward(
     pad_id: int,
     config: TrainConfig,
     amp_dtype: torch.dtype | None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> DPOStepFigures:
     """Forward/backward over one step's micro-batches of pair indices: the loss is the mean over all the
     step's pairs, so accumulation gives the gradient of one big batch."""
@@ -138,7 +139,7 @@ def dpo_backward(
             pair_log_probs(model, batch, amp_dtype), reference[indices].to(device), config.dpo_beta
         )
         loss = result.losses.sum() / step_pairs
-        loss.backward()  # type: ignore[no-untyped-call]
+        (scaler.scale(loss) if scaler is not None else loss).backward()  # type: ignore[no-untyped-call]
         loss_total += loss.item()
         tokens += int(batch["attention_mask"].sum())
         chosen.append(result.chosen_rewards)

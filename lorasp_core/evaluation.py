@@ -19,12 +19,11 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from lorasp_core.data import Example, TokenizedExample, collate, padded_batches
+from lorasp_core.target_logits import target_logits
 from lorasp_core.train_config import EvalScope, TrainCallback, TrainConfig
 from lorasp_core.training_ops import (
     autocast_dtype,
-    correct_predictions,
-    forward_logits,
-    loss_sum_and_targets,
+    count_targets,
     pad_token_id,
     resolve_label_names,
     to_device,
@@ -61,10 +60,10 @@ def evaluate_tokenized(
         loss_total, targets, correct = 0.0, 0, 0
         for indices in padded_batches(len(examples), config.batch_size, seed=0, epoch=0, shuffle=False):
             batch = to_device(collate([examples[i] for i in indices], pad_id), device)
-            logits = forward_logits(model, batch, amp_dtype)
-            loss, count = loss_sum_and_targets(logits, batch["labels"], config.task)
-            loss_total, targets = loss_total + float(loss), targets + count
-            correct += correct_predictions(logits, batch["labels"], config.task)
+            at_targets = target_logits(model, batch, amp_dtype, config.task, config.head_at_labels)
+            loss_total += float(at_targets.loss_sum())
+            targets += count_targets(batch["labels"], config.task)
+            correct += at_targets.correct()
     finally:
         model.train(was_training)
     metrics = {"loss": loss_total / max(targets, 1), "mean_token_accuracy": correct / max(targets, 1)}

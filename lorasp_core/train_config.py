@@ -6,14 +6,18 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
+from lorasp_core.precision import ResolvedPrecision
+
 TaskType = Literal["causal-lm", "seq-cls"]
 # Which validation data an evaluation ran on: the fixed sample (`eval_sample_size` examples, every
 # `eval_every_steps`) or the whole validation set (at the end of the last `full_eval_epochs` epochs).
 EvalScope = Literal["sample", "full"]
 Batching = Literal["group_by_length", "pack", "padded"]
-MixedPrecision = Literal["auto", "bf16", "no"]
 # What the loss is: next-token cross-entropy on the labelled tokens, or DPO on preference pairs (dpo.py).
 Objective = Literal["supervised", "dpo"]
+MixedPrecision = Literal["auto", "bf16", "fp16", "no"]
+BaseDtype = Literal["auto", "float32", "bfloat16"]
+GradientCheckpointing = bool | Literal["auto"]
 
 # transformers.get_scheduler names that need no extra arguments (plateau needs metrics, WSD needs kwargs).
 SUPPORTED_SCHEDULERS = (
@@ -27,11 +31,12 @@ SUPPORTED_SCHEDULERS = (
 )
 TASKS: tuple[TaskType, ...] = ("causal-lm", "seq-cls")
 BATCHINGS: tuple[Batching, ...] = ("group_by_length", "pack", "padded")
-MIXED_PRECISIONS: tuple[MixedPrecision, ...] = ("auto", "bf16", "no")
 OBJECTIVES: tuple[Objective, ...] = ("supervised", "dpo")
 # The figures a dpo step reports (TRL's names): mean implicit rewards beta * (pi - ref) of the chosen
 # and the rejected answers, the share of pairs whose chosen reward is higher, and the mean margin.
 DPO_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins")
+MIXED_PRECISIONS: tuple[MixedPrecision, ...] = ("auto", "bf16", "fp16", "no")
+BASE_DTYPES: tuple[BaseDtype, ...] = ("auto", "float32", "bfloat16")
 
 
 def _require(condition: bool, message: str) -> None:
@@ -69,6 +74,13 @@ class TrainConfig:
     max_steps: int | None = None
     objective: Objective = "supervised"
     dpo_beta: float = 0.1  # DPO's beta (OpenAI's and TRL's default): how far the policy may drift
+    # the frozen base's dtype; "auto": bfloat16 when bf16 autocast is chosen (halves its memory and
+    # spares autocast re-casting fp32 weights on every forward), else float32
+    base_dtype: BaseDtype = "auto"
+    # causal-lm: apply the LM head (and the loss) only at supervised positions, not at prompt tokens
+    head_at_labels: bool = True
+    # recompute activations in backward; "auto": off (on until an admission estimate says memory is short)
+    gradient_checkpointing: GradientCheckpointing = "auto"
 
     def __post_init__(self) -> None:
         _require(self.task in TASKS, f"task must be one of {TASKS}, got {self.task!r}")
@@ -108,6 +120,18 @@ class TrainConfig:
         _require(
             self.mixed_precision in MIXED_PRECISIONS,
             f"mixed_precision must be one of {MIXED_PRECISIONS}, got {self.mixed_precision!r}",
+        )
+        _require(
+            self.base_dtype in BASE_DTYPES,
+            f"base_dtype must be one of {BASE_DTYPES}, got {self.base_dtype!r}",
+        )
+        _require(
+            isinstance(self.head_at_labels, bool),
+            f"head_at_labels must be true or false, got {self.head_at_labels!r}",
+        )
+        _require(
+            isinstance(self.gradient_checkpointing, bool) or self.gradient_checkpointing == "auto",
+            f"gradient_checkpointing must be true, false or 'auto', got {self.gradient_checkpointing!r}",
         )
         _require(
             isinstance(self.device, str) and bool(self.device),
@@ -199,3 +223,5 @@ class TrainResult:
     last_checkpoint: Path | None
     # per-element optimizer state at the end: "adapter" (LoRA entries), "other" (head), "total"
     optimizer_state_bytes: dict[str, int] = field(default_factory=dict)
+    precision: ResolvedPrecision | None = None  # what the run computed in and held the base in
+    gradient_checkpointing: bool = False  # as resolved from the config's "auto" / true / false

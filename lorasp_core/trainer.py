@@ -26,18 +26,17 @@ from lorasp_core.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
+from lorasp_core.checkpointing import gradient_checkpointing, resolve_gradient_checkpointing
 from lorasp_core.data import Example, TokenizedExample, TokenizedPair, collate, packed_rows
 from lorasp_core.dpo import dpo_backward, reference_log_probs, tokenize_pairs
 from lorasp_core.evaluation import Validation, evaluate
+from lorasp_core.precision import grad_scaler, hold_frozen_base_in, resolve_precision
+from lorasp_core.target_logits import target_logits
 from lorasp_core.train_config import ProgressEvent, TrainCallback, TrainConfig, TrainResult
 from lorasp_core.training_ops import (
     apply_update,
-    autocast_dtype,
-    correct_predictions,
     count_targets,
     epoch_batches,
-    forward_logits,
-    loss_sum_and_targets,
     pad_token_id,
     resolve_device,
     resolve_label_names,
@@ -75,20 +74,20 @@ def _optimizer_step(
     trainable: list[nn.Parameter],
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
 ) -> _StepResult:
     """Forward/backward over the micro-batches of one step (loss averaged over all their targets), then
-    clip, step and schedule."""
+    clip, step and schedule. `scaler` scales the loss under fp16 only (otherwise it passes through)."""
     step_targets = sum(count_targets(batch["labels"], config.task) for batch in batches)
     step_loss, correct, tokens = 0.0, 0, 0
     for batch in batches:
-        logits = forward_logits(model, batch, amp_dtype)
-        loss, _ = loss_sum_and_targets(logits, batch["labels"], config.task)
-        loss = loss / max(step_targets, 1)
-        loss.backward()  # type: ignore[no-untyped-call]
+        at_targets = target_logits(model, batch, amp_dtype, config.task, config.head_at_labels)
+        loss = at_targets.loss_sum() / max(step_targets, 1)
+        scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
         step_loss += loss.item()
-        correct += correct_predictions(logits, batch["labels"], config.task)
+        correct += at_targets.correct()
         tokens += int(batch["attention_mask"].sum())
-    learning_rate = apply_update(trainable, config, optimizer, scheduler)
+    learning_rate = apply_update(trainable, config, optimizer, scheduler, scaler)
     return _StepResult(step_loss, correct / max(step_targets, 1), tokens, learning_rate)
 
 
@@ -120,7 +119,9 @@ def train(
 ) -> TrainResult:
     """Train the (already `apply_lorasp`-wrapped) model in place; see docs/interfaces.md."""
     device = resolve_device(config.device)
-    amp_dtype = autocast_dtype(config.mixed_precision, device)
+    precision = resolve_precision(config.mixed_precision, config.base_dtype, device)
+    amp_dtype = precision.autocast_dtype
+    checkpointing = resolve_gradient_checkpointing(config.gradient_checkpointing, device)
     label_names = resolve_label_names(config, train_data, label_names)
     pad_id = pad_token_id(tokenizer)
     dpo = config.objective == "dpo"
@@ -142,6 +143,8 @@ def train(
 
     # optimizer over the entries that really train (frozen LoRA-SP entries are buffers, not here)
     model.to(device)
+    hold_frozen_base_in(model, precision.base_torch_dtype)
+    scaler = grad_scaler(precision, device)
     trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = get_scheduler(
@@ -167,10 +170,11 @@ def train(
             optimizer,
             scheduler,
             reference,
+            scaler,
         )
 
     cuda_devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda_devices):
+    with torch.random.fork_rng(devices=cuda_devices), gradient_checkpointing(model, checkpointing):
         torch.manual_seed(config.seed)
         totals, start_epoch, start_group = _Totals(), 0, 0
         if config.resume_from is not None:
@@ -178,6 +182,8 @@ def train(
             resumed = load_trainer_state(config.resume_from)
             optimizer.load_state_dict(resumed.optimizer)
             scheduler.load_state_dict(resumed.scheduler)
+            if resumed.grad_scaler is not None:
+                scaler.load_state_dict(resumed.grad_scaler)
             restore_rng_state(resumed.rng)
             totals = _Totals(resumed.step, resumed.trained_tokens, resumed.loss_sum)
             start_epoch, start_group = resumed.epoch, resumed.batch_in_epoch
@@ -208,16 +214,18 @@ def train(
                     break
                 if reference is not None:
                     figures = dpo_backward(
-                        model, pairs, reference, groups[group_index], pad_id, config, amp_dtype
+                        model, pairs, reference, groups[group_index], pad_id, config, amp_dtype, scaler
                     )
-                    rate = apply_update(trainable, config, optimizer, scheduler)
+                    rate = apply_update(trainable, config, optimizer, scheduler, scaler)
                     done = _StepResult(figures.loss, None, figures.tokens, rate, figures.metrics)
                 else:
                     batches = [
                         to_device(collate([examples[i] for i in indices], pad_id), device)
                         for indices in groups[group_index]
                     ]
-                    done = _optimizer_step(model, batches, config, amp_dtype, trainable, optimizer, scheduler)
+                    done = _optimizer_step(
+                        model, batches, config, amp_dtype, trainable, optimizer, scheduler, scaler
+                    )
                 totals.step += 1
                 totals.loss_sum += done.loss
                 totals.trained_tokens += done.tokens
@@ -272,6 +280,8 @@ def train(
         cancelled=cancelled,
         last_checkpoint=last_checkpoint,
         optimizer_state_bytes=optimizer_state_bytes(optimizer, model),
+        precision=precision,
+        gradient_checkpointing=checkpointing,
     )
 
 
@@ -288,6 +298,7 @@ def _save_checkpoint(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     reference: torch.Tensor | None,
+    scaler: torch.amp.GradScaler,
 ) -> Path:
     assert config.checkpoint_dir is not None
     state = TrainerState(
@@ -300,6 +311,7 @@ def _save_checkpoint(
         scheduler=scheduler.state_dict(),
         rng=capture_rng_state(),
         reference_log_probs=reference,
+        grad_scaler=scaler.state_dict() if scaler.is_enabled() else None,
     )
     summary = {
         "step": totals.step,

@@ -18,6 +18,7 @@ from lorasp_core.data import (
     padded_batches,
     tokenize_example,
 )
+from lorasp_core.precision import resolve_precision
 from lorasp_core.train_config import TrainConfig
 
 Batch = dict[str, torch.Tensor]
@@ -30,12 +31,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 def autocast_dtype(mixed_precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast dtype, or None for full precision ("auto": bf16 on CUDA only)."""
-    if mixed_precision == "bf16":
-        return torch.bfloat16
-    if mixed_precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return None
+    """The autocast dtype `mixed_precision` resolves to on `device` (None: full precision)."""
+    return resolve_precision(mixed_precision, "auto", device).autocast_dtype
 
 
 def resolve_label_names(
@@ -120,12 +117,17 @@ def apply_update(
     config: TrainConfig,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
 ) -> float:
-    """Clip, step and schedule after a step's backward passes; returns the learning rate it used."""
+    """Clip, step and schedule after a step's backward passes; returns the learning rate it used.
+
+    `scaler` is fp16's GradScaler (a no-op when disabled): the backward passes scaled the loss with it."""
     if config.max_grad_norm is not None:
+        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
         torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
     learning_rate = float(scheduler.get_last_lr()[0])
-    optimizer.step()
+    scaler.step(optimizer)  # skipped when fp16 gradients overflowed
+    scaler.update()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return learning_rate

@@ -29,8 +29,10 @@ from lorasp_core import (
     validate_dataset,
 )
 from lorasp_core.data import Example
+from lorasp_core.precision import PrecisionError, resolve_precision
 from lorasp_core.train_config import TaskType
 from lorasp_core.trainer import TrainConfig, train
+from lorasp_core.training_ops import resolve_device
 from lorasp_service import base_models, checkpoints, jobs, registry, step_metrics, work_dirs
 from lorasp_service.db import session_scope
 from lorasp_service.integrations.wandb_logger import integration_callbacks
@@ -80,6 +82,23 @@ def build_configs(
         )
     except ValueError as error:  # InvalidSpecError, or a value the engine's configs reject
         raise JobFailure("invalid_hyperparameters", f"invalid hyperparameters: {error}", "method") from error
+
+
+def _record_precision(
+    settings: Settings, job_id: str, worker_id: str, claim: jobs.Claim, config: TrainConfig
+) -> None:
+    """Resolve the precision on this worker's hardware (as `train` will) and put it on the job."""
+    try:
+        precision = resolve_precision(
+            config.mixed_precision, config.base_dtype, resolve_device(config.device)
+        )
+    except PrecisionError as error:
+        raise JobFailure("invalid_hyperparameters", str(error), "method") from error
+    message = f"Training in {precision.compute} with the frozen base in {precision.base_dtype}"
+    if not jobs.record_resolved_hyperparameters(
+        settings, job_id, worker_id, claim.attempt, precision.to_dict(), message
+    ):
+        log.warning("job %s: lease lost before the precision was recorded", job_id)
 
 
 def read_dataset(path: Path, param: str) -> list[Example]:
@@ -200,6 +219,9 @@ def _train_and_register(
     if resume_from is not None:
         message = f"Resuming training from the checkpoint at step {claim.resume_step}"
         jobs.record_message(settings, job_id, message, data={"resumed_from_step": claim.resume_step})
+    _record_precision(settings, job_id, worker_id, claim, config)
+    with session_scope(settings) as session:  # the job as it now reads (its W&B config shows the precision)
+        job = session.get(Job, job_id) or job
     model = apply_lorasp(loaded.model, lora)
     if parent is not None and claim.resume_key is None:  # a resume checkpoint already holds the weights
         try:
@@ -265,6 +287,8 @@ def _train_and_register(
         "trained_tokens": result.trained_tokens,
         "train_loss": result.train_loss,
         "eval_metrics": result.eval_metrics,
+        **(result.precision.to_dict() if result.precision is not None else {}),
+        "gradient_checkpointing": result.gradient_checkpointing,
     }
     saved = save_adapter(
         model,

@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from api.schemas.job_integrations import MAX_INTEGRATIONS, Integration
+from lorasp_core.train_config import MIXED_PRECISIONS, MixedPrecision
 
 MAX_EPOCHS = 50
 MAX_BATCH_SIZE = 512
@@ -100,6 +101,28 @@ Beta = Annotated[
 ]
 
 
+def _bool_or_auto(value: Any) -> bool | str:
+    if value == "auto" or isinstance(value, bool):
+        return value  # type: ignore[no-any-return]
+    raise ValueError("expected true, false or 'auto'")
+
+
+def _mixed_precision(value: Any) -> str:
+    if isinstance(value, str) and value in MIXED_PRECISIONS:
+        return value
+    raise ValueError(f"expected one of {', '.join(repr(name) for name in MIXED_PRECISIONS)}")
+
+
+MixedPrecisionOption = Annotated[
+    MixedPrecision,
+    PlainValidator(_mixed_precision, json_schema_input_type=MixedPrecision),
+    Field(description="Autocast precision; 'auto' picks bf16 where the worker's hardware runs it fast"),
+]
+GradientCheckpointingOption = Annotated[
+    bool | Literal["auto"],
+    PlainValidator(_bool_or_auto, json_schema_input_type=bool | Literal["auto"]),
+    Field(description="Recompute activations in backward to save memory; 'auto' is off for now"),
+]
 EvalEvery = Annotated[
     int | Literal["auto"],
     PlainValidator(_int_or_auto(1, 1_000_000), json_schema_input_type=int | Literal["auto"]),
@@ -134,6 +157,8 @@ class LoraSPHyperparameters(SupervisedHyperparameters):
     eval_every: EvalEvery | None = None
     # Seeds which entries are frozen; default: the job's seed (a continued job: its parent's mask_seed).
     mask_seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    mixed_precision: MixedPrecisionOption | None = None
+    gradient_checkpointing: GradientCheckpointingOption | None = None
 
 
 class DPOHyperparameters(SupervisedHyperparameters):

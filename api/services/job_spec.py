@@ -76,6 +76,8 @@ def build_spec(
         "max_length": _pick(chosen.max_length),
         "eval_every": _pick(chosen.eval_every),
         "mask_seed": chosen.mask_seed,
+        "mixed_precision": _pick(chosen.mixed_precision),
+        "gradient_checkpointing": _pick(chosen.gradient_checkpointing),
     }
     # Numbers as the stored JSON has always held them: integers for counts, floats for the rest.
     floats = (

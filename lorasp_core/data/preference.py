@@ -17,8 +17,9 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, cast
 
 from lorasp_core.data.chat_messages import parse_messages
-from lorasp_core.data.fields import json_type_name, parse_chat
+from lorasp_core.data.fields import parse_chat
 from lorasp_core.data.formats import CHAT_ROLES, ChatExample, DatasetProblem, PreferenceExample
+from lorasp_core.data.json_values import json_type_name
 from lorasp_core.data.tokenization import IGNORE_INDEX, TokenizedExample
 
 if TYPE_CHECKING:

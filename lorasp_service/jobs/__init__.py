@@ -32,6 +32,7 @@ from lorasp_service.jobs.outcomes import (
     finish_job,
     pause_job,
     record_metrics,
+    record_resolved_hyperparameters,
     register_checkpoint,
 )
 from lorasp_service.jobs.spec import InvalidSpecError, TrainingSpec
@@ -78,6 +79,7 @@ __all__ = [
     "held_by",
     "lease_is_dead",
     "orphaned_job_ids",
+    "record_resolved_hyperparameters",
     "pause_job",
     "record_message",
     "record_metrics",

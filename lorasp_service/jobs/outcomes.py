@@ -15,6 +15,7 @@ from lorasp_service.db import session_scope
 from lorasp_service.ids import new_id
 from lorasp_service.jobs.events import EventLevel, EventType, add_event, utcnow
 from lorasp_service.jobs.lease import held_by
+from lorasp_service.jobs.spec import RESOLVED_BY_WORKER
 from lorasp_service.jobs.status import JobStatus, changed_rows, transition_where
 from lorasp_service.orm import Adapter, Checkpoint, File, Job
 from lorasp_service.settings import Settings
@@ -44,6 +45,30 @@ def record_metrics(
                 add_event(session, job_id, message, type=EventType.METRICS, data=data)
         session.commit()
         return held == 1
+
+
+def record_resolved_hyperparameters(
+    settings: Settings, job_id: str, worker_id: str, attempt: int, resolved: dict[str, Any], message: str
+) -> bool:
+    """Add what this worker resolved from its hardware (`spec.RESOLVED_BY_WORKER`: the precision that
+    runs) to the job's stored method hyperparameters, with an event; False if the lease was lost."""
+    unknown = set(resolved) - set(RESOLVED_BY_WORKER)
+    if unknown:
+        raise ValueError(f"not values a worker resolves: {sorted(unknown)}")
+    with session_scope(settings) as session:
+        job = session.scalars(
+            select(Job).where(Job.id == job_id, Job.status == JobStatus.RUNNING, held_by(worker_id, attempt))
+        ).first()
+        if job is None:
+            return False
+        method_type = job.method["type"]
+        params = job.method[method_type]
+        hyperparameters = {**params["hyperparameters"], **resolved}
+        # a new dict: SQLAlchemy's JSON column notices reassignment, not in-place edits
+        job.method = {**job.method, method_type: {**params, "hyperparameters": hyperparameters}}
+        add_event(session, job_id, message, data=dict(resolved))
+        session.commit()
+        return True
 
 
 def register_checkpoint(

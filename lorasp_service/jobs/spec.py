@@ -23,7 +23,7 @@ from typing import Any, Literal
 from pydantic import TypeAdapter, ValidationError
 
 from lorasp_core.config import LoraSPConfig
-from lorasp_core.train_config import TaskType, TrainConfig
+from lorasp_core.train_config import GradientCheckpointing, MixedPrecision, TaskType, TrainConfig
 from lorasp_service.jobs.auto import AUTO_LEARNING_RATE_MULTIPLIER, TARGET_EPOCHS
 from lorasp_service.orm import Job
 
@@ -50,6 +50,9 @@ DEFAULT_EVAL_EVERY = 10
 MIN_VALIDATION_SAMPLE = 8
 # Keys of `Job.hyperparameters` (OpenAI's trio), in the order the API has always stored them.
 OPENAI_HYPERPARAMETERS = ("n_epochs", "batch_size", "learning_rate_multiplier")
+# Keys the worker adds to the stored hyperparameters once it knows its hardware
+# (`ResolvedPrecision.to_dict()`: the precision that ran and the frozen base's dtype); not spec knobs.
+RESOLVED_BY_WORKER = ("precision", "base_dtype")
 
 
 class InvalidSpecError(ValueError):
@@ -75,6 +78,9 @@ class TrainingSpec:
     max_length: int = TRAIN_DEFAULTS["max_length"]
     eval_every: int = DEFAULT_EVAL_EVERY  # steps between validations on the fixed sample
     beta: float = TRAIN_DEFAULTS["dpo_beta"]  # dpo only (stored and used for that method alone)
+    # as requested: "auto" is resolved on the worker, from its hardware, into RESOLVED_BY_WORKER's keys
+    mixed_precision: MixedPrecision = TRAIN_DEFAULTS["mixed_precision"]
+    gradient_checkpointing: GradientCheckpointing = TRAIN_DEFAULTS["gradient_checkpointing"]
 
     @property
     def effective_learning_rate(self) -> float:
@@ -104,6 +110,8 @@ class TrainingSpec:
             "warmup_ratio": self.warmup_ratio,
             "max_length": self.max_length,
             "eval_every": self.eval_every,
+            "mixed_precision": self.mixed_precision,
+            "gradient_checkpointing": self.gradient_checkpointing,
         }
         if self.method_type == "dpo":
             resolved["beta"] = self.beta
@@ -121,6 +129,8 @@ class TrainingSpec:
         except (KeyError, TypeError) as error:
             raise InvalidSpecError(f"the stored method has no resolved hyperparameters ({error!r})") from None
         values.pop("effective_learning_rate", None)  # derived; recomputed from its two factors
+        for name in RESOLVED_BY_WORKER:  # what the run resolved, reported beside what was asked for
+            values.pop(name, None)
         try:
             document = json.dumps({**values, "seed": seed, "method_type": method_type})
             # strict JSON mode: a stored "8" is not silently the rank 8 (ints still pass as floats).
@@ -165,6 +175,8 @@ class TrainingSpec:
             seed=self.seed,
             eval_every_steps=self.eval_every,
             eval_sample_size=max(self.batch_size, MIN_VALIDATION_SAMPLE),
+            mixed_precision=self.mixed_precision,
+            gradient_checkpointing=self.gradient_checkpointing,
             full_eval_epochs=FULL_VALIDATION_EPOCHS,
             checkpoint_every_steps=checkpoint_every_steps,
             checkpoint_dir=str(checkpoint_dir) if checkpoint_dir is not None else None,

@@ -18,7 +18,8 @@ from lorasp_core.data import (
     tokenize_example,
 )
 from lorasp_core.models import make_tiny_tokenizer, tiny_random_bert, tiny_random_llama
-from lorasp_core.train_config import EvalScope
+from lorasp_core.precision import ResolvedPrecision
+from lorasp_core.train_config import BaseDtype, EvalScope, MixedPrecision
 from lorasp_core.trainer import ProgressEvent, TrainCallback, TrainConfig, evaluate, train
 
 TOKENIZER = make_tiny_tokenizer()
@@ -200,24 +201,45 @@ def test_classification_trains_head_and_reports_accuracy() -> None:
     assert result.train_loss is not None and result.steps == 12
 
 
-def test_packing_and_bf16_keep_frozen_entries_bit_identical() -> None:
+@pytest.mark.parametrize(
+    ("mixed_precision", "base_dtype", "resolved"),
+    [
+        ("no", "auto", ResolvedPrecision("fp32", "float32")),
+        ("bf16", "float32", ResolvedPrecision("bf16", "float32")),
+        ("bf16", "bfloat16", ResolvedPrecision("bf16", "bfloat16")),  # the frozen base held in bf16
+        ("fp16", "float32", ResolvedPrecision("fp16", "float32")),  # with a GradScaler
+    ],
+)
+def test_packing_and_every_cpu_precision_keep_frozen_entries_bit_identical(
+    mixed_precision: MixedPrecision, base_dtype: BaseDtype, resolved: ResolvedPrecision
+) -> None:
     model, data = llama(), chat_data(10)
     frozen_before = {name: b.clone() for name, b in model.named_buffers() if name.endswith("_frozen")}
+    trainable_before = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
     config = TrainConfig(
         task="causal-lm",
         batching="pack",
         max_length=128,
         batch_size=2,
         weight_decay=0.5,
-        mixed_precision="bf16",
+        mixed_precision=mixed_precision,
+        base_dtype=base_dtype,
         learning_rate=1e-2,
     )
     result = train(config, model, TOKENIZER, data)
+    assert result.precision == resolved
     assert result.train_loss is not None and torch.isfinite(torch.tensor(result.train_loss))
     assert result.steps < 5  # ten examples packed into fewer 128-token rows
     for name, buffer in model.named_buffers():
         if name.endswith("_frozen"):
-            assert torch.equal(buffer, frozen_before[name]), name
+            assert buffer.dtype == torch.float32, name
+            assert torch.equal(buffer.view(torch.int32), frozen_before[name].view(torch.int32)), name
+    for name, parameter in model.named_parameters():  # adapters keep fp32 master weights
+        expected = torch.float32 if name in trainable_before else resolved.base_torch_dtype
+        assert parameter.dtype == expected, name
+    assert all(
+        not torch.equal(p, trainable_before[n]) for n, p in model.named_parameters() if p.requires_grad
+    )
     assert any(torch.count_nonzero(layer.lora_B) > 0 for _, layer in lorasp_layers(model))
 
 

@@ -78,6 +78,8 @@ def test_a_full_lorasp_request_round_trips_into_the_same_engine_configs(tmp_path
                 "warmup_ratio": 0.1,
                 "max_length": 256,
                 "eval_every": 3,
+                "mixed_precision": "bf16",
+                "gradient_checkpointing": True,
             }
         },
     }
@@ -116,6 +118,8 @@ def test_a_full_lorasp_request_round_trips_into_the_same_engine_configs(tmp_path
         full_eval_epochs=3,
         checkpoint_every_steps=7,
         checkpoint_dir=str(checkpoints),
+        mixed_precision="bf16",
+        gradient_checkpointing=True,
     )
 
 
@@ -154,6 +158,8 @@ def test_the_stored_json_keeps_the_shape_jobs_have_always_had(tmp_path: Path) ->
                 "warmup_ratio": 0.0,
                 "max_length": 512,
                 "eval_every": 50,  # 500 steps, validated about 10 times
+                "mixed_precision": "auto",  # resolved on the worker, which adds "precision"
+                "gradient_checkpointing": "auto",
             }
         },
     }
@@ -173,6 +179,15 @@ def test_server_limits_name_the_request_field(tmp_path: Path) -> None:
     assert raised.value.detail.param == "method.lorasp.hyperparameters.rank"
     # An omitted max_length is the engine's default capped at the server's limit, not an error.
     assert build_spec(request(), settings, SIZED_LIKE_THE_ENGINE).max_length == 128
+
+
+def test_what_the_worker_resolved_is_not_read_back_as_a_knob() -> None:
+    method = TrainingSpec(seed=1, mask_seed=1).method_json()
+    method["supervised"]["hyperparameters"].update(precision="bf16", base_dtype="bfloat16")
+    assert TrainingSpec.from_json(method, 1) == TrainingSpec(seed=1, mask_seed=1)
+    method["supervised"]["hyperparameters"]["mixed_precision"] = "fp8"
+    with pytest.raises(InvalidSpecError, match="mixed_precision"):
+        TrainingSpec.from_json(method, 1)
 
 
 def test_a_spec_stored_before_eval_every_existed_reads_back_with_its_default() -> None:
