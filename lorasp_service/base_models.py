@@ -16,7 +16,7 @@ from sqlalchemy import ColumnElement, Connection, Row, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from lorasp_core.models import CATALOG, LoadedModel, TaskType, load_base_model, load_base_tokenizer
+from lorasp_core.models import CATALOG, load_base_tokenizer
 from lorasp_service.jobs.status import ACTIVE_STATUSES
 from lorasp_service.orm import Adapter, BaseModelRecord, Job
 from lorasp_service.registry import is_plausible_id
@@ -177,33 +177,12 @@ def all_models(session: Session) -> list[BaseModelRecord]:
 
 
 def load_source(storage: BlobStorage, row: BaseModelRecord) -> str:
-    """What `load_base_model` and the skeleton take: the catalog name, or the model store directory."""
-    if row.source_kind == CATALOG_KIND or row.store_key is None:
+    """What `load_base_model` and the skeleton take: the model store directory, else the catalog name.
+
+    (A catalog row has a store copy once its GGUF is dequantised: `model_loading.store_catalog_gguf`.)"""
+    if row.store_key is None:
         return row.name
     return str(storage.path(row.store_key))
-
-
-def load_model(
-    settings: Settings,
-    storage: BlobStorage,
-    row: BaseModelRecord,
-    *,
-    task: TaskType | None = None,
-    num_labels: int | None = None,
-    seed: int = 0,
-) -> LoadedModel:
-    """Load the row's model (named by the row's name, whatever its store path) for training or serving."""
-    loaded = load_base_model(
-        load_source(storage, row),
-        task=task or row.task,  # type: ignore[arg-type]  # rows hold a TaskType
-        num_labels=num_labels,
-        cache_dir=settings.model_cache_dir,
-        seed=seed,
-        name=row.name,
-    )
-    if row.chat_template is not None:
-        loaded.tokenizer.chat_template = row.chat_template
-    return loaded
 
 
 def load_tokenizer(settings: Settings, storage: BlobStorage, row: BaseModelRecord) -> PreTrainedTokenizerBase:

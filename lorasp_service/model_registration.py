@@ -28,7 +28,7 @@ from lorasp_service.base_models import (
 from lorasp_service.db import session_scope
 from lorasp_service.model_store import (
     Progress,
-    UnsupportedSourceError,
+    dequantise_into_staging,
     download_from_hub,
     store_directory,
 )
@@ -89,16 +89,13 @@ def register(
             if tenant is None:
                 raise UnknownTenantError(f"no tenant named {request.tenant!r}")
             owner = tenant.id
-    if kind == "gguf":
-        raise UnsupportedSourceError(
-            "registering a GGUF file is not supported yet; dequantise it into a Hugging Face directory "
-            "(transformers `from_pretrained(..., gguf_file=...)` then `save_pretrained`) and register that"
-        )
-    downloaded: Path | None = None
+    staged: Path | None = None  # a folder this registration made (hub download, dequantised GGUF)
     try:
         if kind == "hub":
-            downloaded = download_from_hub(storage, request.source, settings.allow_hub_downloads)
-        directory = downloaded or Path(request.source).expanduser()
+            staged = download_from_hub(storage, request.source, settings.allow_hub_downloads)
+        elif kind == "gguf":
+            staged = dequantise_into_staging(storage, request.source, request.name)
+        directory = staged or Path(request.source).expanduser()
         checked = validate_directory(
             directory,
             task=request.task,
@@ -142,8 +139,8 @@ def register(
             bytes_done=stored.bytes,
         )
     finally:
-        if downloaded is not None:
-            shutil.rmtree(downloaded, ignore_errors=True)
+        if staged is not None:
+            shutil.rmtree(staged, ignore_errors=True)
     with session_scope(settings) as session:
         final = session.get(BaseModelRecord, request.name)
         assert final is not None

@@ -11,10 +11,14 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from lorasp_core.models import ModelUnavailableError
+from lorasp_core.models.gguf_cache import dequantise_gguf
 from lorasp_service.base_models import BaseModelError
 from lorasp_service.storage import BlobStorage
 
@@ -31,6 +35,14 @@ class HubDownloadsDisabledError(BaseModelError):
 
 class UnsupportedSourceError(BaseModelError):
     code = "unsupported_source"
+
+
+class InvalidGgufError(BaseModelError):
+    code = "invalid_gguf"
+
+
+class StoredModelCorruptError(ModelUnavailableError):
+    """A store copy whose bytes are no longer those registered (a job fails on it, never loads it)."""
 
 
 @dataclass(frozen=True)
@@ -62,19 +74,16 @@ def store_directory(storage: BlobStorage, source: Path, progress: Progress | Non
     try:
         for path in files:
             relative = path.relative_to(source).as_posix()
-            digest.update(relative.encode("utf-8") + b"\0")
             target = work / relative
             target.parent.mkdir(parents=True, exist_ok=True)
-            with path.open("rb") as reader, target.open("wb") as writer:
-                while chunk := reader.read(CHUNK_BYTES):
-                    digest.update(chunk)
+            with target.open("wb") as writer:
+                for chunk in _hashed_chunks(digest, source, path):
                     writer.write(chunk)
                     done += len(chunk)
                     if progress is not None:
                         progress(done, total)
                 writer.flush()
                 os.fsync(writer.fileno())
-            digest.update(b"\0")
         sha256 = digest.hexdigest()
         key = f"{STORE_PREFIX}/{sha256}"
         final = storage.path(key)
@@ -87,6 +96,66 @@ def store_directory(storage: BlobStorage, source: Path, progress: Progress | Non
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
+
+
+def _hashed_chunks(digest: Any, root: Path, path: Path) -> Iterator[bytes]:
+    """The file's bytes in chunks, fed to `digest` framed by its relative path (the store's hash)."""
+    digest.update(path.relative_to(root).as_posix().encode("utf-8") + b"\0")
+    with path.open("rb") as reader:
+        while chunk := reader.read(CHUNK_BYTES):
+            digest.update(chunk)
+            yield chunk
+    digest.update(b"\0")
+
+
+def content_sha256(directory: Path) -> str:
+    """The store's hash of a model directory (what `store_directory` names its copy by)."""
+    digest = hashlib.sha256()
+    for path in model_files(directory):
+        for _ in _hashed_chunks(digest, directory, path):
+            pass
+    return digest.hexdigest()
+
+
+# Store copies this process has hashed and found intact: (directory, sha256). Checked once per process.
+_VERIFIED: set[tuple[str, str]] = set()
+_VERIFIED_LOCK = threading.Lock()
+
+
+def verify_stored(directory: Path, sha256: str) -> None:
+    """Raise StoredModelCorruptError unless `directory`'s files still hash to `sha256` (once per process)."""
+    seen = (str(directory), sha256)
+    with _VERIFIED_LOCK:
+        if seen in _VERIFIED:
+            return
+    actual = content_sha256(directory) if directory.is_dir() else None
+    if actual != sha256:
+        found = f"its files hash to {actual}" if actual else "the folder is missing"
+        raise StoredModelCorruptError(
+            f"the model store copy {directory.name} does not match its registration ({found}, expected "
+            f"{sha256}); register the model again"
+        )
+    with _VERIFIED_LOCK:
+        _VERIFIED.add(seen)
+
+
+def dequantise_into_staging(storage: BlobStorage, source: str, name: str) -> Path:
+    """`gguf:FILE` -> a float32 Hugging Face folder in the storage's temp folder (the caller stores it).
+
+    Dequantised once, here; every process then loads the stored safetensors copy, never the GGUF."""
+    gguf_path = Path(source.removeprefix("gguf:")).expanduser()
+    if not gguf_path.is_file():
+        raise InvalidGgufError(f"{source!r}: no GGUF file at {gguf_path}")
+    target = Path(tempfile.mkdtemp(dir=storage.root / ".tmp", prefix="gguf-"))
+    try:
+        dequantise_gguf(gguf_path, target, name)
+    except ValueError as error:
+        shutil.rmtree(target, ignore_errors=True)
+        raise InvalidGgufError(str(error)) from error
+    except BaseException:
+        shutil.rmtree(target, ignore_errors=True)
+        raise
+    return target
 
 
 def parse_hub_source(source: str) -> tuple[str, str | None]:

@@ -33,7 +33,7 @@ from lorasp_core.precision import PrecisionError, resolve_precision
 from lorasp_core.train_config import TaskType
 from lorasp_core.trainer import TrainConfig, train
 from lorasp_core.training_ops import resolve_device
-from lorasp_service import base_models, checkpoints, jobs, registry, step_metrics, work_dirs
+from lorasp_service import checkpoints, jobs, model_loading, registry, step_metrics, work_dirs
 from lorasp_service.db import session_scope
 from lorasp_service.integrations.wandb_logger import integration_callbacks
 from lorasp_service.jobs import JobStatus
@@ -198,7 +198,7 @@ def _train_and_register(
     if base_row is None:
         raise JobFailure("model_not_available", f"base model {job.model!r} is no longer registered", "model")
     try:
-        loaded = base_models.load_model(
+        loaded = model_loading.load_model(
             settings,
             storage,
             base_row,

@@ -13,16 +13,16 @@ from lorasp_service import base_models, registry
 from lorasp_service.base_models import (
     BaseModelError,
     BaseModelInUseError,
-    ModelNameTakenError,
     UnknownBaseModelError,
 )
 from lorasp_service.model_registration import Registration, register
 from lorasp_service.settings import Settings
 from lorasp_service.storage import BlobStorage
 
+# Every registration refusal is a 400 (a name already taken included: the request is what is wrong);
+# 409 is kept for removing a model that jobs or adapters still use (the state may change).
 _STATUS: dict[type[BaseModelError], int] = {
     UnknownBaseModelError: 404,
-    ModelNameTakenError: 409,
     BaseModelInUseError: 409,
 }
 

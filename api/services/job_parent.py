@@ -48,6 +48,8 @@ class JobBase:
     # the registered model's default target modules (None: the engine's per-architecture defaults).
     source: str | None = None
     target_modules: tuple[str, ...] | None = None
+    # The registered model's longest sequence (caps the job's max_length); None: no registered cap.
+    max_length: int | None = None
 
     @classmethod
     def of(cls, storage: BlobStorage, row: BaseModelRecord, parent: ParentStructure | None = None) -> JobBase:
@@ -55,7 +57,9 @@ class JobBase:
         if row.source_kind != base_models.CATALOG_KIND and row.target_modules:
             defaults = tuple(str(name) for name in row.target_modules)
         source = base_models.load_source(storage, row)
-        return cls(row.name, row.task, parent, source=source, target_modules=defaults)
+        return cls(
+            row.name, row.task, parent, source=source, target_modules=defaults, max_length=row.max_length
+        )
 
 
 def model_not_available(model: str) -> APIError:

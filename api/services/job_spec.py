@@ -103,13 +103,23 @@ def build_spec(
     if rank > settings.serving_max_rank:
         detail = f"{rank} is above the largest rank this server can serve ({settings.serving_max_rank})."
         raise _too_large(method.type, "rank", detail)
+    # A registered model's max_length caps the job's (default: the smaller of the two).
+    model_limit = base.max_length if base is not None else None
     max_length = values.setdefault(
-        "max_length", min(TRAIN_DEFAULTS["max_length"], settings.max_example_tokens)
+        "max_length",
+        min(
+            TRAIN_DEFAULTS["max_length"],
+            settings.max_example_tokens,
+            model_limit or settings.max_example_tokens,
+        ),
     )
     if max_length > settings.max_example_tokens:
         detail = (
             f"{max_length} is above the server's limit of {settings.max_example_tokens} tokens per example."
         )
+        raise _too_large(method.type, "max_length", detail)
+    if base is not None and model_limit is not None and max_length > model_limit:
+        detail = f"{max_length} is above the registered max_length of '{base.base_model}' ({model_limit})."
         raise _too_large(method.type, "max_length", detail)
     mask_seed = values.pop("mask_seed", seed)
     if (beta := method.beta()) is not None:

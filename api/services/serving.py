@@ -30,7 +30,7 @@ from lorasp_core.serving import (
     TemplateBudget,
     UnknownAdapterError,
 )
-from lorasp_service import base_models, registry
+from lorasp_service import model_loading, registry
 from lorasp_service.db import session_scope
 from lorasp_service.orm import Adapter, BaseModelRecord, Tenant
 from lorasp_service.settings import Settings
@@ -53,7 +53,7 @@ def build_serving_engine(settings: Settings) -> ServingEngine:
             row = session.get(BaseModelRecord, name)
         if row is None:
             raise ModelUnavailableError(f"base model {name!r} is not registered")
-        return base_models.load_model(settings, storage, row)
+        return model_loading.load_model(settings, storage, row)
 
     return ServingEngine(
         base_loader,

@@ -1,4 +1,6 @@
-"""SmolLM2 from its packaged GGUF: dequantised once, then cached as a plain safetensors checkpoint.
+"""GGUF causal LMs dequantised into plain safetensors folders (`dequantise_gguf`), and the core's
+cache of the packaged SmolLM2 built with it (for library use without the service, whose model store
+holds the same folder).
 
 Dequantising the Q4_1 GGUF takes ~15 s of CPU; reading the cached float32 checkpoint takes ~1 s.
 The cache directory appears atomically (built in a temporary sibling, then `os.replace`d into place),
@@ -93,11 +95,27 @@ def _build_cache(gguf_path: Path, cache_path: Path, marker: dict[str, Any]) -> N
     """Dequantise the GGUF into a temporary directory, then move it into place in one step."""
     staging = Path(tempfile.mkdtemp(prefix=f".{cache_path.name}.tmp-", dir=cache_path.parent))
     try:
+        dequantise_gguf(gguf_path, staging, SMOLLM2_NAME)
+        (staging / CACHE_MARKER_FILE).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+        _make_readable_by_all(staging)
+        _replace_directory(staging, cache_path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def dequantise_gguf(gguf_path: Path, target: Path, name: str) -> None:
+    """Write the GGUF causal LM as a float32 safetensors directory with its tokenizer into `target`.
+
+    The one dequantisation: the core's SmolLM2 cache and the service's model store (gguf:FILE
+    registrations, the catalog SmolLM2) both build their folders with it. `name` becomes
+    `config.name_or_path`. ValueError when the GGUF is not a chat-ready causal LM transformers reads.
+    """
+    try:
         tokenizer = AutoTokenizer.from_pretrained(
             str(gguf_path.parent), gguf_file=gguf_path.name, local_files_only=True
         )
         # dequantize=True: plain float32 nn.Linear weights (LoRA-SP wraps them), even where the optional
-        # `kernels` package would let transformers keep the Q4_1 blocks packed.
+        # `kernels` package would let transformers keep the blocks packed.
         model = AutoModelForCausalLM.from_pretrained(
             str(gguf_path.parent),
             gguf_file=gguf_path.name,
@@ -105,18 +123,15 @@ def _build_cache(gguf_path: Path, cache_path: Path, marker: dict[str, Any]) -> N
             local_files_only=True,
             dtype=torch.float32,
         )
-        _prepare_tokenizer(tokenizer, model.config.max_position_embeddings)
-        _forget_gguf_origin(model)
-        model.config.name_or_path = SMOLLM2_NAME
-        # SmolLM2 ties lm_head to embed_tokens; save_pretrained stores the shared tensor once and
-        # from_pretrained re-ties it (config.tie_word_embeddings stays True).
-        model.save_pretrained(str(staging), safe_serialization=True)
-        tokenizer.save_pretrained(str(staging))
-        (staging / CACHE_MARKER_FILE).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
-        _make_readable_by_all(staging)
-        _replace_directory(staging, cache_path)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    except (OSError, KeyError, ValueError, RuntimeError) as error:  # transformers' GGUF reader raises these
+        raise ValueError(f"{gguf_path.name} cannot be read as a GGUF causal LM: {error}") from error
+    _prepare_tokenizer(tokenizer, model.config.max_position_embeddings, gguf_path.name)
+    _forget_gguf_origin(model)
+    model.config.name_or_path = name
+    # Tied embeddings (SmolLM2's lm_head is embed_tokens): save_pretrained stores the shared tensor once
+    # and from_pretrained re-ties it (config.tie_word_embeddings stays True).
+    model.save_pretrained(str(target), safe_serialization=True)
+    tokenizer.save_pretrained(str(target))
 
 
 def _forget_gguf_origin(model: PreTrainedModel) -> None:
@@ -153,11 +168,11 @@ def _replace_directory(staging: Path, cache_path: Path) -> None:
         os.replace(staging, cache_path)
 
 
-def _prepare_tokenizer(tokenizer: PreTrainedTokenizerBase, max_positions: int) -> None:
-    """The GGUF carries SmolLM2's ChatML template and pad token; refuse a cache without a template."""
+def _prepare_tokenizer(tokenizer: PreTrainedTokenizerBase, max_positions: int, file_name: str) -> None:
+    """A chat GGUF carries its template (SmolLM2's ChatML) and pad token; refuse one without a template."""
     tokenizer.model_max_length = max_positions  # the GGUF leaves transformers' "unlimited" sentinel
     if not tokenizer.chat_template:
-        raise ValueError(f"{SMOLLM2_GGUF_FILE} produced a tokenizer without a chat template")
+        raise ValueError(f"{file_name} produced a tokenizer without a chat template")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
 

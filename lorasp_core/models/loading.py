@@ -1,8 +1,9 @@
 """`load_base_model`: a catalog name or a local Hugging Face directory -> model + tokenizer.
 
-Every model is returned float32, on CPU, in eval mode, with `model.config.name_or_path` set to the
-name it was loaded by (saved adapters record it as `base_model_name_or_path`). Nothing is downloaded:
-every `from_pretrained` call gets a local path and `local_files_only=True`.
+Every model is returned in `dtype` (default float32), on CPU, in eval mode, with
+`model.config.name_or_path` set to the name it was loaded by (saved adapters record it as
+`base_model_name_or_path`). Nothing is downloaded: every `from_pretrained` call gets a local path and
+`local_files_only=True`.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from lorasp_core.models.tiny import (
 )
 
 DEFAULT_NUM_LABELS = 2
+LOAD_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def load_base_model(
@@ -52,6 +54,7 @@ def load_base_model(
     cache_dir: str | Path | None = None,
     seed: int = 0,
     name: str | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> LoadedModel:
     """Load a catalog model by name, or a local Hugging Face model directory (one with config.json).
 
@@ -60,17 +63,22 @@ def load_base_model(
     whose initial weights depend only on `seed`. `cache_dir` holds dequantised GGUF models (default:
     `$LORASP_MODEL_CACHE` or `~/.cache/lorasp/models`). `name` (a directory only) is the name the
     model is known by (`config.name_or_path`; default: the path), e.g. a registered base model's.
+    `dtype` is what the weights are loaded in (float32, bfloat16 or float16).
     """
+    if dtype not in LOAD_DTYPES:
+        raise ValueError(f"dtype must be one of {[str(d) for d in LOAD_DTYPES]}, got {dtype}")
     if task is not None and task not in TASK_TYPES:
         raise ValueError(f"task must be one of {list(TASK_TYPES)}, got {task!r}")
     if num_labels is not None and num_labels < 1:
         raise ValueError(f"num_labels must be >= 1, got {num_labels}")
     entry = CATALOG.get(name_or_path)
     if entry is not None:
-        return _load_catalog_model(entry, task, num_labels, cache_dir, seed)
+        return _finish_in(dtype, _load_catalog_model(entry, task, num_labels, cache_dir, seed))
     local_dir = Path(name_or_path).expanduser()
     if (local_dir / "config.json").is_file():
-        return _load_local_directory(name or name_or_path, local_dir, task, num_labels, seed)
+        return _finish_in(
+            dtype, _load_local_directory(name or name_or_path, local_dir, task, num_labels, seed, dtype)
+        )
     raise ValueError(
         f"unknown base model {name_or_path!r}: not a catalog name ({', '.join(catalog.catalog_names())}) "
         "and not a local directory containing config.json"
@@ -133,18 +141,16 @@ def _load_catalog_model(
 
 
 def _load_local_directory(
-    name: str, local_dir: Path, task: TaskType | None, num_labels: int | None, seed: int
+    name: str, local_dir: Path, task: TaskType | None, num_labels: int | None, seed: int, dtype: torch.dtype
 ) -> LoadedModel:
     resolved_task = task or infer_task(local_dir)
     model: PreTrainedModel
     if resolved_task == "causal-lm":
         if num_labels is not None:
             raise ValueError(f"num_labels applies to seq-cls models; {name!r} is loaded as causal-lm")
-        model = AutoModelForCausalLM.from_pretrained(
-            str(local_dir), local_files_only=True, dtype=torch.float32
-        )
+        model = AutoModelForCausalLM.from_pretrained(str(local_dir), local_files_only=True, dtype=dtype)
     else:
-        model = _seeded_sequence_classifier(local_dir, num_labels, seed)
+        model = _seeded_sequence_classifier(local_dir, num_labels, seed, dtype)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(local_dir), local_files_only=True)
     except (OSError, ValueError) as error:
@@ -168,7 +174,9 @@ def infer_task(local_dir: Path) -> TaskType:
     )
 
 
-def _seeded_sequence_classifier(model_dir: Path, num_labels: int | None, seed: int) -> PreTrainedModel:
+def _seeded_sequence_classifier(
+    model_dir: Path, num_labels: int | None, seed: int, dtype: torch.dtype = torch.float32
+) -> PreTrainedModel:
     """from_pretrained with any missing weights (the fresh head) initialised from `seed` alone.
 
     The initialisation runs inside `fork_rng`, so the caller's global torch RNG is left untouched.
@@ -177,9 +185,16 @@ def _seeded_sequence_classifier(model_dir: Path, num_labels: int | None, seed: i
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model: PreTrainedModel = AutoModelForSequenceClassification.from_pretrained(
-            str(model_dir), local_files_only=True, dtype=torch.float32, **extra
+            str(model_dir), local_files_only=True, dtype=dtype, **extra
         )
     return model
+
+
+def _finish_in(dtype: torch.dtype, loaded: LoadedModel) -> LoadedModel:
+    """Catalog models are built float32; a fresh seq-cls head comes float32 too: cast what is left."""
+    if any(parameter.dtype != dtype for parameter in loaded.model.parameters()):
+        torch.nn.Module.to(loaded.model, dtype=dtype)  # PreTrainedModel.to's stub hides this overload
+    return loaded
 
 
 def _finish(

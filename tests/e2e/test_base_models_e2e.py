@@ -1,18 +1,26 @@
 """Bring your own base model, end to end: register a Qwen2-style causal LM with the CLI and a BERT encoder
 with the admin API (both built in code and saved with a tokenizer), fine-tune each through the official
-`openai` client against `lorasp serve` and a real worker, then chat with / classify with the result."""
+`openai` client against `lorasp serve` and a real worker, then chat with / classify with the result; the
+downloaded causal-LM adapter, loaded by PEFT onto the registered folder, gives lorasp's merged logits."""
 
 from __future__ import annotations
 
 import io
+import tarfile
 import time
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
+import torch
 from e2e_stack import Stack, chat_rows, jsonl, run_cli
 from model_dirs import bert_dir, qwen2_dir
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+
+from lorasp_core import load_adapter, load_base_model
+from lorasp_core.wrapping import merge_adapters
 
 pytestmark = pytest.mark.services
 METHOD = {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 4}}}
@@ -29,7 +37,8 @@ def _finished(client: openai.OpenAI, job_id: str) -> openai.types.fine_tuning.Fi
 
 
 def test_registered_models_fine_tune_and_serve(stack: Stack, worker: Path, tmp_path: Path) -> None:
-    out = run_cli(stack.env, "admin", "models", "add", "my-qwen", "--from", str(qwen2_dir(tmp_path / "q")))
+    qwen = qwen2_dir(tmp_path / "q")
+    out = run_cli(stack.env, "admin", "models", "add", "my-qwen", "--from", str(qwen))
     assert "registered 'my-qwen': causal-lm" in out
     admin_key = (
         run_cli(stack.env, "admin", "create-key", "--tenant", "ops", "--admin").strip().splitlines()[-1]
@@ -76,3 +85,26 @@ def test_registered_models_fine_tune_and_serve(stack: Stack, worker: Path, tmp_p
     )
     assert classified.status_code == 200, classified.text
     assert {item["label"] for item in classified.json()["data"]} <= {"neg", "pos"}
+
+    _peft_matches_lorasp(stack, causal.fine_tuned_model, qwen, tmp_path / "adapter")
+
+
+def _peft_matches_lorasp(stack: Stack, model_id: str, registered: Path, target: Path) -> None:
+    """PEFT's PeftModel on the registered folder and lorasp's merged model give the same logits."""
+    url = f"{stack.base_url}/v1/adapters/{model_id}/download"
+    archive = httpx.get(url, headers=stack.headers, timeout=60)
+    assert archive.status_code == 200, archive.text
+    with tarfile.open(fileobj=io.BytesIO(archive.content), mode="r:gz") as tar:
+        tar.extractall(target, filter="data")
+    input_ids = torch.tensor([[5, 17, 42, 99, 7, 3]])
+    base = AutoModelForCausalLM.from_pretrained(str(registered), dtype=torch.float32).eval()
+    with torch.no_grad():
+        base_logits = base(input_ids=input_ids).logits
+        peft_logits = PeftModel.from_pretrained(base, str(target)).eval()(input_ids=input_ids).logits
+    merged = load_base_model(str(registered)).model
+    load_adapter(merged, target)
+    merge_adapters(merged)
+    with torch.no_grad():
+        lorasp_logits = merged(input_ids=input_ids).logits
+    assert (peft_logits - base_logits).abs().max() > 1e-5  # the trained adapter changes the model
+    torch.testing.assert_close(peft_logits, lorasp_logits, atol=1e-4, rtol=0)

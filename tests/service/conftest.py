@@ -14,6 +14,7 @@ import pytest
 import sqlalchemy as sa
 from api_helpers import TEST_MAX_UPLOAD_BYTES, EnqueueRecorder, chat_rows, classification_rows, jsonl, upload
 from fastapi.testclient import TestClient
+from model_dirs import llama_dir
 from sqlalchemy.orm import Session
 from webhook_fixtures import deliveries, hook_tenant, private_client, private_settings  # noqa: F401
 
@@ -170,8 +171,23 @@ def make_adapter(db: Session, api_settings: Settings, real_adapter_dir: Path) ->
 
 @pytest.fixture(scope="session")
 def admin(db_engine: sa.Engine) -> dict[str, str]:
-    """An operator's key (admin routes: base-model registration)."""
+    """Headers of an admin key (the base-model registry's /v1/admin/models)."""
     with Session(db_engine) as session:
         _, key = create_tenant_with_key(session, f"ops-{secrets.token_hex(4)}", admin=True)
         session.commit()
     return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture(scope="session")
+def model_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("model_dirs")
+
+
+@pytest.fixture()
+def fresh_llama(model_root: Path) -> Callable[..., Path]:
+    """Builds a new tiny Llama folder (keyword arguments: `model_dirs.llama_dir`'s)."""
+
+    def make(**kwargs: Any) -> Path:
+        return llama_dir(model_root / f"llama-{secrets.token_hex(4)}", **kwargs)
+
+    return make
