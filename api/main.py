@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.deps import AppResources
 from api.errors import error_response, file_too_large, install_error_handlers
+from api.metrics import install_metrics
 from api.rate_limits import RateLimitHeaders, RequestLimit
 from api.routes import adapters, admin, files, health, inference, jobs, models, serving, webhooks
 from api.ui import mount_ui
@@ -122,6 +123,8 @@ def create_app(settings: Settings | None = None, *, serving_engine: ServingEngin
     install_error_handlers(app)
     app.add_middleware(UploadSizeGuard, max_upload_bytes=settings.max_upload_bytes)
     app.add_middleware(RateLimitHeaders)
+    if settings.metrics_enabled:
+        install_metrics(app, resources)  # outermost: it times and counts what the others answer
     app.include_router(health.router)
     for router in ROUTERS:
         limited = router in REQUEST_LIMITED_ROUTERS

@@ -101,6 +101,9 @@ class Settings(BaseSettings):
     rate_limit_tpm: int = Field(default=0, ge=0)
     rate_limit_storage_url: str = Field(default="", pattern=r"^(|redis://.*|rediss://.*|memory://)$")
     # ("": broker_url when it is Redis, else memory://)
+    # GET /metrics (Prometheus text format). Off by default: it is unauthenticated, so expose it only
+    # where the scraper is (its figures name base models and adapter ids, never keys or tenants).
+    metrics_enabled: bool = False
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:
