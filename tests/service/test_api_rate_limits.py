@@ -114,6 +114,8 @@ def test_inference_charges_the_estimated_tokens_up_front(
     tenant = make_tenant()
     with limited_client(api_settings, rate_limit_rpm=100, rate_limit_tpm=100) as client:
         chat = openai_client(client, tenant).chat.completions
+        invalid = client.post("/v1/chat/completions", headers=tenant, json={"model": LLAMA})
+        assert invalid.status_code == 400  # refused for its body: charges nothing (99 requests left below)
         first = chat.with_raw_response.create(model=LLAMA, messages=MESSAGES, max_tokens=12, temperature=0)
         assert first.parse().choices[0].message.content is not None
         # 4 prompt tokens (13 characters / 4, rounded up) + max_tokens 12 = 16 of 100.
