@@ -5,10 +5,12 @@ the time elapsed: O(1) per hit, atomic in Redis through its Lua scripts, a token
 Counters live in Redis when the settings point at one, so every API process shares them, and in this
 process otherwise (the embedded default). The API asks `RateLimiter.charge` before serving a request;
 a request over a limit raises `RateLimitExceededError`, which the API answers as OpenAI's 429.
+An unreachable Redis fails open (the request is served unlimited, with a warning logged).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -17,10 +19,14 @@ from enum import StrEnum
 from limits import RateLimitItem, RateLimitItemPerMinute
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
+from limits.errors import StorageError
 
 from lorasp_service.settings import Settings
 
+log = logging.getLogger(__name__)
+
 REDIS_KEY_PREFIX = "lorasp-ratelimit"
+REDIS_TIMEOUT_SECONDS = 1.0
 
 
 class LimitKind(StrEnum):
@@ -67,7 +73,15 @@ def _check_storage_url(url: str) -> str:
 def _storage(url: str) -> Storage:
     if url.startswith(("redis://", "rediss://")):
         # redis-py's asyncio client (already a dependency), not coredis, the library's default.
-        return RedisStorage(f"async+{url}", implementation="redispy", key_prefix=REDIS_KEY_PREFIX)
+        # Short timeouts: a hung Redis delays a request by a second at most, then fails open.
+        return RedisStorage(
+            f"async+{url}",
+            implementation="redispy",
+            key_prefix=REDIS_KEY_PREFIX,
+            wrap_exceptions=True,
+            socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
+            socket_timeout=REDIS_TIMEOUT_SECONDS,
+        )
     _check_storage_url(url)
     return MemoryStorage()
 
@@ -102,10 +116,14 @@ class RateLimiter:
             return None
         strategy, limits = self._strategy, self._items
         costs = {LimitKind.REQUESTS: 1, LimitKind.TOKENS: tokens}
-        refused = await self._take(strategy, limits, costs, tenant_id)
-        outcome = RateLimitOutcome(
-            tuple([await self._window(kind, item, tenant_id) for kind, item in limits])
-        )
+        try:
+            refused = await self._take(strategy, limits, costs, tenant_id)
+            windows = [await self._window(kind, item, tenant_id) for kind, item in limits]
+        except StorageError as error:
+            # Fail open: an unreachable Redis must not take the whole API down with it.
+            log.warning("rate limits not applied (storage unavailable): %s", error.storage_error)
+            return None
+        outcome = RateLimitOutcome(tuple(windows))
         if refused is not None:
             item = dict(limits)[refused]
             raise RateLimitExceededError(refused, item.amount, costs[refused], outcome)

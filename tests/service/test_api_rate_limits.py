@@ -108,6 +108,19 @@ def test_the_in_process_limiter_works_without_redis(
         assert remaining(second.get("/v1/files", headers=tenant)) == 1  # another process, its own count
 
 
+def test_an_unreachable_redis_fails_open(
+    api_settings: Settings, make_tenant: Callable[[], dict[str, str]], caplog: pytest.LogCaptureFixture
+) -> None:
+    tenant = make_tenant()
+    with limited_client(
+        api_settings, rate_limit_rpm=1, rate_limit_storage_url="redis://127.0.0.1:1/0"
+    ) as client:
+        for _ in range(2):  # over the limit of 1, yet served: nothing could count it
+            response = client.get("/v1/files", headers=tenant)
+            assert response.status_code == 200 and "x-ratelimit-limit-requests" not in response.headers
+    assert "rate limits not applied (storage unavailable)" in caplog.text
+
+
 def test_inference_charges_the_estimated_tokens_up_front(
     api_settings: Settings, make_tenant: Callable[[], dict[str, str]]
 ) -> None:
