@@ -32,6 +32,7 @@ from lorasp_core.serving import ServingEngine
 from lorasp_service.auth import SHOWN_KEY_CHARS, is_admin_key, tenant_for_key
 from lorasp_service.db import SETTINGS_INFO_KEY, make_engine
 from lorasp_service.orm import Tenant
+from lorasp_service.rate_limits import RateLimiter
 from lorasp_service.settings import Settings
 from lorasp_service.storage import BlobStorage
 
@@ -72,6 +73,11 @@ class AppResources:
     @cached_property
     def storage(self) -> BlobStorage:
         return BlobStorage(self.settings.blob_dir)
+
+    @cached_property
+    def rate_limiter(self) -> RateLimiter:
+        # Built on the first request (the app's event loop), so its Redis connections belong to it.
+        return RateLimiter(self.settings)
 
     @property
     def serving(self) -> ServingEngine:

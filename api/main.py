@@ -16,6 +16,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.deps import AppResources
 from api.errors import error_response, file_too_large, install_error_handlers
+from api.metrics import install_metrics
+from api.rate_limits import RateLimitHeaders, RequestLimit
 from api.routes import adapters, admin, files, health, inference, jobs, models, serving, webhooks
 from api.ui import mount_ui
 from lorasp_core.serving import ServingEngine
@@ -37,6 +39,10 @@ ROUTERS: list[APIRouter] = [
     webhooks.router,
     admin.router,
 ]
+# Routers whose every route counts one request against the tenant's rate limit. The others charge
+# per route: inference (requests and tokens, through its bodies), models (its hot listing charges
+# after its own key lookup); admin routes are not limited.
+REQUEST_LIMITED_ROUTERS = (files.router, jobs.router, adapters.router, serving.router, webhooks.router)
 
 # Room for the multipart envelope (boundaries, part headers, the purpose field) around the file itself.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
@@ -116,9 +122,13 @@ def create_app(settings: Settings | None = None, *, serving_engine: ServingEngin
     app.state.lorasp = resources
     install_error_handlers(app)
     app.add_middleware(UploadSizeGuard, max_upload_bytes=settings.max_upload_bytes)
+    app.add_middleware(RateLimitHeaders)
+    if settings.metrics_enabled:
+        install_metrics(app, resources)  # outermost: it times and counts what the others answer
     app.include_router(health.router)
     for router in ROUTERS:
-        app.include_router(router, prefix=API_PREFIX)
+        limited = router in REQUEST_LIMITED_ROUTERS
+        app.include_router(router, prefix=API_PREFIX, dependencies=[RequestLimit] if limited else None)
     mount_ui(app)  # the dashboard: static files only, calling /v1 from the browser
     return app
 

@@ -94,6 +94,17 @@ class Settings(BaseSettings):
     wandb_mode: Literal["online", "offline"] = "online"
     wandb_dir: Path | None = None  # default: <home>/wandb
 
+    # Rate limits per tenant (issue 11): requests and tokens (prompt estimate + max_tokens) per minute;
+    # 0 = unlimited. Counted in Redis when rate_limit_storage_url is a redis:// URL (default: the
+    # broker's, so every API process shares them), else in this process (the embedded default).
+    rate_limit_rpm: int = Field(default=0, ge=0)
+    rate_limit_tpm: int = Field(default=0, ge=0)
+    rate_limit_storage_url: str = Field(default="", pattern=r"^(|redis://.*|rediss://.*|memory://)$")
+    # ("": broker_url when it is Redis, else memory://)
+    # GET /metrics (Prometheus text format). Off by default: it is unauthenticated, so expose it only
+    # where the scraper is (its figures name base models and adapter ids, never keys or tenants).
+    metrics_enabled: bool = False
+
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:
         self.home = self.home.expanduser()
@@ -121,6 +132,13 @@ class Settings(BaseSettings):
     def embedded(self) -> bool:
         """True when running without servers: filesystem broker (and usually SQLite)."""
         return self.broker_url.startswith("filesystem://")
+
+    @property
+    def rate_limit_storage(self) -> str:
+        """Where rate-limit counters live: a redis:// URL (shared) or "memory://" (this process)."""
+        if self.rate_limit_storage_url:
+            return self.rate_limit_storage_url
+        return self.broker_url if self.broker_url.startswith(("redis://", "rediss://")) else "memory://"
 
     @property
     def max_line_bytes_limit(self) -> int:

@@ -1,5 +1,7 @@
 """/v1/chat/completions, /v1/completions and /v1/classifications (OpenAI shapes; `stream: true` is SSE).
 
+Each body comes through its rate-limit dependency, which charges the request and its estimated tokens.
+
 Sync routes on purpose: FastAPI runs them in its threadpool, where the engine's blocking calls belong.
 """
 
@@ -12,22 +14,18 @@ from fastapi.responses import StreamingResponse
 
 from api.deps import CurrentTenant, EngineDep, SessionDep, SettingsDep, StorageDep
 from api.errors import ERROR_RESPONSES, ErrorResponse
-from api.schemas.inference import (
-    SSE_RESPONSES,
-    ChatCompletion,
-    ChatCompletionRequest,
-    ClassificationList,
-    ClassificationRequest,
-    CompletionRequest,
-    TextCompletion,
-)
+from api.rate_limits import ChargedChatBody, ChargedClassificationBody, ChargedCompletionBody
+from api.schemas.inference import SSE_RESPONSES, ChatCompletion, ClassificationList, TextCompletion
 from api.services import inference as inference_service
 
 router = APIRouter(
     tags=["inference"],
     responses={
         **ERROR_RESPONSES,
-        429: {"model": ErrorResponse, "description": "The tenant's quota of resident adapters is full"},
+        429: {
+            "model": ErrorResponse,
+            "description": "Over the tenant's requests or tokens per minute, or its resident-adapter quota",
+        },
         503: {"model": ErrorResponse, "description": "No adapter slot free"},
     },
 )
@@ -46,7 +44,7 @@ def create_chat_completion(
     storage: StorageDep,
     engine: EngineDep,
     tenant: CurrentTenant,
-    body: ChatCompletionRequest,
+    body: ChargedChatBody,
 ) -> ChatCompletion | StreamingResponse:
     result = inference_service.chat_completion(session, settings, storage, engine, tenant, body)
     return result if isinstance(result, ChatCompletion) else _sse_response(result)
@@ -59,7 +57,7 @@ def create_completion(
     storage: StorageDep,
     engine: EngineDep,
     tenant: CurrentTenant,
-    body: CompletionRequest,
+    body: ChargedCompletionBody,
 ) -> TextCompletion | StreamingResponse:
     result = inference_service.text_completion(session, settings, storage, engine, tenant, body)
     return result if isinstance(result, TextCompletion) else _sse_response(result)
@@ -72,6 +70,6 @@ def create_classification(
     storage: StorageDep,
     engine: EngineDep,
     tenant: CurrentTenant,
-    body: ClassificationRequest,
+    body: ChargedClassificationBody,
 ) -> ClassificationList:
     return inference_service.classify(session, settings, storage, engine, tenant, body)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import (
@@ -18,6 +18,7 @@ from api.deps import (
     unknown_key,
 )
 from api.errors import ERROR_RESPONSES, ErrorResponse
+from api.rate_limits import RequestLimit, charge
 from api.schemas.models import ModelDeleted, ModelList, ModelObject
 from api.services import models as model_service
 from api.services import serving as serving_service
@@ -26,30 +27,33 @@ from lorasp_service.auth import lookup_hash
 router = APIRouter(prefix="/models", tags=["models"], responses=ERROR_RESPONSES)
 
 
-def _list_models_blocking(resources: AppResources, key: str) -> Response:
+def _list_models_blocking(resources: AppResources, key: str) -> model_service.KeyModels:
     key_hash = lookup_hash(key)
-    models = None
+    listing = None
     if key_hash is not None:
         with resources.read_connection() as connection:
-            models = model_service.list_models_for_key(connection, resources.settings, key_hash)
-    if models is None:
+            listing = model_service.list_models_for_key(connection, resources.settings, key_hash)
+    if listing is None:
         raise unknown_key(key)
-    # Serialized here, once: the models are validated as they are built, so FastAPI's second
-    # validation against `response_model` (kept for the schema) would only repeat it.
-    return Response(ModelList(data=models).model_dump_json(), media_type="application/json")
+    return listing
 
 
 # The hottest call (clients poll it): async, so that the key lookup, the listing and the JSON share one
 # thread hop (a sync route and `CurrentTenant` would take four: dependency, endpoint, response
 # validation, session close). The same authentication as `CurrentTenant`, the same response bytes.
+# Its request is charged once the key's tenant is known (the listing is one statement: cheap to waste).
 @router.get("", response_model=ModelList)
-async def list_models(resources: ResourcesDep, credentials: BearerDep) -> Response:
+async def list_models(request: Request, resources: ResourcesDep, credentials: BearerDep) -> Response:
     key = presented_key(credentials)
-    return await run_in_threadpool(_list_models_blocking, resources, key)
+    listing = await run_in_threadpool(_list_models_blocking, resources, key)
+    await charge(request, resources, listing.tenant_id)
+    # Serialized here, once: the models are validated as they are built, so FastAPI's second
+    # validation against `response_model` (kept for the schema) would only repeat it.
+    return Response(ModelList(data=listing.models).model_dump_json(), media_type="application/json")
 
 
 # `:path` because adapter ids look like `ft:tiny-random-llama:my-suffix:AbC123`.
-@router.get("/{model_id:path}", response_model=ModelObject)
+@router.get("/{model_id:path}", response_model=ModelObject, dependencies=[RequestLimit])
 def get_model(
     session: SessionDep, settings: SettingsDep, tenant: CurrentTenant, model_id: str
 ) -> ModelObject:
@@ -59,6 +63,7 @@ def get_model(
 @router.delete(
     "/{model_id:path}",
     response_model=ModelDeleted,
+    dependencies=[RequestLimit],
     responses={
         403: {"model": ErrorResponse, "description": "Base models cannot be deleted"},
         409: {"model": ErrorResponse, "description": "An unfinished job continues from the model"},

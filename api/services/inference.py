@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 from starlette.concurrency import iterate_in_threadpool
 
+from api import metrics
 from api.errors import APIError, ErrorDetail
 from api.schemas.inference import (
     AssistantMessage,
@@ -111,8 +112,11 @@ class Collected:
     completion_tokens: int = 0
     finish_reason: str = "stop"
     started: float = field(default_factory=time.perf_counter)
+    first_text_at: float | None = None  # when the first text arrived (time to first token)
 
     def add(self, chunk: GenerationChunk) -> None:
+        if chunk.text_delta and self.first_text_at is None:
+            self.first_text_at = time.perf_counter()
         self.text += chunk.text_delta
         self.prompt_tokens = chunk.prompt_tokens
         self.completion_tokens = chunk.token_count
@@ -126,6 +130,11 @@ class Collected:
         )
 
     def log(self, kind: str, target: Target, *, streamed: bool) -> None:
+        """Log the finished generation and count it in the metrics."""
+        ttft = None if self.first_text_at is None else self.first_text_at - self.started
+        metrics.observe_generation(
+            target.base_model, target.adapter_id, self.prompt_tokens, self.completion_tokens, ttft
+        )
         logger.info(
             "%s on %r (adapter %r): %d prompt + %d completion tokens, finish=%s, streamed=%s, %.1f ms",
             kind,
@@ -139,9 +148,10 @@ class Collected:
         )
 
 
-def collect(stream: GenerationStream) -> Collected:
-    """Read a stream to its end (blocking: call from a threadpool thread, as sync routes run)."""
-    result = Collected()
+def collect(stream: GenerationStream, started: float) -> Collected:
+    """Read a stream to its end (blocking: call from a threadpool thread, as sync routes run).
+    `started`: when the request went to the engine (time to first token counts from there)."""
+    result = Collected(started=started)
     for chunk in stream:
         result.add(chunk)
     return result
@@ -167,9 +177,11 @@ async def sse_stream(
     head: list[dict[str, Any]],
     payloads: ChunkPayloads,
     usage_payload: Callable[[Usage], dict[str, Any]] | None,
+    started: float | None = None,
 ) -> AsyncIterator[str]:
-    """Server-sent events ending with `data: [DONE]`; a client that goes away cancels the generation."""
-    collected = Collected()
+    """Server-sent events ending with `data: [DONE]`; a client that goes away cancels the generation.
+    `started`: when the request went to the engine (default: now)."""
+    collected = Collected() if started is None else Collected(started=started)
     try:
         for payload in head:
             yield _sse(payload)
@@ -253,6 +265,7 @@ def chat_completion(
     request: ChatCompletionRequest,
 ) -> ChatCompletion | AsyncIterator[str]:
     target = resolve_target(session, settings, storage, engine, tenant, request.model, task="causal-lm")
+    started = time.perf_counter()
     stream = start_generation(
         engine,
         storage,
@@ -275,9 +288,15 @@ def chat_completion(
         head = [choice({"role": "assistant", "content": ""}, None)]
         usage = _usage_payload(envelope, request.include_usage)
         return sse_stream(
-            stream, target, "chat.completion", head=head, payloads=payloads, usage_payload=usage
+            stream,
+            target,
+            "chat.completion",
+            head=head,
+            payloads=payloads,
+            usage_payload=usage,
+            started=started,
         )
-    result = collect(stream)
+    result = collect(stream, started)
     result.log("chat.completion", target, streamed=False)
     message = AssistantMessage(content=result.text)
     return ChatCompletion(
@@ -298,6 +317,7 @@ def text_completion(
     request: CompletionRequest,
 ) -> TextCompletion | AsyncIterator[str]:
     target = resolve_target(session, settings, storage, engine, tenant, request.model, task="causal-lm")
+    started = time.perf_counter()
     stream = start_generation(
         engine, storage, target, prompt=request.prompt, max_tokens=request.max_tokens, **_sampling(request)
     )
@@ -313,8 +333,16 @@ def text_completion(
 
     if request.stream:
         usage = _usage_payload(envelope, request.include_usage)
-        return sse_stream(stream, target, "text_completion", head=[], payloads=payloads, usage_payload=usage)
-    result = collect(stream)
+        return sse_stream(
+            stream,
+            target,
+            "text_completion",
+            head=[],
+            payloads=payloads,
+            usage_payload=usage,
+            started=started,
+        )
+    result = collect(stream, started)
     result.log("text_completion", target, streamed=False)
     return TextCompletion(
         id=completion_id,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import Connection, bindparam, select, update
@@ -48,17 +49,23 @@ _MODELS_FOR_KEY = (
 )
 
 
-def list_models_for_key(
-    connection: Connection, settings: Settings, key_hash: str
-) -> list[ModelObject] | None:
+@dataclass(frozen=True)
+class KeyModels:
+    tenant_id: str  # the key's tenant (what the rate limit counts against)
+    models: list[ModelObject]
+
+
+def list_models_for_key(connection: Connection, settings: Settings, key_hash: str) -> KeyModels | None:
     """The base models offered to the key's tenant and its adapters; None if no active key has the hash.
     Two statements on one connection: the key with its adapters, then the registry's offered rows."""
     rows = connection.execute(_MODELS_FOR_KEY, {"key_hash": key_hash}).all()
     if not rows:
         return None
     adapters = [ModelObject.from_adapter(row) for row in rows if row.id is not None]
-    offered = base_models.offered_rows(connection, settings, rows[0].key_tenant_id)
-    return [ModelObject.base(row.name, row.task, row.description) for row in offered] + adapters
+    tenant_id = rows[0].key_tenant_id
+    offered = base_models.offered_rows(connection, settings, tenant_id)
+    base = [ModelObject.base(row.name, row.task, row.description) for row in offered]
+    return KeyModels(tenant_id, base + adapters)
 
 
 def _model_not_found(model_id: str) -> APIError:

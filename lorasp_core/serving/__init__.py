@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from lorasp_core.serving.cache import AdapterCacheCounters
 from lorasp_core.serving.engine import ServingEngine
 from lorasp_core.serving.generation import GenerationStream
 from lorasp_core.serving.manager import AdapterManager
@@ -22,6 +23,7 @@ from lorasp_core.serving.types import (
 )
 
 __all__ = [
+    "AdapterCacheCounters",
     "AdapterCacheFullError",
     "AdapterInfo",
     "AdapterLoadError",

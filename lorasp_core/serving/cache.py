@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from lorasp_core.serving.types import AdapterCacheFullError, AdapterInfo, AdapterQuotaError
 
@@ -29,6 +29,16 @@ class AdapterStats:
     @property
     def mean_latency_ms(self) -> float | None:
         return self.total_latency_ms / self.requests if self.requests else None
+
+
+@dataclass(frozen=True)
+class AdapterCacheCounters:
+    """Cache-wide totals since the engine started (never forgotten with an adapter): what a metrics
+    exporter reads at scrape time, so the engine needs no metrics library."""
+
+    hits: int = 0
+    loads: int = 0
+    evictions: int = 0  # adapters pushed out to make room (explicit unloads and replacements not counted)
 
 
 @dataclass
@@ -72,6 +82,7 @@ class AdapterCache:
         self.max_resident_per_owner = max_resident_per_owner
         self.entries: OrderedDict[str, CacheEntry] = OrderedDict()  # least recently used first
         self.stats: dict[str, AdapterStats] = {}
+        self.counters = AdapterCacheCounters()
 
     def __contains__(self, adapter_id: object) -> bool:
         return adapter_id in self.entries
@@ -90,6 +101,7 @@ class AdapterCache:
         stats.last_used = time.time()
         if hit:
             stats.hits += 1
+            self.counters = replace(self.counters, hits=self.counters.hits + 1)
         return entry
 
     def check_pin(self, owner: str | None, adapter_id: str) -> None:
@@ -152,8 +164,12 @@ class AdapterCache:
         stats = self.stats.setdefault(entry.adapter_id, AdapterStats())
         stats.loads += 1
         stats.last_used = time.time()
+        self.counters = replace(self.counters, loads=self.counters.loads + 1)
 
-    def remove(self, adapter_id: str) -> CacheEntry:
+    def remove(self, adapter_id: str, *, evicted: bool = False) -> CacheEntry:
+        """`evicted`: pushed out to make room (counted), rather than unloaded or replaced."""
+        if evicted:
+            self.counters = replace(self.counters, evictions=self.counters.evictions + 1)
         return self.entries.pop(adapter_id)
 
     def forget(self, adapter_id: str) -> None:

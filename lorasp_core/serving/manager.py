@@ -18,7 +18,7 @@ import torch
 
 from lorasp_core.peft_format import LORASP_FILE
 from lorasp_core.serving.adapter_files import ParsedAdapter, read_peft_adapter
-from lorasp_core.serving.cache import AdapterCache, CacheEntry
+from lorasp_core.serving.cache import AdapterCache, AdapterCacheCounters, CacheEntry
 from lorasp_core.serving.chat_template import check_chat_template
 from lorasp_core.serving.classification import adapter_label_names
 from lorasp_core.serving.resident import ResidentModel
@@ -32,6 +32,8 @@ from lorasp_core.serving.types import (
 )
 
 logger = logging.getLogger("lorasp_core.serving")
+
+_LRU_EVICTION = "least recently used"  # the one eviction reason counted as an eviction in the metrics
 
 
 class AdapterManager:
@@ -150,7 +152,7 @@ class AdapterManager:
             if existing is not None:
                 self._evict(adapter_id, reason="replaced")
             for victim in victims:
-                self._evict(victim, reason="least recently used")
+                self._evict(victim, reason=_LRU_EVICTION)
             slot = resident.take_slot()
             resident.install(slot, parsed)
             load_ms = (time.perf_counter() - started) * 1e3
@@ -185,7 +187,7 @@ class AdapterManager:
         return info
 
     def _evict(self, adapter_id: str, *, reason: str) -> None:
-        entry = self._cache.remove(adapter_id)
+        entry = self._cache.remove(adapter_id, evicted=reason == _LRU_EVICTION)
         self._residents[entry.base_model].release_slot(entry.slot)
         stats = self._cache.stats.get(adapter_id)
         logger.info(
@@ -219,6 +221,15 @@ class AdapterManager:
             if pinned and not entry.pinned:
                 self._cache.check_pin(entry.owner, adapter_id)
             entry.pinned = pinned
+
+    def cache_counters(self) -> AdapterCacheCounters:
+        """Adapter cache hits, loads and evictions since start (a snapshot; metrics read it at scrape)."""
+        with self._lock:
+            return self._cache.counters
+
+    def resident_adapter_count(self) -> int:
+        with self._lock:
+            return len(self._cache)
 
     def loaded_adapters(self) -> list[AdapterInfo]:
         """Resident adapters, least recently used first, with their metrics."""

@@ -10,6 +10,7 @@ import torch
 from serving_fixtures import TINY_LLAMA_NAME, make_llama_adapter
 
 from lorasp_core.serving import (
+    AdapterCacheCounters,
     AdapterCacheFullError,
     GenerationRequest,
     MultiAdapterLinear,
@@ -172,3 +173,18 @@ def test_base_weights_are_never_modified(make_engine: EngineFactory, adapters: d
     }
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_cache_counters_survive_unloads_and_count_only_evictions_for_room(
+    make_engine: EngineFactory, adapters: dict[str, Path]
+) -> None:
+    engine = make_engine(max_adapters=2)
+    assert engine.cache_counters() == AdapterCacheCounters()
+    engine.load_adapter("a", adapters["a"], TINY_LLAMA_NAME)
+    engine.load_adapter("b", adapters["b"], TINY_LLAMA_NAME)
+    engine.load_adapter("a", adapters["a"], TINY_LLAMA_NAME)  # same path: a hit, not a load
+    engine.load_adapter("c", adapters["c"], TINY_LLAMA_NAME)  # no room: b (least recently used) goes
+    assert engine.resident_adapter_count() == 2
+    engine.unload_adapter("a")  # an explicit unload is no eviction, and forgets a's own stats
+    assert engine.cache_counters() == AdapterCacheCounters(hits=1, loads=3, evictions=1)
+    assert engine.resident_adapter_count() == 1
