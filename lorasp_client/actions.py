@@ -38,28 +38,46 @@ def files_list(args: argparse.Namespace, conn: Connection) -> int:
     return 0
 
 
+METHODS = ("lorasp", "supervised", "dpo")
+# A hyperparameter only one method has: giving it alone picks that method, with another it is an error.
+METHOD_ONLY = {"rank": ("lorasp", "--rank"), "beta": ("dpo", "--beta")}
+
+
 def _hyperparameters(args: argparse.Namespace) -> dict[str, Any]:
     chosen = {
         "n_epochs": args.epochs,
         "batch_size": args.batch_size,
         "learning_rate_multiplier": args.learning_rate_multiplier,
         "rank": args.rank,
+        "beta": args.beta,
     }
     return {name: value for name, value in chosen.items() if value is not None}
 
 
+def _method(args: argparse.Namespace, hyperparameters: dict[str, Any]) -> str | None:
+    implied = {METHOD_ONLY[name] for name in hyperparameters if name in METHOD_ONLY}
+    if len(implied) > 1:
+        flags = " and ".join(sorted(flag for _, flag in implied))
+        raise ClientError(f"{flags} belong to different methods: give one of them.", sorted(implied)[0][1])
+    method: str | None = args.method
+    for owner, flag in implied:
+        if method is not None and method != owner:
+            raise ClientError(f"{flag} is a {owner} setting: use --method {owner} (or leave it out).", flag)
+        method = owner
+    if hyperparameters and method is None:
+        method = "supervised"
+    return method
+
+
 def job_body(args: argparse.Namespace) -> dict[str, Any]:
-    """The create request: the method block only when a method or a hyperparameter was given."""
+    """The create request: the method block only when a method or a hyperparameter was given, as the
+    API takes it (`{"type": "dpo", "dpo": {"hyperparameters": {"beta": ...}}}`)."""
     body: dict[str, Any] = {"model": args.model, "training_file": args.file}
     for name in ("validation_file", "suffix", "seed"):
         if getattr(args, name) is not None:
             body[name] = getattr(args, name)
     hyperparameters = _hyperparameters(args)
-    method = args.method or ("lorasp" if "rank" in hyperparameters else None)
-    if method == "supervised" and "rank" in hyperparameters:
-        raise ClientError("--rank is a LoRA-SP setting: use --method lorasp (or leave it out).", "--rank")
-    if hyperparameters and method is None:
-        method = "supervised"
+    method = _method(args, hyperparameters)
     if method is not None:
         body["method"] = {"type": method, method: {"hyperparameters": hyperparameters}}
     return body

@@ -12,6 +12,7 @@ import httpx
 import openai
 
 from lorasp_client import actions
+from lorasp_client.actions import METHODS
 from lorasp_client.chat import chat
 from lorasp_client.connection import ClientError, Connection, error_of_body
 
@@ -41,11 +42,12 @@ def _add_job_commands(jobs: Any, common: argparse.ArgumentParser) -> None:
     create.add_argument("--model", required=True, help="a base model of `lorasp models list`")
     create.add_argument("--file", required=True, help="training file id (file-...)")
     create.add_argument("--validation-file", dest="validation_file", help="validation file id")
-    create.add_argument("--method", choices=("lorasp", "supervised"), help="default: the server's")
+    create.add_argument("--method", choices=METHODS, help="default: the server's (dpo: with --beta)")
     create.add_argument("--epochs", type=int)
     create.add_argument("--batch-size", dest="batch_size", type=int)
     create.add_argument("--learning-rate-multiplier", dest="learning_rate_multiplier", type=float)
     create.add_argument("--rank", type=int, help="LoRA rank (method lorasp)")
+    create.add_argument("--beta", type=float, help="DPO's KL penalty weight (method dpo)")
     create.add_argument("--suffix", help="part of the fine-tuned model's id")
     create.add_argument("--seed", type=int)
     create.add_argument("--follow", action="store_true", help="then follow it as `jobs follow` does")

@@ -257,9 +257,12 @@ def _train_and_register(
             loaded.tokenizer,
             train_data,
             eval_data,
-            callbacks=[callback, epoch_models, *integrations],
+            callbacks=[callback, epoch_models, *integrations.callbacks],
             label_names=label_names,
         )
+        if result.cancelled:  # how the W&B run ends: continued later (a pause, a lost lease) or cancelled
+            continues = keeper.lost or (keeper.pause_requested and not keeper.cancel_requested)
+            integrations.stopped(JobStatus.PAUSED if continues else JobStatus.CANCELLED)
 
     if keeper.lost:
         log.warning("job %s: lease lost during training; leaving the job to its new worker", job_id)

@@ -3,8 +3,11 @@
 The run's id is the job id, opened with resume="allow": a paused and resumed job, or one a surviving
 worker took over, continues the same run (a step run again after a worker's death keeps the values W&B
 got first). Its config is the job's resolved spec, base model and ids; every step's metrics event
-(`step_metrics.metrics_data`) is logged at its step; the run is finished when training ends, with exit
-code 1 when training raised. W&B trouble (no `wandb` package on this worker, a network or key error)
+(`step_metrics.metrics_data`) is logged at its step; the run is finished when training ends, with the
+job's outcome in its summary (`lorasp/status`) and an exit code W&B shows as its state: 0 (finished) for a
+completed or paused job (resuming continues the run), 130 for a cancelled one and 1 when training raised
+(both "failed": the SDK has no call for the "killed" state, which only W&B's own stop button sets).
+W&B trouble (no `wandb` package on this worker, a network or key error)
 never fails the job: it becomes one warning event, and the job logs no more to W&B.
 """
 
@@ -13,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from lorasp_core.train_config import ProgressEvent, TrainCallback
@@ -26,6 +30,15 @@ log = logging.getLogger(__name__)
 
 MAX_TAG_LENGTH = 64  # W&B refuses longer tags
 MAX_REASON_CHARS = 500
+# Exit codes by how training ended. 130 is a shell's "stopped by the user" (SIGINT): non-zero, so W&B
+# does not show a cancelled job's run as finished, and distinct from a crash's 1.
+FINISHED_EXIT_CODE, CANCELLED_EXIT_CODE, RAISED_EXIT_CODE = 0, 130, 1
+EXIT_CODES = {
+    jobs.JobStatus.SUCCEEDED: FINISHED_EXIT_CODE,
+    jobs.JobStatus.PAUSED: FINISHED_EXIT_CODE,
+    jobs.JobStatus.CANCELLED: CANCELLED_EXIT_CODE,
+    jobs.JobStatus.FAILED: RAISED_EXIT_CODE,
+}
 
 
 def default_tags(job: Job) -> list[str]:
@@ -71,10 +84,15 @@ class WandbRunCallback(TrainCallback):
         }
         self._guarded("log a step", lambda: run.log(metrics, step=event.step))
 
-    def finish(self, exit_code: int) -> None:
+    def finish(self, status: jobs.JobStatus) -> None:
         run, self._run = self._run, None
         if run is not None:
-            self._guarded("finish the run", lambda: run.finish(exit_code=exit_code))
+            self._guarded("finish the run", lambda: self._finish(run, status))
+
+    @staticmethod
+    def _finish(run: Any, status: jobs.JobStatus) -> None:
+        run.summary["lorasp/status"] = status.value
+        run.finish(exit_code=EXIT_CODES[status])
 
     def _start(self, total_steps: int) -> None:
         import wandb  # the optional extra (lorasp[wandb]): only a job with the integration needs it
@@ -134,20 +152,33 @@ class WandbRunCallback(TrainCallback):
             log.exception("job %s: could not record the W&B warning", self.job_id)
 
 
+@dataclass
+class IntegrationRuns:
+    """The callbacks of one training run's integrations. Training that stops early without raising
+    (cancel, pause) says so with `stopped`; a block that ends otherwise completed (succeeded)."""
+
+    callbacks: list[TrainCallback]
+    outcome: jobs.JobStatus = field(default=jobs.JobStatus.SUCCEEDED)
+
+    def stopped(self, status: jobs.JobStatus) -> None:
+        self.outcome = status
+
+
 @contextlib.contextmanager
-def integration_callbacks(settings: Settings, job: Job) -> Iterator[list[TrainCallback]]:
-    """The callbacks of the job's integrations for one training run; their W&B runs are finished when
-    the block ends (exit code 1 when it raised: the job fails, or this worker is stopping)."""
+def integration_callbacks(settings: Settings, job: Job) -> Iterator[IntegrationRuns]:
+    """The job's integrations for one training run; their W&B runs are finished when the block ends,
+    as failed when it raised (the job fails, or this worker is stopping), else with `outcome`."""
     runs = [
         WandbRunCallback(settings, job, dict(item["wandb"]))
         for item in job.integrations or []
         if isinstance(item, dict) and item.get("type") == "wandb"
     ]
+    found = IntegrationRuns(list(runs))
     try:
-        yield list(runs)
+        yield found
     except BaseException:
         for run in runs:
-            run.finish(exit_code=1)
+            run.finish(jobs.JobStatus.FAILED)
         raise
     for run in runs:
-        run.finish(exit_code=0)
+        run.finish(found.outcome)

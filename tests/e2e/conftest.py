@@ -4,16 +4,29 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import sqlalchemy as sa
-from e2e_stack import REPO_ROOT, Stack, free_port, insert_queued_job, run_cli, wait_until
+from dashboard_pages import ensure_worker
+from e2e_stack import (
+    REPO_ROOT,
+    Stack,
+    chat_rows,
+    free_port,
+    insert_queued_job,
+    run_cli,
+    wait_for_end,
+    wait_until,
+)
+from playwright.sync_api import Browser, sync_playwright
 from sqlalchemy.engine import make_url
 
 from lorasp_service.db import session_scope
@@ -120,3 +133,41 @@ def job_id(stack: Stack, settings: Settings) -> Iterator[str]:
     with session_scope(settings) as session:
         session.execute(sa.update(Job).where(Job.id == f"ftjob-{tag}").values(status="cancelled"))
         session.commit()
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    """Debian's headless chromium driven by Playwright (nothing downloaded), for the /ui tests."""
+    executable = shutil.which("chromium")
+    assert executable, "the chromium package is not installed (.ci/run installs it)"
+    with sync_playwright() as playwright:
+        # --no-sandbox: CI runs as root, where chromium's sandbox cannot start.
+        launched = playwright.chromium.launch(
+            executable_path=executable, headless=True, args=["--no-sandbox"]
+        )
+        yield launched
+        launched.close()
+
+
+@pytest.fixture(scope="session")
+def finished_job(stack: Stack) -> dict[str, Any]:
+    """A succeeded job with a validation file: 8 rows, batch 2, 3 epochs = 12 steps."""
+    ensure_worker(stack)
+    with stack.client() as client:
+        training = stack.upload(client, chat_rows(8, words=4))
+        validation = stack.upload(client, chat_rows(4, words=4), name="valid.jsonl")
+        body = {
+            "model": "tiny-random-llama",
+            "training_file": training,
+            "validation_file": validation,
+            "seed": 0,
+            "method": {
+                "type": "lorasp",
+                "lorasp": {"hyperparameters": {"n_epochs": 3, "batch_size": 2, "eval_every": 3}},
+            },
+        }
+        created = client.post("/fine_tuning/jobs", json=body)
+        assert created.status_code == 200, created.text
+        job = wait_for_end(client, created.json()["id"], 240)
+        assert job["status"] == "succeeded", job
+        return job

@@ -9,85 +9,18 @@ from __future__ import annotations
 import os
 import re
 import secrets
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from dashboard_pages import ensure_worker, progress_step, signed_in, trace
 from e2e_stack import REPO_ROOT, Stack, chat_rows, events_of, run_cli, wait_for_end, wait_until
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, expect
 
 pytestmark = pytest.mark.services
 
 ARTIFACTS = Path(os.environ.get("LORASP_TEST_ARTIFACTS", REPO_ROOT / "test-artifacts"))
 DOCS_IMAGE = REPO_ROOT / "docs" / "images" / "job-page.png"
-TIMEOUT_MS = 30_000
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    executable = shutil.which("chromium")
-    assert executable, "the chromium package is not installed (.ci/run installs it)"
-    with sync_playwright() as playwright:
-        # --no-sandbox: CI runs as root, where chromium's sandbox cannot start.
-        launched = playwright.chromium.launch(
-            executable_path=executable, headless=True, args=["--no-sandbox"]
-        )
-        yield launched
-        launched.close()
-
-
-def signed_in(browser: Browser, stack: Stack, key: str) -> Page:
-    page = browser.new_page(viewport={"width": 1280, "height": 1000})
-    page.set_default_timeout(TIMEOUT_MS)
-    page.goto(stack.base_url + "/ui/")
-    page.fill("#api-key", key)
-    page.click("#sign-in button[type=submit]")
-    page.wait_for_selector("#jobs-table, #no-jobs")
-    # The key is kept in this tab's session storage only: not in the URL, not in a cookie.
-    assert page.evaluate("sessionStorage.getItem('lorasp.apiKey')") == key
-    assert key not in page.url and page.context.cookies() == []
-    return page
-
-
-def ensure_worker(stack: Stack) -> None:
-    if not stack.live_workers():
-        stack.start_worker()
-
-
-@pytest.fixture(scope="module")
-def finished_job(stack: Stack) -> dict[str, Any]:
-    """A succeeded job with a validation file: 8 rows, batch 2, 3 epochs = 12 steps."""
-    ensure_worker(stack)
-    with stack.client() as client:
-        training = stack.upload(client, chat_rows(8, words=4))
-        validation = stack.upload(client, chat_rows(4, words=4), name="valid.jsonl")
-        body = {
-            "model": "tiny-random-llama",
-            "training_file": training,
-            "validation_file": validation,
-            "seed": 0,
-            "method": {
-                "type": "lorasp",
-                "lorasp": {"hyperparameters": {"n_epochs": 3, "batch_size": 2, "eval_every": 3}},
-            },
-        }
-        created = client.post("/fine_tuning/jobs", json=body)
-        assert created.status_code == 200, created.text
-        job = wait_for_end(client, created.json()["id"], 240)
-        assert job["status"] == "succeeded", job
-        return job
-
-
-def trace(page: Page, chart: str, name: str) -> dict[str, list[float]]:
-    return dict(
-        page.evaluate(
-            "([chart, name]) => { const t = document.getElementById(chart).data.find((d) => d.name === name);"
-            " return t ? {x: Array.from(t.x), y: Array.from(t.y)} : {x: [], y: []}; }",
-            [chart, name],
-        )
-    )
 
 
 def test_a_finished_job_page_draws_every_step_from_its_events(
@@ -128,11 +61,6 @@ def test_a_finished_job_page_draws_every_step_from_its_events(
     if os.environ.get("LORASP_UPDATE_DOCS_IMAGES") == "1":
         DOCS_IMAGE.write_bytes(shot)
     page.close()
-
-
-def progress_step(page: Page) -> int:
-    match = re.match(r"step (\d+)/", page.locator("#job-progress").inner_text())
-    return int(match.group(1)) if match else 0
 
 
 def test_a_running_job_advances_live_and_is_cancelled_from_the_ui(browser: Browser, stack: Stack) -> None:

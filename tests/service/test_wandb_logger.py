@@ -91,7 +91,40 @@ def test_a_job_logs_its_config_and_every_steps_metrics_to_its_wandb_run(
         assert entry["trained_tokens"] == event["trained_tokens"]
     (exit_record,) = wandb_records.of_type(found, "exit")
     assert exit_record.exit_code == 0
+    assert wandb_records.summary(found)["lorasp/status"] == "succeeded"
     assert SECRET not in path.read_bytes().decode("latin-1")
+
+
+@pytest.mark.parametrize(
+    ("verb", "status", "exit_code"), [("cancel", "cancelled", 130), ("pause", "paused", 0)]
+)
+def test_a_job_stopped_by_its_user_finishes_its_run_with_how_it_ended(
+    client: TestClient,
+    alice: dict[str, str],
+    chat_file: dict[str, Any],
+    offline_wandb: Settings,
+    verb: str,
+    status: str,
+    exit_code: int,
+) -> None:
+    """A cancelled job's run is not shown as finished (W&B: failed, exit 130); a paused one is
+    finished with exit 0, since resuming continues the same run."""
+    created = create_job(
+        client, alice, chat_file["id"], integrations=INTEGRATION, hyperparameters={"n_epochs": 2}
+    )
+    assert created.status_code == 200, created.text
+    job_id = str(created.json()["id"])
+    claim = jobs.claim_job(offline_wandb, job_id, WORKER)
+    assert claim.runs, claim
+    # Asked while running, before the first step: the trainer stops at its first stop check.
+    asked = client.post(f"/v1/fine_tuning/jobs/{job_id}/{verb}", headers=alice)
+    assert asked.status_code == 200, asked.text
+    assert run_claimed_job(offline_wandb, job_id, WORKER, claim) == jobs.JobStatus(status)
+    (path,) = offline_runs(offline_wandb, job_id)
+    found = wandb_records.finished_records(path)
+    (exit_record,) = wandb_records.of_type(found, "exit")
+    assert exit_record.exit_code == exit_code
+    assert wandb_records.summary(found)["lorasp/status"] == status
 
 
 @pytest.mark.parametrize(
@@ -153,7 +186,7 @@ def test_a_run_whose_training_raised_is_finished_as_failed(offline_wandb: Settin
         pytest.raises(RuntimeError, match="out of memory"),
         integration_callbacks(offline_wandb, job) as found,
     ):
-        (callback,) = found
+        (callback,) = found.callbacks
         callback.on_train_begin(3)
         callback.on_progress(event)
         raise RuntimeError("out of memory")
@@ -163,3 +196,4 @@ def test_a_run_whose_training_raised_is_finished_as_failed(offline_wandb: Settin
     assert "eta_seconds" not in wandb_records.history(records)[0]  # unmeasured, not logged as null
     (exit_record,) = wandb_records.of_type(records, "exit")
     assert exit_record.exit_code == 1
+    assert wandb_records.summary(records)["lorasp/status"] == "failed"

@@ -86,3 +86,12 @@ def config(found: list[Any]) -> dict[str, Any]:
         for item in entry.update:
             merged[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
     return merged
+
+
+def summary(found: list[Any]) -> dict[str, Any]:
+    """The run's summary as its summary records set it, later updates winning."""
+    merged: dict[str, Any] = {}
+    for entry in of_type(found, "summary"):
+        for item in entry.update:
+            merged[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
+    return merged

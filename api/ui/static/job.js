@@ -56,9 +56,10 @@ export async function renderJob(main, jobId, signal) {
   const showHead = () => {
     const post = (verb) => async () => { job = await api(`${path}/${verb}`, { method: "POST" }); showHead(); };
     const buttons = [];
-    if (!TERMINAL.has(job.status) && !job.cancel_requested) buttons.push(actionButton("Cancel", post("cancel")));
-    if (job.status === "paused") buttons.push(actionButton("Resume", post("resume")));
-    else if (!TERMINAL.has(job.status) && !job.pause_requested) buttons.push(actionButton("Pause", post("pause")));
+    const button = (label, verb) => actionButton(label, post(verb), { class: verb, id: `job-${verb}` });
+    if (!TERMINAL.has(job.status) && !job.cancel_requested) buttons.push(button("Cancel", "cancel"));
+    if (job.status === "paused") buttons.push(button("Resume", "resume"));
+    else if (!TERMINAL.has(job.status) && !job.pause_requested) buttons.push(button("Pause", "pause"));
     head.replaceChildren(details(job, latest), h("div", { class: "row" }, buttons));
   };
   const take = (event) => {

@@ -42,17 +42,19 @@ export async function renderModels(main, _param, signal) {
         const state = resident.get(model.id);
         return h("tr", { "data-model-id": model.id }, h("td", {}, model.id), h("td", {}, info.kind ?? ""),
           h("td", {}, info.task ?? ""), h("td", {}, info.base_model ?? ""), h("td", {}, info.rank ?? ""),
-          h("td", {}, state ? (state.pinned ? "pinned" : "yes") : ""),
+          h("td", { class: "resident" }, state ? (state.pinned ? "pinned" : "yes") : ""),
           h("td", {}, adapter ? [
-            actionButton("Download", () => download(model.id)),
-            actionButton("Load", serve(model.id, "load", {})),
-            actionButton(state?.pinned ? "Unpin" : "Pin", serve(model.id, "load", { pin: !state?.pinned })),
-            state ? actionButton("Unload", serve(model.id, "unload")) : null,
+            actionButton("Download", () => download(model.id), { class: "download" }),
+            actionButton("Load", serve(model.id, "load", {}), { class: "load" }),
+            actionButton(state?.pinned ? "Unpin" : "Pin", serve(model.id, "load", { pin: !state?.pinned }),
+              { class: "pin" }),
+            state ? actionButton("Unload", serve(model.id, "unload"), { class: "unload" }) : null,
           ] : []));
       }), { id: "models-table" }));
     residentBox.replaceChildren(loaded.data.length === 0 ? h("p", {}, "None of your adapters is loaded.") : table(
       ["Adapter", "Pinned", "Hits", "Requests", "Tokens", "Mean latency (ms)", "Last used"],
-      loaded.data.map((adapter) => h("tr", {}, h("td", {}, adapter.id), h("td", {}, adapter.pinned ? "yes" : ""),
+      loaded.data.map((adapter) => h("tr", { "data-adapter-id": adapter.id },
+        h("td", {}, adapter.id), h("td", {}, adapter.pinned ? "yes" : ""),
         h("td", { class: "num" }, adapter.hits), h("td", { class: "num" }, adapter.requests),
         h("td", { class: "num" }, adapter.tokens_generated),
         h("td", { class: "num" }, adapter.mean_latency_ms?.toFixed?.(1) ?? ""),
