@@ -14,10 +14,10 @@ together, on a Core connection (`AppResources.read_connection`), answering `unkn
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from functools import cached_property, partial
-from typing import Annotated
+from typing import Annotated, Protocol
 
 import anyio
 from fastapi import Depends, Request
@@ -36,8 +36,12 @@ from lorasp_service.rate_limits import RateLimiter
 from lorasp_service.settings import Settings
 from lorasp_service.storage import BlobStorage
 
-# Sends a committed job id to the workers (tests replace it to record ids without a broker).
-EnqueueJob = Callable[[str], None]
+
+class EnqueueJob(Protocol):
+    """Sends a committed job id to the workers of a resource class (None: "default"); tests replace it
+    to record ids without a broker."""
+
+    def __call__(self, job_id: str, resource_class: str | None = None, /) -> None: ...
 
 
 class AppResources:

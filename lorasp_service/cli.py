@@ -99,16 +99,26 @@ def run_create_key(settings: Settings, tenant_name: str, admin: bool = False) ->
 
 
 def run_worker(settings: Settings, concurrency: int | None, loglevel: str) -> int:
-    from lorasp_service.queue import resume_queue_name
+    from lorasp_service.queue import worker_queue_names
     from worker.app import celery_app
+
+    known = {resource_class.name for resource_class in settings.classes}
+    unknown = [name for name in settings.worker_classes if name not in known]
+    if unknown:
+        print(
+            f"error: LORASP_WORKER_QUEUES names {', '.join(unknown)}, not among the resource classes "
+            f"({', '.join(sorted(known))}; set LORASP_RESOURCE_CLASSES)",
+            file=sys.stderr,
+        )
+        return 2
 
     celery_app.worker_main(
         [
             "worker",
             "--pool=prefork",
             f"--concurrency={concurrency or settings.worker_concurrency}",
-            # The resume queue first: jobs whose worker died run before jobs that never started.
-            f"--queues={resume_queue_name(settings)},{settings.queue_name}",
+            # Resume queues first: jobs whose worker died run before jobs that never started.
+            f"--queues={','.join(worker_queue_names(settings))}",
             f"--loglevel={loglevel}",
             "--hostname=lorasp@%h",
             "--without-gossip",

@@ -98,6 +98,10 @@ class Job(Base):
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     # A pause asked of a running job: its worker checkpoints, stops and moves it to paused.
     pause_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Admission (issue 10): the resource class whose queue runs the job (None: "default") and the peak
+    # memory estimated at creation, in bytes.
+    resource_class: Mapped[str | None] = mapped_column(String(64), default=None)
+    estimated_memory_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     # Claims that followed a user's resume: `attempts - resumes` is what the worker-loss limit counts.
     resumes: Mapped[int] = mapped_column(Integer, default=0, server_default="0")

@@ -33,7 +33,7 @@ from kombu.entity import Exchange, Queue
 from kombu.transport import filesystem
 from kombu.utils.scheduling import FairCycle
 
-from lorasp_service.settings import Settings
+from lorasp_service.settings import DEFAULT_RESOURCE_CLASS, Settings
 
 RUN_JOB_TASK = "lorasp.run_job"
 # Seconds between a soft time limit (the task fails the job cleanly) and the hard kill.
@@ -42,9 +42,29 @@ HARD_TIME_LIMIT_GRACE_SECONDS = 120
 log = logging.getLogger(__name__)
 
 
-def resume_queue_name(settings: Settings) -> str:
-    """The queue of jobs resumed after their worker died: consumed before `settings.queue_name`."""
-    return f"{settings.queue_name}.resume"
+def job_queue_name(settings: Settings, resource_class: str | None = None) -> str:
+    """The queue of a resource class's jobs: `queue_name` for "default" (None), else `<queue_name>.<c>`."""
+    if resource_class is None or resource_class == DEFAULT_RESOURCE_CLASS:
+        return settings.queue_name
+    return f"{settings.queue_name}.{resource_class}"
+
+
+def resume_queue_name(settings: Settings, resource_class: str | None = None) -> str:
+    """The queue of jobs resumed after their worker died: consumed before the class's main queue."""
+    return f"{job_queue_name(settings, resource_class)}.resume"
+
+
+def service_queue_name(settings: Settings) -> str:
+    """Short tasks any worker runs (webhook deliveries), whatever its resource classes."""
+    return f"{settings.queue_name}.service"
+
+
+def worker_queue_names(settings: Settings) -> list[str]:
+    """What a worker consumes, in priority order: the service queue (short tasks), every resume queue
+    of its classes, then their main ones."""
+    classes = settings.worker_classes
+    resumes = [resume_queue_name(settings, c) for c in classes]
+    return [service_queue_name(settings), *resumes, *(job_queue_name(settings, c) for c in classes)]
 
 
 class _ListedOrderCycle(FairCycle):
@@ -119,7 +139,7 @@ def make_celery(settings: Settings) -> Celery:
         task_ignore_result=True,
         task_default_queue=settings.queue_name,
         # A worker consumes both, the resume queue first (see the module docstring).
-        task_queues=[_direct_queue(name) for name in (resume_queue_name(settings), settings.queue_name)],
+        task_queues=[_direct_queue(name) for name in worker_queue_names(settings)],
         task_create_missing_queues=True,
         task_serializer="json",
         accept_content=["json"],
@@ -148,16 +168,20 @@ def _producer(settings: Settings) -> Celery:
     return app
 
 
-def enqueue_job(settings: Settings, job_id: str, *, resume: bool = False) -> None:
-    """Ask a worker to run `job_id`. Call it only after the job row is committed.
+def enqueue_job(
+    settings: Settings, job_id: str, resource_class: str | None = None, *, resume: bool = False
+) -> None:
+    """Ask a worker of `resource_class` to run `job_id`. Call it only after the job row is committed.
 
     `resume=True` for a job that already ran (its worker died): it goes ahead of never-started jobs.
     """
-    queue = resume_queue_name(settings) if resume else settings.queue_name
+    queue = (
+        resume_queue_name(settings, resource_class) if resume else job_queue_name(settings, resource_class)
+    )
     _producer(settings).send_task(RUN_JOB_TASK, args=[job_id], queue=queue)
     log.info("enqueued job %s on queue %s", job_id, queue)
 
 
 def send_task(settings: Settings, name: str, args: list[Any], *, countdown: float | None = None) -> None:
-    """Send any task by name on the settings' queue (`countdown`: run it no earlier than that many s)."""
-    _producer(settings).send_task(name, args=args, queue=settings.queue_name, countdown=countdown)
+    """Send a short task by name on the service queue (`countdown`: run it no earlier than that many s)."""
+    _producer(settings).send_task(name, args=args, queue=service_queue_name(settings), countdown=countdown)

@@ -57,6 +57,15 @@ def _lease_marks(settings: Settings, job_ids: list[str]) -> dict[str, LeaseMark]
         return marks
 
 
+def _resource_classes(settings: Settings, job_ids: list[str]) -> dict[str, str | None]:
+    """Each job's resource class: it is re-sent to its own class's queues (None: "default")."""
+    if not job_ids:
+        return {}
+    with session_scope(settings) as session:
+        rows = session.execute(select(Job.id, Job.resource_class).where(Job.id.in_(job_ids)))
+        return {job_id: resource_class for job_id, resource_class in rows}
+
+
 def requeue_orphaned_jobs(
     settings: Settings,
     *,
@@ -77,6 +86,7 @@ def requeue_orphaned_jobs(
             job_id for job_id in jobs.orphaned_job_ids(settings, include_queued=True) if job_id not in dead
         ]
     marks = _lease_marks(settings, dead) if recently_sent is not None else {}
+    classes = _resource_classes(settings, dead + queued)
     resend_after = RESEND_AFTER_STALE_PERIODS * settings.heartbeat_stale_seconds
     sent: list[str] = []
     for job_id in dead:
@@ -86,11 +96,11 @@ def requeue_orphaned_jobs(
                 continue
             recently_sent[job_id] = (mark, now)
         log.info("re-enqueuing job %s: its worker is gone (dead lease)", job_id)
-        enqueue_job(settings, job_id, resume=True)
+        enqueue_job(settings, job_id, classes.get(job_id), resume=True)
         sent.append(job_id)
     for job_id in queued:
         log.info("re-enqueuing queued job %s: its message may have been lost", job_id)
-        enqueue_job(settings, job_id)
+        enqueue_job(settings, job_id, classes.get(job_id))
         sent.append(job_id)
     if recently_sent is not None:
         for job_id in [job_id for job_id in recently_sent if job_id not in dead]:

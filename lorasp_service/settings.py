@@ -6,8 +6,26 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_RESOURCE_CLASS = "default"
+
+
+class ResourceClass(BaseModel):
+    """What the workers of one Celery queue can hold: jobs go to the smallest class that fits them."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+    memory_gib: float = Field(gt=0)  # usable by one job: RAM on CPU workers, GPU memory on CUDA ones
+    device: Literal["cpu", "cuda"] = "cpu"
+    gpu_type: str | None = None  # informational ("H100"), shown in errors
+
+
+def _host_memory_gib() -> float:
+    """This machine's physical memory: the capacity of the implicit class when none is configured."""
+    import os
+
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
 
 
 class Settings(BaseSettings):
@@ -38,6 +56,11 @@ class Settings(BaseSettings):
     # Queue and worker (Celery). A dedicated queue name lets test sessions share one Redis.
     queue_name: str = "lorasp"
     worker_concurrency: int = 1
+    # Resource classes (JSON list of ResourceClass); none: one "default" class with this host's memory.
+    # Class "default" uses queue_name itself; class C uses "<queue_name>.C".
+    resource_classes: list[ResourceClass] = Field(default_factory=list)
+    # The classes a `lorasp worker` consumes, comma-separated (empty: "default").
+    worker_queues: str = ""
     # Lease of a running job: refreshed every heartbeat interval; a redelivered task takes a job over
     # only once its heartbeat is older than the stale threshold (its worker died).
     heartbeat_interval_seconds: float = 5.0
@@ -117,6 +140,18 @@ class Settings(BaseSettings):
         if self.wandb_dir is None:
             self.wandb_dir = self.home / "wandb"
         return self
+
+    @property
+    def classes(self) -> list[ResourceClass]:
+        """The configured resource classes, smallest first (the implicit "default" when none are)."""
+        if not self.resource_classes:
+            return [ResourceClass(name=DEFAULT_RESOURCE_CLASS, memory_gib=_host_memory_gib())]
+        return sorted(self.resource_classes, key=lambda c: (c.memory_gib, c.name))
+
+    @property
+    def worker_classes(self) -> list[str]:
+        names = [name.strip() for name in self.worker_queues.split(",") if name.strip()]
+        return names or [DEFAULT_RESOURCE_CLASS]
 
     @property
     def blob_dir(self) -> Path:

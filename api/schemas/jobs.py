@@ -48,6 +48,9 @@ class FineTuningJob(BaseModel):
     cancel_requested: bool = False
     # lorasp extension: a pause was asked for while the job runs (the worker checkpoints and pauses it).
     pause_requested: bool = False
+    # lorasp extension: the resource class whose workers run the job and its estimated peak memory.
+    resource_class: str | None = None
+    estimated_memory_bytes: int | None = None
 
     @classmethod
     def from_row(cls, job: Job) -> FineTuningJob:
@@ -74,6 +77,8 @@ class FineTuningJob(BaseModel):
             user_provided_suffix=job.suffix,
             cancel_requested=job.cancel_requested,
             pause_requested=job.pause_requested,
+            resource_class=job.resource_class,
+            estimated_memory_bytes=job.estimated_memory_bytes,
         )
 
 

@@ -17,16 +17,18 @@ from api.schemas.job_requests import CreateFineTuningJobRequest
 from api.services.catalog import FORMATS_FOR_TASK, PREFERENCE_FORMATS
 from api.services.files import lock_files_for_job
 from api.services.job_integrations import check_integrations
-from api.services.job_parent import ParentStructure, resolve_job_base
+from api.services.job_parent import JobBase, ParentStructure, resolve_job_base
 from api.services.job_spec import build_spec
 from api.services.job_tools import check_tool_support
 from api.services.paging import fetch_page, newer_first_after
 from lorasp_service import jobs, model_checkpoints, registry
+from lorasp_service.admission import Admission, InsufficientCapacityError, admit
 from lorasp_service.ids import new_id
+from lorasp_service.jobs import TrainingSpec
 from lorasp_service.jobs.auto import DatasetSize
 from lorasp_service.model_checkpoints import JobCheckpoint
 from lorasp_service.orm import File, Job, JobEvent, Tenant
-from lorasp_service.settings import Settings
+from lorasp_service.settings import DEFAULT_RESOURCE_CLASS, Settings
 from lorasp_service.storage import BlobStorage
 
 logger = logging.getLogger(__name__)
@@ -83,6 +85,20 @@ def _check_parent_labels(training: File, parent: ParentStructure) -> None:
         )
 
 
+def _admit(settings: Settings, base: JobBase, spec: TrainingSpec, training: File) -> Admission:
+    """The resource class to run on; a job that no class can hold is a 400 with the estimate."""
+    longest = (training.stats or {}).get("max_example_tokens")
+    try:
+        return admit(
+            settings, base.source or base.base_model, spec, longest if isinstance(longest, int) else None
+        )
+    except InsufficientCapacityError as error:
+        param = f"method.{spec.method_type}.hyperparameters.batch_size"
+        raise APIError(
+            400, f"Job cannot be admitted: {error}.", param=param, code="insufficient_capacity"
+        ) from None
+
+
 def create_job(
     session: Session,
     settings: Settings,
@@ -115,6 +131,7 @@ def create_job(
         session, tenant.id, {"training_file": training.id, "validation_file": request.validation_file}
     )
     spec = build_spec(request, settings, DatasetSize.of_file(training), base)
+    admission = _admit(settings, base, spec, training)
     job = Job(
         id=new_id("ftjob"),
         tenant_id=tenant.id,
@@ -127,6 +144,8 @@ def create_job(
         user_metadata=request.metadata,
     )
     spec.store_on(job)
+    job.resource_class = admission.resource_class
+    job.estimated_memory_bytes = admission.estimate.total
     job.integrations = stored_integrations(request.integrations)
     session.add(job)
     session.flush()
@@ -141,7 +160,10 @@ def create_job(
 def _send_to_workers(session: Session, job: Job, enqueue: EnqueueJob) -> None:
     """Enqueue after commit (the worker must find the row); a broker failure fails the job visibly."""
     try:
-        enqueue(job.id)
+        if job.resource_class is None or job.resource_class == DEFAULT_RESOURCE_CLASS:
+            enqueue(job.id)
+        else:
+            enqueue(job.id, job.resource_class)
     except Exception as error:
         logger.exception("could not enqueue job %s", job.id)
         error_body = {"code": "queue_unavailable", "message": "The job queue is unreachable.", "param": None}

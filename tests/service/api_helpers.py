@@ -85,12 +85,14 @@ def create_job(client: TestClient, headers: dict[str, str], training_file: str, 
 class EnqueueRecorder:
     def __init__(self) -> None:
         self.job_ids: list[str] = []
+        self.resource_classes: dict[str, str | None] = {}
         self.fail = False
 
-    def __call__(self, job_id: str) -> None:
+    def __call__(self, job_id: str, resource_class: str | None = None, /) -> None:
         if self.fail:
             raise ConnectionError("broker down (test)")
         self.job_ids.append(job_id)
+        self.resource_classes[job_id] = resource_class
 
 
 def run_together(calls: list[Callable[[], Any]]) -> list[Any]:

@@ -1,0 +1,75 @@
+"""Admission before work: estimate a job's peak memory at creation and pick the resource class to run it.
+
+Workers declare what they can hold as resource classes (`LORASP_RESOURCE_CLASSES`) and consume the
+Celery queues of theirs (`LORASP_WORKER_QUEUES`, see `lorasp_service.queue.job_queue_name`). A job
+goes to the smallest class whose memory holds its estimate; one that no class can hold is refused with
+the estimate and the largest capacity, before it waits in a queue and fails an hour later.
+
+The estimate (`lorasp_core.memory_estimate`) depends on the device: a CUDA class trains under bf16
+autocast (activations at 2 bytes), a CPU class in the job's precision. The sequence length is the
+longest the job can batch: its max_length, or the training file's longest example when shorter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lorasp_core.memory_estimate import GIB, MemoryEstimate, TrainingShape, estimate_training_memory
+from lorasp_core.models.skeleton import model_skeleton
+from lorasp_service.jobs.spec import TrainingSpec
+from lorasp_service.settings import ResourceClass, Settings
+
+
+class InsufficientCapacityError(Exception):
+    """No configured resource class can hold the job."""
+
+    def __init__(self, estimate: MemoryEstimate, largest: ResourceClass) -> None:
+        self.estimate = estimate
+        self.largest = largest
+        where = f"{largest.device}" + (f", {largest.gpu_type}" if largest.gpu_type else "")
+        super().__init__(
+            f"the job needs an estimated {estimate.describe()} of memory, more than the largest worker "
+            f"class holds ('{largest.name}': {largest.memory_gib:.1f} GiB, {where}); lower batch_size or "
+            "max_length, or add a larger resource class"
+        )
+
+
+@dataclass(frozen=True)
+class Admission:
+    resource_class: str
+    estimate: MemoryEstimate
+
+
+def job_shape(
+    spec: TrainingSpec, longest_example_tokens: int | None, resource_class: ResourceClass
+) -> TrainingShape:
+    sequence_length = spec.max_length
+    if longest_example_tokens is not None and longest_example_tokens > 0:
+        sequence_length = min(sequence_length, longest_example_tokens)
+    return TrainingShape(
+        batch_size=spec.batch_size,
+        sequence_length=sequence_length,
+        weight_dtype="float32",  # the worker loads the frozen base in float32 today
+        compute_dtype="bfloat16" if resource_class.device == "cuda" else "float32",
+        device=resource_class.device,
+    )
+
+
+def admit(
+    settings: Settings, model: str, spec: TrainingSpec, longest_example_tokens: int | None
+) -> Admission:
+    """The smallest resource class that holds the job; InsufficientCapacityError if none does.
+
+    `model`: the catalog name or the registered model's store directory (what the skeleton reads).
+    """
+    skeleton = model_skeleton(model, settings.model_cache_dir)
+    lora = spec.to_lora_config()
+    estimate: MemoryEstimate | None = None
+    for resource_class in settings.classes:  # smallest first
+        estimate = estimate_training_memory(
+            skeleton, lora, job_shape(spec, longest_example_tokens, resource_class)
+        )
+        if estimate.total <= resource_class.memory_gib * GIB:
+            return Admission(resource_class.name, estimate)
+    assert estimate is not None  # settings.classes is never empty
+    raise InsufficientCapacityError(estimate, settings.classes[-1])
