@@ -55,6 +55,8 @@ def dpo_config(**overrides: object) -> TrainConfig:
         "learning_rate": 5e-2,
         "device": "cpu",
         "seed": 3,
+        # fp32 whatever the CPU: the references below are computed in fp32 ("auto" is bf16 on some CPUs)
+        "mixed_precision": "no",
     }
     values.update(overrides)
     return TrainConfig(**values)  # type: ignore[arg-type]
