@@ -135,7 +135,9 @@ def job_id(stack: Stack, settings: Settings) -> Iterator[str]:
         session.commit()
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: Playwright's sync API keeps an asyncio loop running in the main thread while
+# it is open, and tests after the /ui modules (asyncio.run in tests/service) must not find one.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     """Debian's headless chromium driven by Playwright (nothing downloaded), for the /ui tests."""
     executable = shutil.which("chromium")
