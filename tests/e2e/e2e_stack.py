@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import sqlalchemy as sa
+from openai.types.fine_tuning import FineTuningJob
 
 from lorasp_service.db import session_scope
 from lorasp_service.orm import File, Job, Tenant
@@ -249,3 +251,18 @@ def insert_queued_job(settings: Settings, tag: str, tenant_name: str) -> str:
         )
         session.commit()
     return f"ftjob-{tag}"
+
+
+def openai_client(stack: Stack) -> openai.OpenAI:
+    """The official client on the stack's API, failing fast (no retries)."""
+    return openai.OpenAI(api_key=stack.api_key, base_url=stack.base_url + "/v1", max_retries=0, timeout=60)
+
+
+def poll_until_finished(client: openai.OpenAI, job: FineTuningJob, timeout: float = 240) -> FineTuningJob:
+    """Poll `job` through the client until it ends."""
+    deadline = time.monotonic() + timeout
+    while job.status not in ("succeeded", "failed", "cancelled"):
+        assert time.monotonic() < deadline, f"job {job.id} still {job.status}"
+        time.sleep(0.5)
+        job = client.fine_tuning.jobs.retrieve(job.id)
+    return job

@@ -11,16 +11,13 @@ from __future__ import annotations
 
 import io
 import tarfile
-import time
 from pathlib import Path
 
 import httpx
-import openai
 import pytest
 import sqlalchemy as sa
 import torch
-from e2e_stack import Stack, chat_rows, jsonl
-from openai.types.fine_tuning import FineTuningJob
+from e2e_stack import Stack, chat_rows, jsonl, openai_client, poll_until_finished
 
 from lorasp_core.layers import LoraSPLinear
 from lorasp_core.models.tiny import tiny_random_llama
@@ -32,19 +29,6 @@ pytestmark = pytest.mark.services
 PARENT_SEED, CHILD_SEED = 11, 12
 # 8 rows / batch 4 = 2 steps an epoch: the parent's 2 epochs leave a checkpoint model at step 2.
 SMALL = {"batch_size": 4}
-
-
-def _client(stack: Stack) -> openai.OpenAI:
-    return openai.OpenAI(api_key=stack.api_key, base_url=stack.base_url + "/v1", max_retries=0, timeout=60)
-
-
-def _finished(client: openai.OpenAI, job: FineTuningJob, timeout: float = 240) -> FineTuningJob:
-    deadline = time.monotonic() + timeout
-    while job.status not in ("succeeded", "failed", "cancelled"):
-        assert time.monotonic() < deadline, f"job {job.id} still {job.status}"
-        time.sleep(0.5)
-        job = client.fine_tuning.jobs.retrieve(job.id)
-    return job
 
 
 def _download(stack: Stack, model_id: str, into: Path) -> Path:
@@ -70,13 +54,13 @@ def _dense(layer: LoraSPLinear, matrix: str) -> torch.Tensor:
 def test_children_start_from_the_parents_weights_under_its_mask(
     stack: Stack, worker: Path, tmp_path: Path
 ) -> None:
-    client = _client(stack)
+    client = openai_client(stack)
     training = client.files.create(file=("t.jsonl", io.BytesIO(jsonl(chat_rows(8)))), purpose="fine-tune")
     method = {"type": "supervised", "supervised": {"hyperparameters": {**SMALL, "n_epochs": 2}}}
     parent = client.fine_tuning.jobs.create(
         model="tiny-random-llama", training_file=training.id, seed=PARENT_SEED, method=method
     )
-    parent = _finished(client, parent)
+    parent = poll_until_finished(client, parent)
     assert parent.status == "succeeded", parent.error
     final = parent.fine_tuned_model
     assert final is not None
@@ -89,7 +73,7 @@ def test_children_start_from_the_parents_weights_under_its_mask(
         for name, model in (("child", final), ("fromckpt", checkpoint), ("fresh", "tiny-random-llama"))
     }
     assert jobs["child"].model == final and jobs["fromckpt"].model == checkpoint
-    done = {name: _finished(client, job) for name, job in jobs.items()}
+    done = {name: poll_until_finished(client, job) for name, job in jobs.items()}
     for job in done.values():
         assert job.status == "succeeded", job.error
         assert job.fine_tuned_model is not None and job.fine_tuned_model.startswith("ft:tiny-random-llama:")
@@ -127,12 +111,12 @@ def _classification_rows(labels: tuple[str, ...], count: int) -> list[dict[str, 
 
 
 def test_a_classifier_continues_on_a_subset_of_its_labels(stack: Stack, worker: Path, tmp_path: Path) -> None:
-    client = _client(stack)
+    client = openai_client(stack)
     both = client.files.create(
         file=("b.jsonl", io.BytesIO(jsonl(_classification_rows(("neg", "pos"), 8)))), purpose="fine-tune"
     )
     method = {"type": "supervised", "supervised": {"hyperparameters": {**SMALL, "n_epochs": 1}}}
-    parent = _finished(
+    parent = poll_until_finished(
         client,
         client.fine_tuning.jobs.create(
             model="tiny-random-bert", training_file=both.id, seed=PARENT_SEED, method=method
@@ -142,7 +126,7 @@ def test_a_classifier_continues_on_a_subset_of_its_labels(stack: Stack, worker: 
     only_pos = client.files.create(
         file=("p.jsonl", io.BytesIO(jsonl(_classification_rows(("pos",), 8)))), purpose="fine-tune"
     )
-    child = _finished(
+    child = poll_until_finished(
         client,
         client.fine_tuning.jobs.create(
             model=parent.fine_tuned_model, training_file=only_pos.id, seed=CHILD_SEED, method=method
@@ -156,11 +140,11 @@ def test_a_classifier_continues_on_a_subset_of_its_labels(stack: Stack, worker: 
 
 def test_a_parent_gone_before_the_worker_loads_it_fails_the_job(stack: Stack, tmp_path: Path) -> None:
     """The API keeps a model in use; an epoch checkpoint its own running job prunes is not kept."""
-    client = _client(stack)
+    client = openai_client(stack)
     training = client.files.create(file=("t.jsonl", io.BytesIO(jsonl(chat_rows(4)))), purpose="fine-tune")
     method = {"type": "supervised", "supervised": {"hyperparameters": {**SMALL, "n_epochs": 2}}}
     stack.ensure_workers(1)
-    parent = _finished(
+    parent = poll_until_finished(
         client,
         client.fine_tuning.jobs.create(
             model="tiny-random-llama", training_file=training.id, seed=PARENT_SEED, method=method
@@ -173,7 +157,7 @@ def test_a_parent_gone_before_the_worker_loads_it_fails_the_job(stack: Stack, tm
     with stack.engine.begin() as conn:
         conn.execute(sa.text("DELETE FROM adapters WHERE id = :id"), {"id": checkpoint})
     stack.ensure_workers(1)
-    child = _finished(client, child)
+    child = poll_until_finished(client, child)
     assert child.status == "failed" and child.error is not None
     assert (child.error.code, child.error.param) == ("model_not_available", "model")
     assert checkpoint in child.error.message

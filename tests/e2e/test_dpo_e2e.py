@@ -6,13 +6,12 @@ from __future__ import annotations
 import csv
 import io
 import math
-import time
 from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
-from e2e_stack import Stack, chat_rows, jsonl
+from e2e_stack import Stack, chat_rows, jsonl, openai_client, poll_until_finished
 from openai.types.fine_tuning import FineTuningJob
 
 pytestmark = pytest.mark.services
@@ -36,19 +35,6 @@ def preference_rows(count: int) -> list[dict[str, Any]]:
     return rows
 
 
-def _client(stack: Stack) -> openai.OpenAI:
-    return openai.OpenAI(api_key=stack.api_key, base_url=stack.base_url + "/v1", max_retries=0, timeout=60)
-
-
-def _finished(client: openai.OpenAI, job: FineTuningJob, timeout: float = 240) -> FineTuningJob:
-    deadline = time.monotonic() + timeout
-    while job.status not in ("succeeded", "failed", "cancelled"):
-        assert time.monotonic() < deadline, f"job {job.id} still {job.status}"
-        time.sleep(0.5)
-        job = client.fine_tuning.jobs.retrieve(job.id)
-    return job
-
-
 def _step_metrics(client: openai.OpenAI, job: FineTuningJob) -> dict[int, dict[str, Any]]:
     events = client.fine_tuning.jobs.list_events(job.id, limit=100)
     return {event.data["step"]: event.data for event in events if event.type == "metrics"}  # type: ignore[index]
@@ -63,11 +49,11 @@ def _dpo_job(client: openai.OpenAI, model: str, training_file: str) -> FineTunin
         seed=3,
         method=method,  # type: ignore[arg-type]
     )
-    return _finished(client, job)
+    return poll_until_finished(client, job)
 
 
 def test_a_dpo_job_trains_reports_its_rewards_and_its_model_chats(stack: Stack, worker: Path) -> None:
-    client = _client(stack)
+    client = openai_client(stack)
     pairs = client.files.create(
         file=("pairs.jsonl", io.BytesIO(jsonl(preference_rows(8)))), purpose="fine-tune"
     )
@@ -102,10 +88,10 @@ def test_a_dpo_job_trains_reports_its_rewards_and_its_model_chats(stack: Stack, 
 def test_dpo_continues_from_a_supervised_model_whose_adapter_is_the_reference(
     stack: Stack, worker: Path
 ) -> None:
-    client = _client(stack)
+    client = openai_client(stack)
     chats = client.files.create(file=("sft.jsonl", io.BytesIO(jsonl(chat_rows(8)))), purpose="fine-tune")
     method = {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 4}}}
-    sft = _finished(
+    sft = poll_until_finished(
         client,
         client.fine_tuning.jobs.create(
             model="tiny-random-llama",
