@@ -60,9 +60,11 @@ def _too_many(error: RateLimitExceededError) -> APIError:
     return api_error
 
 
-async def charge(request: Request, resources: ResourcesDep, tenant_id: str, tokens: int = 0) -> None:
+async def charge(
+    request: Request, resources: ResourcesDep, tenant_id: str, tenant_name: str, tokens: int = 0
+) -> None:
     try:
-        outcome = await resources.rate_limiter.charge(tenant_id, tokens)
+        outcome = await resources.rate_limiter.charge(tenant_id, tokens, tenant_name=tenant_name)
     except RateLimitExceededError as error:
         raise _too_many(error) from error
     if outcome is not None:
@@ -70,7 +72,7 @@ async def charge(request: Request, resources: ResourcesDep, tenant_id: str, toke
 
 
 async def limit_request(request: Request, resources: ResourcesDep, tenant: CurrentTenant) -> None:
-    await charge(request, resources, tenant.id)
+    await charge(request, resources, tenant.id, tenant.name)
 
 
 # For a router's or a route's `dependencies=[...]`: counts one request of the authenticated tenant.
@@ -89,21 +91,21 @@ def chat_tokens(body: ChatCompletionRequest) -> int:
 async def charged_chat_body(
     request: Request, resources: ResourcesDep, tenant: CurrentTenant, body: ChatCompletionRequest
 ) -> ChatCompletionRequest:
-    await charge(request, resources, tenant.id, chat_tokens(body))
+    await charge(request, resources, tenant.id, tenant.name, chat_tokens(body))
     return body
 
 
 async def charged_completion_body(
     request: Request, resources: ResourcesDep, tenant: CurrentTenant, body: CompletionRequest
 ) -> CompletionRequest:
-    await charge(request, resources, tenant.id, _tokens(body.prompt) + body.max_tokens)
+    await charge(request, resources, tenant.id, tenant.name, _tokens(body.prompt) + body.max_tokens)
     return body
 
 
 async def charged_classification_body(
     request: Request, resources: ResourcesDep, tenant: CurrentTenant, body: ClassificationRequest
 ) -> ClassificationRequest:
-    await charge(request, resources, tenant.id, sum(_tokens(text) for text in body.texts()))
+    await charge(request, resources, tenant.id, tenant.name, sum(_tokens(text) for text in body.texts()))
     return body
 
 

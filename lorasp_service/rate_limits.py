@@ -86,35 +86,56 @@ def _storage(url: str) -> Storage:
     return MemoryStorage()
 
 
+Limits = list[tuple[LimitKind, RateLimitItem]]
+
+
 class RateLimiter:
-    """The deployment's limits (settings), counted per tenant id in one storage."""
+    """The deployment's limits (settings), each tenant's overrides, counted per tenant id in one storage."""
 
     def __init__(self, settings: Settings) -> None:
         self.requests_per_minute = settings.rate_limit_rpm
         self.tokens_per_minute = settings.rate_limit_tpm
         self._key_prefix = settings.broker_key_prefix  # isolates deployments sharing a Redis db
-        self._items = self._limits()
-        storage = _storage(settings.rate_limit_storage) if self._items else None
+        self._items = self._limits(self.requests_per_minute, self.tokens_per_minute)
+        self._tenant_items = {
+            name: self._limits(
+                self.requests_per_minute if own.rpm is None else own.rpm,
+                self.tokens_per_minute if own.tpm is None else own.tpm,
+            )
+            for name, own in settings.rate_limit_tenants.items()
+        }
+        anything_limited = bool(self._items) or any(self._tenant_items.values())
+        storage = _storage(settings.rate_limit_storage) if anything_limited else None
         self._strategy = None if storage is None else SlidingWindowCounterRateLimiter(storage)
 
-    def _limits(self) -> list[tuple[LimitKind, RateLimitItem]]:
-        items: list[tuple[LimitKind, RateLimitItem]] = []
+    def _limits(self, requests_per_minute: int, tokens_per_minute: int) -> Limits:
+        # The library's key includes the amount, so a tenant moved to other limits starts fresh windows.
+        items: Limits = []
         for kind, amount in (
-            (LimitKind.REQUESTS, self.requests_per_minute),
-            (LimitKind.TOKENS, self.tokens_per_minute),
+            (LimitKind.REQUESTS, requests_per_minute),
+            (LimitKind.TOKENS, tokens_per_minute),
         ):
             if amount > 0:
                 items.append((kind, RateLimitItemPerMinute(amount, namespace=f"{self._key_prefix}{kind}")))
         return items
 
-    async def charge(self, tenant_id: str, tokens: int = 0) -> RateLimitOutcome | None:
-        """Count one request of `tokens` tokens for the tenant; None when nothing is limited.
+    def limits_for(self, tenant_name: str | None) -> Limits:
+        """The tenant's own limits when the settings name it, else the deployment's."""
+        if tenant_name is not None and tenant_name in self._tenant_items:
+            return self._tenant_items[tenant_name]
+        return self._items
+
+    async def charge(
+        self, tenant_id: str, tokens: int = 0, *, tenant_name: str | None = None
+    ) -> RateLimitOutcome | None:
+        """Count one request of `tokens` tokens for the tenant; None when nothing limits it.
 
         The request window is tested first, then the tokens are taken, then the request: each take is
         atomic, so concurrent API processes never overshoot; a refused request takes nothing more."""
-        if self._strategy is None:
+        limits = self.limits_for(tenant_name)
+        if self._strategy is None or not limits:
             return None
-        strategy, limits = self._strategy, self._items
+        strategy = self._strategy
         costs = {LimitKind.REQUESTS: 1, LimitKind.TOKENS: tokens}
         try:
             refused = await self._take(strategy, limits, costs, tenant_id)
@@ -132,7 +153,7 @@ class RateLimiter:
     @staticmethod
     async def _take(
         strategy: SlidingWindowCounterRateLimiter,
-        limits: list[tuple[LimitKind, RateLimitItem]],
+        limits: Limits,
         costs: dict[LimitKind, int],
         tenant_id: str,
     ) -> LimitKind | None:

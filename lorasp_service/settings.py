@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_RESOURCE_CLASS = "default"
@@ -19,6 +19,14 @@ class ResourceClass(BaseModel):
     memory_gib: float = Field(gt=0)  # usable by one job: RAM on CPU workers, GPU memory on CUDA ones
     device: Literal["cpu", "cuda"] = "cpu"
     gpu_type: str | None = None  # informational ("H100"), shown in errors
+
+
+class TenantRateLimits(BaseModel):
+    """One tenant's own limits (per minute), overriding the deployment's; None keeps its default."""
+
+    model_config = ConfigDict(extra="forbid")
+    rpm: int | None = Field(default=None, ge=0)  # 0 = unlimited for this tenant
+    tpm: int | None = Field(default=None, ge=0)
 
 
 def _host_memory_gib() -> float:
@@ -124,6 +132,9 @@ class Settings(BaseSettings):
     rate_limit_tpm: int = Field(default=0, ge=0)
     rate_limit_storage_url: str = Field(default="", pattern=r"^(|redis://.*|rediss://.*|memory://)$")
     # ("": broker_url when it is Redis, else memory://)
+    # Per-tenant overrides by tenant name (the name `lorasp admin create-key --tenant` takes), e.g.
+    # LORASP_RATE_LIMIT_TENANTS='{"acme": {"rpm": 600, "tpm": 200000}, "batch": {"rpm": 0}}'.
+    rate_limit_tenants: dict[str, TenantRateLimits] = Field(default_factory=dict)
     # GET /metrics (Prometheus text format). Off by default: it is unauthenticated, so expose it only
     # where the scraper is (its figures name base models and adapter ids, never keys or tenants).
     metrics_enabled: bool = False

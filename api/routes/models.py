@@ -46,7 +46,7 @@ def _list_models_blocking(resources: AppResources, key: str) -> model_service.Ke
 async def list_models(request: Request, resources: ResourcesDep, credentials: BearerDep) -> Response:
     key = presented_key(credentials)
     listing = await run_in_threadpool(_list_models_blocking, resources, key)
-    await charge(request, resources, listing.tenant_id)
+    await charge(request, resources, listing.tenant_id, listing.tenant_name)
     # Serialized here, once: the models are validated as they are built, so FastAPI's second
     # validation against `response_model` (kept for the schema) would only repeat it.
     return Response(ModelList(data=listing.models).model_dump_json(), media_type="application/json")

@@ -41,8 +41,9 @@ _ADAPTER_COLUMNS = (
 # first (id breaks ties for a stable order). No row: the key is unknown or revoked; a row without an
 # adapter id: the tenant has none.
 _MODELS_FOR_KEY = (
-    select(ApiKey.tenant_id.label("key_tenant_id"), *_ADAPTER_COLUMNS)
+    select(ApiKey.tenant_id.label("key_tenant_id"), Tenant.name.label("key_tenant_name"), *_ADAPTER_COLUMNS)
     .select_from(ApiKey)
+    .join(Tenant, Tenant.id == ApiKey.tenant_id)
     .outerjoin(Adapter, Adapter.tenant_id == ApiKey.tenant_id)
     .where(active_key_with_hash(bindparam("key_hash")))
     .order_by(Adapter.created_at.desc(), Adapter.id)
@@ -52,6 +53,7 @@ _MODELS_FOR_KEY = (
 @dataclass(frozen=True)
 class KeyModels:
     tenant_id: str  # the key's tenant (what the rate limit counts against)
+    tenant_name: str  # (what its own rate limits are configured by)
     models: list[ModelObject]
 
 
@@ -65,7 +67,7 @@ def list_models_for_key(connection: Connection, settings: Settings, key_hash: st
     tenant_id = rows[0].key_tenant_id
     offered = base_models.offered_rows(connection, settings, tenant_id)
     base = [ModelObject.base(row.name, row.task, row.description) for row in offered]
-    return KeyModels(tenant_id, base + adapters)
+    return KeyModels(tenant_id, rows[0].key_tenant_name, base + adapters)
 
 
 def _model_not_found(model_id: str) -> APIError:

@@ -3,17 +3,21 @@ processes) or in process (the embedded default), requests on every tenant route,
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import openai
 import pytest
+import sqlalchemy as sa
 from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session
 
 from api.main import create_app
+from lorasp_service.auth import create_tenant_with_key
 from lorasp_service.rate_limits import openai_duration
-from lorasp_service.settings import Settings
+from lorasp_service.settings import Settings, TenantRateLimits
 
 LLAMA = "tiny-random-llama"
 MESSAGES = [{"role": "user", "content": "Say something"}]  # 13 characters: 4 tokens by the estimate
@@ -106,6 +110,48 @@ def test_the_in_process_limiter_works_without_redis(
         refused = first.get("/v1/files", headers=tenant)
         assert refused.status_code == 429 and refused.json()["error"]["type"] == "requests"
         assert remaining(second.get("/v1/files", headers=tenant)) == 1  # another process, its own count
+
+
+def test_a_tenant_named_in_the_settings_gets_its_own_limits(
+    api_settings: Settings, db_engine: sa.Engine, make_tenant: Callable[[], dict[str, str]]
+) -> None:
+    """LORASP_RATE_LIMIT_TENANTS overrides the defaults by tenant name; an unset kind keeps the default,
+    0 lifts a limit; tenants not named keep the deployment's limits."""
+    name = f"vip-{secrets.token_hex(4)}"
+    with Session(db_engine) as session:
+        _, key = create_tenant_with_key(session, name)
+        session.commit()
+    vip, ordinary = {"Authorization": f"Bearer {key}"}, make_tenant()
+    overrides = {name: TenantRateLimits(rpm=5)}
+    with limited_client(
+        api_settings, rate_limit_rpm=1, rate_limit_tpm=50, rate_limit_tenants=overrides
+    ) as client:
+        first = client.get("/v1/files", headers=vip)
+        assert first.headers["x-ratelimit-limit-requests"] == "5" and remaining(first) == 4
+        body = {"model": LLAMA, "prompt": "Hi", "max_tokens": 60}  # 61 tokens: over the default 50 tpm
+        too_large = client.post("/v1/completions", headers=vip, json=body)
+        assert too_large.status_code == 429 and too_large.json()["error"]["type"] == "tokens"
+        assert client.get("/v1/files", headers=ordinary).headers["x-ratelimit-limit-requests"] == "1"
+        assert client.get("/v1/files", headers=ordinary).status_code == 429  # the default: 1 per minute
+        assert client.get("/v1/files", headers=vip).status_code == 200
+
+    lifted = {name: TenantRateLimits(rpm=0, tpm=0)}
+    with limited_client(api_settings, rate_limit_rpm=1, rate_limit_tenants=lifted) as client:
+        for _ in range(3):
+            response = client.get("/v1/files", headers=vip)
+            assert response.status_code == 200 and "x-ratelimit-limit-requests" not in response.headers
+
+
+def test_tenant_overrides_parse_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(
+        "LORASP_RATE_LIMIT_TENANTS", '{"acme": {"rpm": 600, "tpm": 200000}, "batch": {"rpm": 0}}'
+    )
+    settings = Settings()
+    assert settings.rate_limit_tenants["acme"] == TenantRateLimits(rpm=600, tpm=200000)
+    assert settings.rate_limit_tenants["batch"].tpm is None
+    monkeypatch.setenv("LORASP_RATE_LIMIT_TENANTS", '{"acme": {"rpm": -1}}')
+    with pytest.raises(ValueError, match="rpm"):
+        Settings()
 
 
 def test_an_unreachable_redis_fails_open(
