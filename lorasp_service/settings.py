@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_RESOURCE_CLASS = "default"
 
@@ -132,7 +133,8 @@ class Settings(BaseSettings):
     # and adapter calls to (JSON list of base URLs). Empty: the API runs the serving engine itself (the
     # embedded default). With URLs the API holds no model; the processes read adapters from the same
     # database and storage. Their internal API is authenticated by inference_secret (same on both sides).
-    inference_urls: list[str] = Field(default_factory=list)
+    # A JSON list or comma-separated.
+    inference_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
     inference_secret: SecretStr | None = None
     # `lorasp inference` binds here unless --host / --port say otherwise.
     inference_host: str = "127.0.0.1"
@@ -142,6 +144,18 @@ class Settings(BaseSettings):
     inference_retry_backoff_seconds: float = Field(default=1.0, ge=0)
     inference_connect_timeout_seconds: float = Field(default=2.0, gt=0)
     inference_read_timeout_seconds: float = Field(default=300.0, gt=0)
+
+    @field_validator("inference_urls", mode="before")
+    @classmethod
+    def _split_urls(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            return (
+                json.loads(text)
+                if text.startswith("[")
+                else [u.strip() for u in text.split(",") if u.strip()]
+            )
+        return value
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:
