@@ -17,7 +17,6 @@ import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -72,7 +71,13 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 @pytest.fixture(scope="module")
 def tier(stack: Stack) -> Iterator[Tier]:
     secret = secrets.token_hex(16)
-    env = dict(stack.env, LORASP_INFERENCE_SECRET=secret)
+    # Room for every adapter on one process (the survivor holds them all): nothing evicted in the test.
+    env = dict(
+        stack.env,
+        LORASP_INFERENCE_SECRET=secret,
+        LORASP_SERVING_MAX_ADAPTERS="16",
+        LORASP_SERVING_MAX_RESIDENT_PER_TENANT="16",
+    )
     ports = [free_port(), free_port()]
     urls = [f"http://127.0.0.1:{port}" for port in ports]
     processes: dict[str, subprocess.Popen[bytes]] = {}
@@ -158,6 +163,12 @@ def test_affinity_spread_and_failover_with_no_model_in_the_api(tier: Tier, tmp_p
     listed = tier.api.get("/adapters/loaded").json()["data"]
     assert {entry["id"] for entry in listed} == set(adapters)  # the API lists the processes' adapters
 
+    # An engine error on the process is the API's usual typed answer (ValueError -> 400), not a 500.
+    too_long = tier.api.post("/completions", json={"model": adapters[0], "prompt": "ab", "max_tokens": 10**6})
+    assert too_long.status_code == 400, too_long.text
+    assert too_long.json()["error"]["code"] == "invalid_request"
+    assert "exceeds the model's context" in too_long.json()["error"]["message"]
+
     dead, survivor = tier.urls
     tier.processes[dead].send_signal(signal.SIGKILL)
     tier.processes[dead].wait(30)
@@ -165,12 +176,11 @@ def test_affinity_spread_and_failover_with_no_model_in_the_api(tier: Tier, tmp_p
     assert statuses.count(200) >= len(statuses) - 1, statuses  # at most one failed request
     assert set(adapters) <= tier.hot(survivor)  # the dead one's adapters moved (loaded from the registry)
 
-    streamed: list[dict[str, Any]] = []
     body = {"model": adapters[0], "prompt": "ab", "max_tokens": 3, "stream": True}
     with tier.api.stream("POST", "/completions", json=body) as response:
         assert response.status_code == 200
-        streamed = [{"line": line} for line in response.iter_lines() if line.startswith("data: ")]
-    assert streamed[-1] == {"line": "data: [DONE]"}
+        events = [line for line in response.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "data: [DONE]" and not any('"error"' in event for event in events)
 
     assert RESIDENT_LOG not in tier.serve_log.read_text()  # the API process loaded no model
     assert all(RESIDENT_LOG in tier.logs[url].read_text() for url in tier.urls)
