@@ -95,7 +95,10 @@ class InferenceRouter:
             except httpx.HTTPError as error:
                 self._mark_down(url, type(error).__name__)
                 continue
-            self._mark_up(url) if ok else self._mark_down(url, f"health answered {response.status_code}")
+            if ok:
+                self._mark_up(url)
+            else:
+                self._mark_down(url, f"health answered {response.status_code}")
 
     def _check_health_forever(self) -> None:
         while not self._stop.wait(self._health_interval):

@@ -15,7 +15,13 @@ from api.inference_tier import wire
 from api.inference_tier.remote_stream import RemoteGenerationStream
 from api.inference_tier.rendezvous import rendezvous_order, routing_key
 from api.inference_tier.router import InferenceRouter
-from lorasp_core.serving import GenerationChunk, GenerationRequest, GenerationStream, UnknownAdapterError
+from lorasp_core.serving import (
+    AdapterCacheCounters,
+    GenerationChunk,
+    GenerationRequest,
+    GenerationStream,
+    UnknownAdapterError,
+)
 from lorasp_service.settings import Settings
 
 URLS = ["http://inference-a:8100", "http://inference-b:8100"]
@@ -54,6 +60,10 @@ class FakeProcesses:
             if self.cut_streams:
                 return httpx.Response(200, content=self._cut())
             return httpx.Response(200, content=FULL_ANSWER, headers={"x-process": origin})
+        if request.url.path == "/figures":
+            counters = {"hits": 3, "loads": 2, "evictions": 1}
+            figures = {"pending_requests": 1, "batch_sizes": [2, 1], "cache_counters": counters}
+            return httpx.Response(200, json={**figures, "resident_adapters": 2})
         if request.url.path == "/health":
             return httpx.Response(200, json={"status": "ok", "name": origin, "hot": []})
         raise AssertionError(f"unexpected {request.method} {request.url}")
@@ -167,3 +177,13 @@ def test_nothing_reachable_is_an_unavailable_error(router: InferenceRouter, proc
     with pytest.raises(wire.InferenceUnavailableError):
         router.generate(request_for(adapter_preferring(URLS[0])))
     assert processes.attempts == Counter(dict.fromkeys(URLS, 1))
+
+
+def test_the_metrics_figures_are_summed_over_the_reachable_processes(
+    router: InferenceRouter, processes: FakeProcesses
+) -> None:
+    assert router.pending_requests() == 2
+    assert sorted(router.batch_sizes) == [1, 1, 2, 2]
+    assert router.cache_counters() == AdapterCacheCounters(hits=6, loads=4, evictions=2)
+    assert router.resident_adapter_count() == 4
+    assert processes.attempts == Counter(dict.fromkeys(URLS, 1))  # one fetch per process per scrape
