@@ -27,8 +27,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from api.errors import APIError, invalid_api_key
-from api.services.serving import build_serving_engine
-from lorasp_core.serving import ServingEngine
+from api.inference_tier.backend import ServingBackend
+from api.services.serving import build_serving_backend
 from lorasp_service.auth import SHOWN_KEY_CHARS, is_admin_key, tenant_for_key
 from lorasp_service.db import SETTINGS_INFO_KEY, make_engine
 from lorasp_service.orm import Tenant
@@ -45,10 +45,11 @@ class EnqueueJob(Protocol):
 
 
 class AppResources:
-    def __init__(self, settings: Settings, serving_engine: ServingEngine | None = None) -> None:
+    def __init__(self, settings: Settings, serving_engine: ServingBackend | None = None) -> None:
         self.settings = settings
-        # One ServingEngine per app: built on first use (unless injected), closed at shutdown if ours.
-        self._serving: ServingEngine | None = serving_engine
+        # One serving backend per app, built on first use (unless injected), closed at shutdown if ours:
+        # the in-process ServingEngine, or an InferenceRouter when inference processes are configured.
+        self._serving: ServingBackend | None = serving_engine
         self._owns_serving = serving_engine is None
         self._serving_lock = threading.Lock()
 
@@ -84,15 +85,19 @@ class AppResources:
         return RateLimiter(self.settings)
 
     @property
-    def serving(self) -> ServingEngine:
+    def serving(self) -> ServingBackend:
         with self._serving_lock:
             if self._serving is None:
-                self._serving = build_serving_engine(self.settings)
+                self._serving = build_serving_backend(self.settings)
             return self._serving
 
     @property
-    def started_serving(self) -> ServingEngine | None:
-        """The engine if it exists already (hooks such as model deletion must not start one)."""
+    def started_serving(self) -> ServingBackend | None:
+        """The engine if it exists already (hooks such as model deletion must not start one). A router
+        holds no model, so it always counts as started: a deleted adapter is unloaded from the processes
+        even by an API process that never served."""
+        if self.settings.inference_urls:
+            return self.serving
         return self._serving
 
     def close(self) -> None:
@@ -204,14 +209,14 @@ def get_enqueue(settings: SettingsDep) -> EnqueueJob:
 EnqueueDep = Annotated[EnqueueJob, Depends(get_enqueue)]
 
 
-def get_serving_engine(resources: ResourcesDep) -> ServingEngine:
+def get_serving_engine(resources: ResourcesDep) -> ServingBackend:
     return resources.serving
 
 
-async def get_started_serving_engine(resources: ResourcesDep) -> ServingEngine | None:
+async def get_started_serving_engine(resources: ResourcesDep) -> ServingBackend | None:
     return resources.started_serving
 
 
-# The app's ServingEngine (created on first use); StartedEngineDep is None until something used it.
-EngineDep = Annotated[ServingEngine, Depends(get_serving_engine)]
-StartedEngineDep = Annotated[ServingEngine | None, Depends(get_started_serving_engine)]
+# The app's serving backend (created on first use); StartedEngineDep is None until something used it.
+EngineDep = Annotated[ServingBackend, Depends(get_serving_engine)]
+StartedEngineDep = Annotated[ServingBackend | None, Depends(get_started_serving_engine)]

@@ -16,11 +16,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.deps import AppResources
 from api.errors import error_response, file_too_large, install_error_handlers
+from api.inference_tier.backend import ServingBackend
 from api.metrics import install_metrics
 from api.rate_limits import RateLimitHeaders, RequestLimit
 from api.routes import adapters, admin, files, health, inference, jobs, models, serving, webhooks
 from api.ui import mount_ui
-from lorasp_core.serving import ServingEngine
 from lorasp_service.blob_sweep import sweep_orphans
 from lorasp_service.settings import Settings, get_settings
 
@@ -98,7 +98,7 @@ async def sweep_orphans_forever(resources: AppResources) -> None:
         await asyncio.sleep(settings.orphan_sweep_interval_seconds)
 
 
-def create_app(settings: Settings | None = None, *, serving_engine: ServingEngine | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, serving_engine: ServingBackend | None = None) -> FastAPI:
     """`serving_engine`: inject one (tests); by default the app builds its own on first use and closes it."""
     settings = settings or get_settings()
     resources = AppResources(settings, serving_engine)

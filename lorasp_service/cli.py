@@ -1,4 +1,4 @@
-"""`lorasp` command line: serve, worker, migrate, admin create-key; and the client commands (files,
+"""`lorasp` command line: serve, worker, inference, migrate, admin create-key; and the client commands (files,
 jobs, chat, adapters, models) that `lorasp_client` implements over HTTP.
 
 Every server command reads the one `Settings` (environment variables `LORASP_*`, or `.env`); the client
@@ -35,6 +35,14 @@ def build_parser() -> argparse.ArgumentParser:
     worker = commands.add_parser("worker", help="run a Celery worker that trains jobs")
     worker.add_argument("--concurrency", type=int, default=None, help="default: LORASP_WORKER_CONCURRENCY")
     worker.add_argument("--loglevel", default="INFO")
+    inference = commands.add_parser(
+        "inference", help="run the serving engine as an inference process behind the API (internal HTTP API)"
+    )
+    inference.add_argument("--host", default=None, help="bind address (default: LORASP_INFERENCE_HOST)")
+    inference.add_argument("--port", type=int, default=None, help="default: LORASP_INFERENCE_PORT")
+    inference.add_argument(
+        "--name", default=None, help="shown in its health and headers (default: host:port)"
+    )
     commands.add_parser("migrate", help="bring the database schema up to date")
     admin = commands.add_parser("admin", help="administration")
     admin_commands = admin.add_subparsers(dest="admin_command", required=True)
@@ -181,6 +189,25 @@ def run_serve(settings: Settings, no_worker: bool) -> int:
     return 0
 
 
+def run_inference(settings: Settings, host: str | None, port: int | None, name: str | None) -> int:
+    """One inference process: the ServingEngine behind the internal API the API's router calls."""
+    import uvicorn
+
+    from api.inference_tier.server import InferenceProcess, create_inference_app
+
+    if settings.inference_secret is None or not settings.inference_secret.get_secret_value():
+        print("error: set LORASP_INFERENCE_SECRET (the API's router sends the same one)", file=sys.stderr)
+        return 2
+    host, port = host or settings.inference_host, port or settings.inference_port
+    process = InferenceProcess(settings, name or f"{host}:{port}")
+    app = create_inference_app(settings, process)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="info")
+    finally:
+        process.engine.close()
+    return 0
+
+
 def _raise_system_exit(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)
 
@@ -202,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_serve(settings, args.no_worker)
     if args.command == "worker":
         return run_worker(settings, args.concurrency, args.loglevel)
+    if args.command == "inference":
+        return run_inference(settings, args.host, args.port, args.name)
     if args.command == "migrate":
         return run_migrate(settings)
     if args.command == "admin" and args.admin_command == "create-key":

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_RESOURCE_CLASS = "default"
 
@@ -139,6 +140,34 @@ class Settings(BaseSettings):
     # where the scraper is (its figures name base models and adapter ids, never keys or tenants).
     metrics_enabled: bool = False
 
+    # Inference tier (issue 11): `lorasp inference` processes the API routes generation, classification
+    # and adapter calls to (JSON list of base URLs). Empty: the API runs the serving engine itself (the
+    # embedded default). With URLs the API holds no model; the processes read adapters from the same
+    # database and storage. Their internal API is authenticated by inference_secret (same on both sides).
+    # A JSON list or comma-separated.
+    inference_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    inference_secret: SecretStr | None = None
+    # `lorasp inference` binds here unless --host / --port say otherwise.
+    inference_host: str = "127.0.0.1"
+    inference_port: int = 8100
+    # The router probes every process this often; one that failed is skipped for the backoff first.
+    inference_health_interval_seconds: float = Field(default=2.0, ge=0)
+    inference_retry_backoff_seconds: float = Field(default=1.0, ge=0)
+    inference_connect_timeout_seconds: float = Field(default=2.0, gt=0)
+    inference_read_timeout_seconds: float = Field(default=300.0, gt=0)
+
+    @field_validator("inference_urls", mode="before")
+    @classmethod
+    def _split_urls(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            return (
+                json.loads(text)
+                if text.startswith("[")
+                else [u.strip() for u in text.split(",") if u.strip()]
+            )
+        return value
+
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:
         self.home = self.home.expanduser()
@@ -150,6 +179,8 @@ class Settings(BaseSettings):
             self.storage_dir = self.home / "storage"
         if self.wandb_dir is None:
             self.wandb_dir = self.home / "wandb"
+        if self.inference_urls and not (self.inference_secret and self.inference_secret.get_secret_value()):
+            raise ValueError("inference_secret must be set when inference_urls is (LORASP_INFERENCE_SECRET)")
         return self
 
     @property

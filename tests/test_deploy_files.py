@@ -50,14 +50,14 @@ def test_compose_has_the_production_services() -> None:
     assert any(device["driver"] == "nvidia" and "gpu" in device["capabilities"] for device in devices)
 
 
-@pytest.mark.parametrize("service", ["migrate", "api", "worker"])
+@pytest.mark.parametrize("service", ["migrate", "api", "worker", "inference-0"])
 def test_compose_commands_are_project_entry_points(service: str) -> None:
     command = compose()["services"][service]["command"]
     assert isinstance(command, list), "exec form: signals reach the process"
     assert_runs_project_entry_point(command)
 
 
-@pytest.mark.parametrize("service", ["migrate", "api", "worker"])
+@pytest.mark.parametrize("service", ["migrate", "api", "worker", "inference-0"])
 def test_compose_configures_lorasp_only_through_existing_settings(service: str) -> None:
     environment = compose()["services"][service]["environment"]
     fields = set(Settings.model_fields)

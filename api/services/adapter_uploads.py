@@ -18,10 +18,11 @@ from typing import IO
 from sqlalchemy.orm import Session
 
 from api.errors import APIError, file_too_large
+from api.inference_tier.backend import ServingBackend
 from api.services.adapter_archives import UnsafeArchiveError, unpack_adapter_archive
 from api.services.catalog import offered_base_model
 from api.services.serving import engine_errors
-from lorasp_core.serving import AdapterLoadError, ServingEngine
+from lorasp_core.serving import AdapterLoadError
 from lorasp_service import registry
 from lorasp_service.ids import new_id
 from lorasp_service.orm import Adapter, Tenant
@@ -62,7 +63,7 @@ def upload_adapter(
     session: Session,
     storage: BlobStorage,
     settings: Settings,
-    engine: ServingEngine,
+    engine: ServingBackend,
     tenant: Tenant,
     upload: IO[bytes],
     base_model: str,

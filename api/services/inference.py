@@ -21,6 +21,7 @@ from starlette.concurrency import iterate_in_threadpool
 
 from api import metrics
 from api.errors import APIError, ErrorDetail
+from api.inference_tier.backend import ServingBackend
 from api.schemas.inference import (
     AssistantMessage,
     ChatChoice,
@@ -36,7 +37,7 @@ from api.schemas.inference import (
 )
 from api.services import serving
 from api.services.catalog import offered_base_model
-from lorasp_core.serving import GenerationChunk, GenerationRequest, GenerationStream, ServingEngine
+from lorasp_core.serving import GenerationChunk, GenerationRequest, GenerationStream
 from lorasp_service.orm import Adapter, Tenant
 from lorasp_service.settings import Settings
 from lorasp_service.storage import BlobStorage
@@ -66,7 +67,7 @@ def resolve_target(
     session: Session,
     settings: Settings,
     storage: BlobStorage,
-    engine: ServingEngine,
+    engine: ServingBackend,
     tenant: Tenant,
     model: str,
     *,
@@ -92,7 +93,7 @@ def resolve_target(
 
 
 def start_generation(
-    engine: ServingEngine, storage: BlobStorage, target: Target, **request: Any
+    engine: ServingBackend, storage: BlobStorage, target: Target, **request: Any
 ) -> GenerationStream:
     """Queue the request in the engine; bad requests (e.g. a prompt over the context) are 400s here."""
     generation = GenerationRequest(model=target.base_model, adapter_id=target.adapter_id, **request)
@@ -205,7 +206,7 @@ def classify(
     session: Session,
     settings: Settings,
     storage: BlobStorage,
-    engine: ServingEngine,
+    engine: ServingBackend,
     tenant: Tenant,
     request: ClassificationRequest,
 ) -> ClassificationList:
@@ -260,7 +261,7 @@ def chat_completion(
     session: Session,
     settings: Settings,
     storage: BlobStorage,
-    engine: ServingEngine,
+    engine: ServingBackend,
     tenant: Tenant,
     request: ChatCompletionRequest,
 ) -> ChatCompletion | AsyncIterator[str]:
@@ -312,7 +313,7 @@ def text_completion(
     session: Session,
     settings: Settings,
     storage: BlobStorage,
-    engine: ServingEngine,
+    engine: ServingBackend,
     tenant: Tenant,
     request: CompletionRequest,
 ) -> TextCompletion | AsyncIterator[str]:

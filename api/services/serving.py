@@ -19,6 +19,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.errors import APIError, not_found
+from api.inference_tier.backend import ServingBackend
+from api.inference_tier.wire import InferenceUnavailableError
 from lorasp_core.models import ModelUnavailableError
 from lorasp_core.serving import (
     AdapterCacheFullError,
@@ -40,6 +42,15 @@ logger = logging.getLogger("api.serving")
 
 T = TypeVar("T")
 _LOOKED_IN = re.compile(r"\s*\(looked in [^)]*\)")
+
+
+def build_serving_backend(settings: Settings) -> ServingBackend:
+    """The in-process engine (the embedded default), or a router over LORASP_INFERENCE_URLS."""
+    if settings.inference_urls:
+        from api.inference_tier.router import InferenceRouter
+
+        return InferenceRouter(settings)
+    return build_serving_engine(settings)
 
 
 def build_serving_engine(settings: Settings) -> ServingEngine:
@@ -111,6 +122,14 @@ def engine_errors(param: str | None) -> Iterator[None]:
         ) from error
     except ModelUnavailableError as error:
         raise APIError(503, str(error), param=param, code="model_unavailable", type="server_error") from error
+    except InferenceUnavailableError as error:
+        logger.error("%s", error)
+        raise APIError(
+            503,
+            "No inference process is reachable right now; retry later.",
+            code="inference_unavailable",
+            type="server_error",
+        ) from error
     except ChatTemplateError as error:
         raise APIError(
             400,
@@ -128,7 +147,7 @@ def tenant_adapter(session: Session, tenant: Tenant, adapter_id: str, *, param: 
 
 
 def ensure_loaded(
-    engine: ServingEngine, storage: BlobStorage, adapter: Adapter, *, pin: bool = False, param: str = "model"
+    engine: ServingBackend, storage: BlobStorage, adapter: Adapter, *, pin: bool = False, param: str = "model"
 ) -> AdapterInfo:
     """Hot-load the adapter from its storage directory (a cache hit, just touched, if resident)."""
     with engine_errors(param):
@@ -137,7 +156,7 @@ def ensure_loaded(
 
 
 def with_reload(
-    engine: ServingEngine, storage: BlobStorage, adapter: Adapter | None, call: Callable[[], T]
+    engine: ServingBackend, storage: BlobStorage, adapter: Adapter | None, call: Callable[[], T]
 ) -> T:
     """Run `call`; if a concurrent unload made the adapter unknown in between, load it again once."""
     try:
@@ -152,7 +171,7 @@ def with_reload(
 def load_adapter(
     session: Session,
     storage: BlobStorage,
-    engine: ServingEngine,
+    engine: ServingBackend,
     tenant: Tenant,
     adapter_id: str,
     pin: bool | None,
@@ -165,7 +184,7 @@ def load_adapter(
     return info
 
 
-def unload_adapter(session: Session, engine: ServingEngine, tenant: Tenant, adapter_id: str) -> bool:
+def unload_adapter(session: Session, engine: ServingBackend, tenant: Tenant, adapter_id: str) -> bool:
     """Free the adapter's slot (after its in-flight requests); False if it was not resident."""
     adapter = tenant_adapter(session, tenant, adapter_id, param="adapter_id")
     resident = any(info.adapter_id == adapter.id for info in engine.loaded_adapters())
@@ -177,7 +196,7 @@ def unload_adapter(session: Session, engine: ServingEngine, tenant: Tenant, adap
     return resident
 
 
-def loaded_adapters(session: Session, engine: ServingEngine, tenant: Tenant) -> list[AdapterInfo]:
+def loaded_adapters(session: Session, engine: ServingBackend, tenant: Tenant) -> list[AdapterInfo]:
     """The tenant's resident adapters, least recently used first."""
     infos = engine.loaded_adapters()
     if not infos:
@@ -188,7 +207,7 @@ def loaded_adapters(session: Session, engine: ServingEngine, tenant: Tenant) -> 
     return [info for info in infos if info.adapter_id in owned]
 
 
-def forget_deleted_adapter(engine: ServingEngine | None, adapter_id: str) -> None:
+def forget_deleted_adapter(engine: ServingBackend | None, adapter_id: str) -> None:
     """Model deletion hook: a deleted adapter must not stay resident (or reloadable) in the engine."""
     if engine is None:
         return
