@@ -4,6 +4,7 @@ Deterministic on CPU for a given seed: batch orders depend only on (seed, epoch)
 seeded (inside `fork_rng`, so the caller's RNG is untouched) and checkpoints carry everything
 needed to continue bit-identically. `train` sets up, then loops over steps; one optimizer step is
 `_optimizer_step`, evaluations are `evaluation.Validation`'s, a checkpoint is `_save_checkpoint`'s.
+With `processes > 1` every rank runs this same loop on its share of each batch (`distributed.RankGroup`).
 """
 
 from __future__ import annotations
