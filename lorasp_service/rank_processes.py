@@ -21,6 +21,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -39,6 +40,7 @@ HOST = "127.0.0.1"  # every rank of a job runs on the worker's machine
 # How long rank 0 waits for its children to exit after training before it kills them.
 EXIT_GRACE_SECONDS = 30.0
 RANK_MODULE = "lorasp_service.training_rank"
+READY_POLL_SECONDS = 0.1
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,32 @@ def settings_values(settings: Settings) -> dict[str, Any]:
     if settings.wandb_api_key is not None:
         values["wandb_api_key"] = settings.wandb_api_key.get_secret_value()
     return values
+
+
+class RankStartError(RuntimeError):
+    """A child rank exited (or never got ready) before training started."""
+
+
+def ready_key(rank: int) -> str:
+    return f"lorasp/ready/{rank}"
+
+
+def wait_until_ready(store: TCPStore, children: list[subprocess.Popen[bytes]], timeout: float) -> None:
+    """Wait until every child has loaded its inputs (it sets `ready_key` before joining the group).
+
+    Why: a child that fails while loading would otherwise leave rank 0 in the group's rendezvous
+    until the collective timeout; polling the children here fails the job as soon as one exits."""
+    deadline = time.monotonic() + timeout
+    waiting = {rank: child for rank, child in enumerate(children, start=1)}
+    while waiting:
+        for rank, child in list(waiting.items()):
+            if store.check([ready_key(rank)]):
+                del waiting[rank]
+            elif child.poll() is not None:
+                raise RankStartError(f"rank {rank} exited with status {child.returncode} before training")
+        if waiting and time.monotonic() > deadline:
+            raise RankStartError(f"ranks {sorted(waiting)} were not ready after {timeout:.0f} s")
+        time.sleep(READY_POLL_SECONDS)
 
 
 def stop_children(children: list[subprocess.Popen[bytes]], kill: bool) -> None:
@@ -114,6 +142,7 @@ def data_parallel_ranks(
             RankRequest(job_id, attempt, resume_key, rank, processes, store.port, values).write(request_path)
             command = [sys.executable, "-m", RANK_MODULE, str(request_path), "--job", job_id]
             children.append(subprocess.Popen(command))  # noqa: S603 - our own interpreter and module
+        wait_until_ready(store, children, settings.distributed_timeout_seconds)
         with init_rank(0, processes, store, device, settings.distributed_timeout_seconds):
             yield
         failed = False

@@ -20,7 +20,7 @@ from torch._C._distributed_c10d import TCPStore  # torch.distributed re-exports 
 from lorasp_core.distributed import init_rank
 from lorasp_core.trainer import train
 from lorasp_core.training_ops import resolve_device
-from lorasp_service.rank_processes import HOST, RankRequest
+from lorasp_service.rank_processes import HOST, RankRequest, ready_key
 from lorasp_service.settings import Settings
 from lorasp_service.storage import BlobStorage
 from lorasp_service.training import build_configs, read_job_inputs, wrapped_model
@@ -44,6 +44,7 @@ def run_rank(request: RankRequest, request_path: Path) -> None:
         is_master=False,
         timeout=datetime.timedelta(seconds=timeout),
     )
+    store.set(ready_key(request.rank), "1")  # rank 0 waits for this, watching that we are alive
     with init_rank(request.rank, request.world_size, store, resolve_device(config.device), timeout):
         train(config, model, inputs.loaded.tokenizer, inputs.train_data, label_names=inputs.label_names)
 

@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 from lorasp_core.train_config import ProgressEvent
-from lorasp_service import jobs, training_progress
+from lorasp_service import jobs, rank_processes, training_progress
 from lorasp_service.orm import Job
 from lorasp_service.settings import Settings
 from lorasp_service.training import run_claimed_job
@@ -153,3 +153,19 @@ def test_a_killed_rank_fails_the_job_and_leaves_no_rank_behind(
     assert len(seen) == 1 and rank_pids(job_id) == []
     error = client.get(f"{JOBS}/{job_id}", headers=alice).json()["error"]
     assert error["code"] == "training_error"
+
+
+def test_a_rank_that_fails_to_start_fails_the_job_at_once(
+    client: TestClient,
+    alice: dict[str, str],
+    chat_file: dict[str, Any],
+    api_settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(rank_processes, "RANK_MODULE", "lorasp_service.no_such_module")  # exits 1
+    job_id = created_job(client, alice, chat_file["id"], processes=2, batch_size=2, n_epochs=1)
+    claim = jobs.claim_job(api_settings, job_id, WORKER)
+    assert run_claimed_job(api_settings, job_id, WORKER, claim) == jobs.JobStatus.FAILED
+    error = client.get(f"{JOBS}/{job_id}", headers=alice).json()["error"]
+    assert error["code"] == "training_error"
+    assert "rank 1 exited with status 1 before training" in error["message"]
