@@ -40,7 +40,11 @@ def files_list(args: argparse.Namespace, conn: Connection) -> int:
 
 METHODS = ("lorasp", "supervised", "dpo")
 # A hyperparameter only one method has: giving it alone picks that method, with another it is an error.
-METHOD_ONLY = {"rank": ("lorasp", "--rank"), "beta": ("dpo", "--beta")}
+METHOD_ONLY = {
+    "rank": ("lorasp", "--rank"),
+    "processes": ("lorasp", "--processes"),
+    "beta": ("dpo", "--beta"),
+}
 
 
 def _hyperparameters(args: argparse.Namespace) -> dict[str, Any]:
@@ -49,6 +53,7 @@ def _hyperparameters(args: argparse.Namespace) -> dict[str, Any]:
         "batch_size": args.batch_size,
         "learning_rate_multiplier": args.learning_rate_multiplier,
         "rank": args.rank,
+        "processes": args.processes,
         "beta": args.beta,
     }
     return {name: value for name, value in chosen.items() if value is not None}

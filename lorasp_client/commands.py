@@ -47,6 +47,11 @@ def _add_job_commands(jobs: Any, common: argparse.ArgumentParser) -> None:
     create.add_argument("--batch-size", dest="batch_size", type=int)
     create.add_argument("--learning-rate-multiplier", dest="learning_rate_multiplier", type=float)
     create.add_argument("--rank", type=int, help="LoRA rank (method lorasp)")
+    create.add_argument(
+        "--processes",
+        type=int,
+        help="data-parallel training processes, batch split between them (method lorasp)",
+    )
     create.add_argument("--beta", type=float, help="DPO's KL penalty weight (method dpo)")
     create.add_argument("--suffix", help="part of the fine-tuned model's id")
     create.add_argument("--seed", type=int)

@@ -81,6 +81,9 @@ class TrainConfig:
     head_at_labels: bool = True
     # recompute activations in backward; "auto": off (on until an admission estimate says memory is short)
     gradient_checkpointing: GradientCheckpointing = "auto"
+    # data-parallel ranks training this job (distributed.py); each takes batch_size / processes
+    # examples of every micro-batch, so the global batch (and the result) is a 1-process run's
+    processes: int = 1
 
     def __post_init__(self) -> None:
         _require(self.task in TASKS, f"task must be one of {TASKS}, got {self.task!r}")
@@ -149,6 +152,18 @@ class TrainConfig:
         _require(
             self.objective != "dpo" or (self.task == "causal-lm" and self.batching != "pack"),
             "objective 'dpo' needs task 'causal-lm' and batching other than 'pack' (a pair is two sequences)",
+        )
+        _require(
+            isinstance(self.processes, int) and not isinstance(self.processes, bool) and self.processes >= 1,
+            f"processes must be an integer >= 1, got {self.processes!r}",
+        )
+        _require(
+            self.batch_size % self.processes == 0,
+            f"batch_size ({self.batch_size}) must be divisible by processes ({self.processes})",
+        )
+        _require(
+            self.processes == 1 or self.objective != "dpo",
+            "objective 'dpo' runs in one process (processes must be 1)",
         )
         for name in ("eval_every_steps", "full_eval_epochs", "checkpoint_every_steps", "max_steps"):
             _positive_int_or_none(name, getattr(self, name))

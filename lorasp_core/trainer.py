@@ -4,6 +4,7 @@ Deterministic on CPU for a given seed: batch orders depend only on (seed, epoch)
 seeded (inside `fork_rng`, so the caller's RNG is untouched) and checkpoints carry everything
 needed to continue bit-identically. `train` sets up, then loops over steps; one optimizer step is
 `_optimizer_step`, evaluations are `evaluation.Validation`'s, a checkpoint is `_save_checkpoint`'s.
+With `processes > 1` every rank runs this same loop on its share of each batch (`distributed.RankGroup`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from lorasp_core.checkpoint import (
 )
 from lorasp_core.checkpointing import gradient_checkpointing, resolve_gradient_checkpointing
 from lorasp_core.data import Example, TokenizedExample, TokenizedPair, collate, packed_rows
+from lorasp_core.distributed import RankGroup
 from lorasp_core.dpo import dpo_backward, reference_log_probs, tokenize_pairs
 from lorasp_core.evaluation import Validation, evaluate
 from lorasp_core.precision import grad_scaler, hold_frozen_base_in, resolve_precision
@@ -69,6 +71,7 @@ class _StepResult:
 def _optimizer_step(
     model: nn.Module,
     batches: list[dict[str, torch.Tensor]],
+    group: RankGroup,
     config: TrainConfig,
     amp_dtype: torch.dtype | None,
     trainable: list[nn.Parameter],
@@ -76,9 +79,11 @@ def _optimizer_step(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     scaler: torch.amp.GradScaler,
 ) -> _StepResult:
-    """Forward/backward over the micro-batches of one step (loss averaged over all their targets), then
-    clip, step and schedule. `scaler` scales the loss under fp16 only (otherwise it passes through)."""
-    step_targets = sum(count_targets(batch["labels"], config.task) for batch in batches)
+    """Forward/backward over this rank's micro-batches of one step (loss averaged over all the step's
+    targets, on every rank), gradients summed over the ranks, then clip, step and schedule. `scaler`
+    scales the loss under fp16 only (otherwise it passes through)."""
+    local_targets = sum(count_targets(batch["labels"], config.task) for batch in batches)
+    step_targets = int(group.sum_values([local_targets])[0])
     step_loss, correct, tokens = 0.0, 0, 0
     for batch in batches:
         at_targets = target_logits(model, batch, amp_dtype, config.task, config.head_at_labels)
@@ -87,8 +92,11 @@ def _optimizer_step(
         step_loss += loss.item()
         correct += at_targets.correct()
         tokens += int(batch["attention_mask"].sum())
+    group.sum_gradients(trainable)
     learning_rate = apply_update(trainable, config, optimizer, scheduler, scaler)
-    return _StepResult(step_loss, correct / max(step_targets, 1), tokens, learning_rate)
+    step_loss, summed_correct, summed_tokens = group.sum_values([step_loss, correct, tokens])
+    accuracy = summed_correct / max(step_targets, 1)
+    return _StepResult(step_loss, accuracy, int(summed_tokens), learning_rate)
 
 
 def _training_examples(
@@ -117,8 +125,14 @@ def train(
     callbacks: Sequence[TrainCallback] = (),
     label_names: list[str] | None = None,
 ) -> TrainResult:
-    """Train the (already `apply_lorasp`-wrapped) model in place; see docs/interfaces.md."""
-    device = resolve_device(config.device)
+    """Train the (already `apply_lorasp`-wrapped) model in place; see docs/interfaces.md.
+
+    With `config.processes > 1` this is one rank of that many (distributed.py): every rank passes the
+    same arguments; rank 0 alone evaluates, writes checkpoints and calls `callbacks`."""
+    group = RankGroup.for_processes(config.processes, resolve_device(config.device))
+    device = group.device
+    if not group.is_main:
+        callbacks, eval_data = (), None
     precision = resolve_precision(config.mixed_precision, config.base_dtype, device)
     amp_dtype = precision.autocast_dtype
     checkpointing = resolve_gradient_checkpointing(config.gradient_checkpointing, device)
@@ -192,6 +206,7 @@ def train(
                 raise ValueError(f"{config.resume_from} holds no reference log-probs for these pairs")
         elif dpo:  # the model before its first update is the reference policy (see dpo.py)
             reference = reference_log_probs(model, pairs, pad_id, config.batch_size, device, amp_dtype)
+        group.broadcast_state(model)
 
         for callback in callbacks:
             callback.on_train_begin(total_steps)
@@ -209,7 +224,7 @@ def train(
                 next_group = group_index
                 if totals.step >= total_steps:
                     break
-                cancelled = any(callback.should_stop() for callback in callbacks)
+                cancelled = group.any(any(callback.should_stop() for callback in callbacks))
                 if cancelled:
                     break
                 if reference is not None:
@@ -219,12 +234,14 @@ def train(
                     rate = apply_update(trainable, config, optimizer, scheduler, scaler)
                     done = _StepResult(figures.loss, None, figures.tokens, rate, figures.metrics)
                 else:
+                    shards = [group.shard(indices) for indices in groups[group_index]]
                     batches = [
-                        to_device(collate([examples[i] for i in indices], pad_id), device)
-                        for indices in groups[group_index]
+                        to_device(collate([examples[i] for i in shard], pad_id), device)
+                        for shard in shards
+                        if shard
                     ]
                     done = _optimizer_step(
-                        model, batches, config, amp_dtype, trainable, optimizer, scheduler, scaler
+                        model, batches, group, config, amp_dtype, trainable, optimizer, scheduler, scaler
                     )
                 totals.step += 1
                 totals.loss_sum += done.loss
@@ -253,7 +270,8 @@ def train(
                 )
                 for callback in callbacks:
                     callback.on_progress(event)
-                if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0:
+                every = config.checkpoint_every_steps
+                if group.is_main and every and step % every == 0:
                     last_checkpoint = checkpoint(totals, epoch, next_group)
             if not cancelled and next_group == len(groups):  # the epoch ran to its end
                 for callback in callbacks:
@@ -263,6 +281,7 @@ def train(
 
         if (
             cancelled
+            and group.is_main
             and config.checkpoint_dir is not None
             and (last_checkpoint is None or last_checkpoint.name != f"step-{totals.step}")
         ):

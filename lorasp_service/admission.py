@@ -8,6 +8,10 @@ the estimate and the largest capacity, before it waits in a queue and fails an h
 The estimate (`lorasp_core.memory_estimate`) depends on the device: a CUDA class trains under bf16
 autocast (activations at 2 bytes), a CPU class in the job's precision. The sequence length is the
 longest the job can batch: its max_length, or the training file's longest example when shorter.
+
+With `processes` > 1 the estimate is per rank (each holds the whole model and batch_size / processes
+examples of every batch). A CUDA class's memory is one GPU's, and each rank has its own GPU; the ranks
+of a CPU job share the host's memory, so a CPU class must hold processes times the per-rank estimate.
 """
 
 from __future__ import annotations
@@ -23,14 +27,15 @@ from lorasp_service.settings import ResourceClass, Settings
 class InsufficientCapacityError(Exception):
     """No configured resource class can hold the job."""
 
-    def __init__(self, estimate: MemoryEstimate, largest: ResourceClass) -> None:
+    def __init__(self, estimate: MemoryEstimate, largest: ResourceClass, processes: int = 1) -> None:
         self.estimate = estimate
         self.largest = largest
         where = f"{largest.device}" + (f", {largest.gpu_type}" if largest.gpu_type else "")
+        ranks = f" per rank, {processes} ranks" if processes > 1 else ""
         super().__init__(
-            f"the job needs an estimated {estimate.describe()} of memory, more than the largest worker "
-            f"class holds ('{largest.name}': {largest.memory_gib:.1f} GiB, {where}); lower batch_size or "
-            "max_length, or add a larger resource class"
+            f"the job needs an estimated {estimate.describe()}{ranks} of memory, more than the largest "
+            f"worker class holds ('{largest.name}': {largest.memory_gib:.1f} GiB, {where}); lower "
+            "batch_size or max_length, or add a larger resource class"
         )
 
 
@@ -47,7 +52,7 @@ def job_shape(
     if longest_example_tokens is not None and longest_example_tokens > 0:
         sequence_length = min(sequence_length, longest_example_tokens)
     return TrainingShape(
-        batch_size=spec.batch_size,
+        batch_size=spec.batch_size // spec.processes,  # one rank's share
         sequence_length=sequence_length,
         weight_dtype="float32",  # the worker loads the frozen base in float32 today
         compute_dtype="bfloat16" if resource_class.device == "cuda" else "float32",
@@ -69,7 +74,8 @@ def admit(
         estimate = estimate_training_memory(
             skeleton, lora, job_shape(spec, longest_example_tokens, resource_class)
         )
-        if estimate.total <= resource_class.memory_gib * GIB:
+        sharing = spec.processes if resource_class.device == "cpu" else 1  # ranks in one memory
+        if estimate.total * sharing <= resource_class.memory_gib * GIB:
             return Admission(resource_class.name, estimate)
     assert estimate is not None  # settings.classes is never empty
-    raise InsufficientCapacityError(estimate, settings.classes[-1])
+    raise InsufficientCapacityError(estimate, settings.classes[-1], spec.processes)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -62,6 +63,12 @@ class Settings(BaseSettings):
     job_time_limit_seconds: int = 6 * 3600
     checkpoint_every_steps: int = 50
     max_example_tokens: int = 2048
+    # Data-parallel ranks one job may ask for (`processes`): each is a process holding the whole model,
+    # on CUDA one GPU each. Default: this machine's cores; set it to the GPU count on GPU workers.
+    max_processes: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    # How long a rank waits in a collective for the others before the job fails (a dead rank usually
+    # fails the others at once; this bounds a hung one).
+    distributed_timeout_seconds: float = Field(default=600.0, gt=0)
     # Queue and worker (Celery). A dedicated queue name lets test sessions share one Redis.
     queue_name: str = "lorasp"
     worker_concurrency: int = 1

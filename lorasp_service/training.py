@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import logging
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import select
+from torch import nn
 
 from lorasp_core import (
     ClassificationExample,
@@ -29,6 +31,7 @@ from lorasp_core import (
     validate_dataset,
 )
 from lorasp_core.data import Example
+from lorasp_core.models.catalog import LoadedModel
 from lorasp_core.precision import PrecisionError, resolve_precision
 from lorasp_core.train_config import TaskType
 from lorasp_core.trainer import TrainConfig, train
@@ -40,11 +43,13 @@ from lorasp_service.jobs import JobStatus
 from lorasp_service.model_checkpoints import EpochCheckpointCallback, target_module_names
 from lorasp_service.orm import Adapter, BaseModelRecord, File, Job
 from lorasp_service.parent_model import (
+    ParentAdapter,
     ParentUnavailableError,
     find_parent,
     load_parent_weights,
     unknown_labels,
 )
+from lorasp_service.rank_processes import data_parallel_ranks
 from lorasp_service.redaction import without_paths
 from lorasp_service.settings import Settings
 from lorasp_service.storage import BlobStorage
@@ -161,10 +166,23 @@ def _fail(settings: Settings, job_id: str, worker_id: str, claim: jobs.Claim, fa
     )
 
 
-def _train_and_register(
-    settings: Settings, job_id: str, worker_id: str, claim: jobs.Claim, keeper: LeaseKeeper, work_dir: Path
-) -> str:
-    storage = BlobStorage(settings.blob_dir)
+@dataclass(frozen=True)
+class JobInputs:
+    """What every rank of a job trains from, read from the database, storage and the model store
+    (nothing is written: ranks 1..N-1 read their inputs here too)."""
+
+    job: Job
+    task: TaskType
+    training_path: Path
+    validation_path: Path | None
+    train_data: list[Example]
+    eval_data: list[Example] | None
+    label_names: list[str] | None
+    parent: ParentAdapter | None
+    loaded: LoadedModel
+
+
+def read_job_inputs(settings: Settings, storage: BlobStorage, job_id: str) -> JobInputs:
     with session_scope(settings) as session:
         job = session.get(Job, job_id)
         assert job is not None
@@ -210,9 +228,33 @@ def _train_and_register(
         raise JobFailure("model_unavailable", str(error), "model") from error
     except ValueError as error:
         raise JobFailure("invalid_model", str(error), "model") from error
-    check_token_lengths(training_path, loaded.tokenizer, settings, "training_file")
-    if validation_path:
-        check_token_lengths(validation_path, loaded.tokenizer, settings, "validation_file")
+    return JobInputs(
+        job, task, training_path, validation_path, train_data, eval_data, label_names, parent, loaded
+    )
+
+
+def wrapped_model(inputs: JobInputs, lora: LoraSPConfig, resuming: bool) -> nn.Module:
+    """The base with LoRA-SP applied and, for a continued job, its parent's weights (a resume
+    checkpoint holds the weights itself)."""
+    model = apply_lorasp(inputs.loaded.model, lora)
+    if inputs.parent is not None and not resuming:
+        try:
+            load_parent_weights(model, inputs.parent)
+        except ParentUnavailableError as error:
+            raise JobFailure("model_not_available", str(error), "model") from error
+    return model
+
+
+def _train_and_register(
+    settings: Settings, job_id: str, worker_id: str, claim: jobs.Claim, keeper: LeaseKeeper, work_dir: Path
+) -> str:
+    storage = BlobStorage(settings.blob_dir)
+    inputs = read_job_inputs(settings, storage, job_id)
+    job, task, loaded, parent = inputs.job, inputs.task, inputs.loaded, inputs.parent
+    train_data, eval_data, label_names = inputs.train_data, inputs.eval_data, inputs.label_names
+    check_token_lengths(inputs.training_path, loaded.tokenizer, settings, "training_file")
+    if inputs.validation_path:
+        check_token_lengths(inputs.validation_path, loaded.tokenizer, settings, "validation_file")
 
     resume_from = storage.path(claim.resume_key) if claim.resume_key else None
     lora, config = build_configs(job, settings, task, work_dir / "checkpoints", resume_from)
@@ -222,12 +264,8 @@ def _train_and_register(
     _record_precision(settings, job_id, worker_id, claim, config)
     with session_scope(settings) as session:  # the job as it now reads (its W&B config shows the precision)
         job = session.get(Job, job_id) or job
-    model = apply_lorasp(loaded.model, lora)
-    if parent is not None and claim.resume_key is None:  # a resume checkpoint already holds the weights
-        try:
-            load_parent_weights(model, parent)
-        except ParentUnavailableError as error:
-            raise JobFailure("model_not_available", str(error), "model") from error
+    model = wrapped_model(inputs, lora, resuming=claim.resume_key is not None)
+    if parent is not None and claim.resume_key is None:
         jobs.record_message(
             settings,
             job_id,
@@ -250,7 +288,16 @@ def _train_and_register(
         label_names=label_names,
         chat_template=chat_template,
     )
-    with integration_callbacks(settings, job) as integrations:  # a W&B run, when the job has one
+    ranks = data_parallel_ranks(
+        settings,
+        job_id,
+        claim.attempt,
+        claim.resume_key,
+        config.processes,
+        work_dir,
+        resolve_device(config.device),
+    )
+    with integration_callbacks(settings, job) as integrations, ranks:  # a W&B run, when the job has one
         result = train(
             config,
             model,

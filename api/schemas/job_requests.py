@@ -159,6 +159,9 @@ class LoraSPHyperparameters(SupervisedHyperparameters):
     mask_seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
     mixed_precision: MixedPrecisionOption | None = None
     gradient_checkpointing: GradientCheckpointingOption | None = None
+    # Data-parallel ranks for the job (CUDA: one GPU each); batch_size is the global batch, split
+    # evenly between them. At most the server's LORASP_MAX_PROCESSES.
+    processes: int | None = Field(default=None, ge=1, le=1024)
 
 
 class DPOHyperparameters(SupervisedHyperparameters):

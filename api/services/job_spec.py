@@ -43,6 +43,28 @@ def _too_large(method_type: str, name: str, detail: str) -> APIError:
     return APIError(400, f"Invalid value for '{param}': {detail}", param=param)
 
 
+def _split_batch_between_processes(
+    values: dict[str, Any], batch_size_given: bool, method_type: str, settings: Settings
+) -> None:
+    """Each rank takes batch_size / processes examples of every batch: a given batch size must divide
+    evenly; an "auto" one is rounded up to the next multiple of processes."""
+    processes = values.get("processes", TRAIN_DEFAULTS["processes"])
+    param = f"method.{method_type}.hyperparameters.processes"
+    if processes > settings.max_processes:
+        detail = f"{processes} is above this server's limit of {settings.max_processes} processes per job."
+        raise _too_large(method_type, "processes", detail)
+    batch_size = values["batch_size"]
+    if batch_size % processes == 0:
+        return
+    if batch_size_given:
+        message = (
+            f"Invalid value for '{param}': batch_size {batch_size} does not divide evenly between "
+            f"{processes} processes (each takes an equal share of every batch)."
+        )
+        raise APIError(400, message, param=param)
+    values["batch_size"] = -(-batch_size // processes) * processes
+
+
 def build_spec(
     request: CreateFineTuningJobRequest,
     settings: Settings,
@@ -78,6 +100,7 @@ def build_spec(
         "mask_seed": chosen.mask_seed,
         "mixed_precision": _pick(chosen.mixed_precision),
         "gradient_checkpointing": _pick(chosen.gradient_checkpointing),
+        "processes": _pick(chosen.processes),
     }
     # Numbers as the stored JSON has always held them: integers for counts, floats for the rest.
     floats = (
@@ -96,8 +119,10 @@ def build_spec(
         _inherit_structure(values, parent, model, method.type, settings)
     if base is not None and base.target_modules is not None:
         values.setdefault("target_modules", base.target_modules)  # the registered model's default
+    batch_size_given = "batch_size" in values
     for name, value in asdict(auto_hyperparameters(training)).items():
         values.setdefault(name, value)
+    _split_batch_between_processes(values, batch_size_given, method.type, settings)
     values.setdefault("eval_every", auto_eval_every(training, values["n_epochs"], values["batch_size"]))
     rank = values.get("rank", TrainingSpec.rank)
     if rank > settings.serving_max_rank:

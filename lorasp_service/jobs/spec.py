@@ -81,6 +81,7 @@ class TrainingSpec:
     # as requested: "auto" is resolved on the worker, from its hardware, into RESOLVED_BY_WORKER's keys
     mixed_precision: MixedPrecision = TRAIN_DEFAULTS["mixed_precision"]
     gradient_checkpointing: GradientCheckpointing = TRAIN_DEFAULTS["gradient_checkpointing"]
+    processes: int = TRAIN_DEFAULTS["processes"]  # data-parallel ranks (a spec stored before: 1)
 
     @property
     def effective_learning_rate(self) -> float:
@@ -112,6 +113,7 @@ class TrainingSpec:
             "eval_every": self.eval_every,
             "mixed_precision": self.mixed_precision,
             "gradient_checkpointing": self.gradient_checkpointing,
+            "processes": self.processes,
         }
         if self.method_type == "dpo":
             resolved["beta"] = self.beta
@@ -183,6 +185,7 @@ class TrainingSpec:
             resume_from=str(resume_from) if resume_from is not None else None,
             objective="dpo" if self.method_type == "dpo" else "supervised",
             dpo_beta=self.beta,
+            processes=self.processes,
         )
 
 

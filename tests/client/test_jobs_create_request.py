@@ -93,3 +93,12 @@ def test_a_setting_of_another_method_is_refused_before_any_request(
     assert create(api, *flags) == 1
     assert message in capsys.readouterr().err
     assert api.requests == []
+
+
+def test_processes_picks_lorasp_and_reaches_the_hyperparameters(api: Recorded) -> None:
+    assert create(api, "--processes", "2", "--batch-size", "8") == 0
+    ((_, _, body),) = api.requests
+    assert body["method"] == {
+        "type": "lorasp",
+        "lorasp": {"hyperparameters": {"batch_size": 8, "processes": 2}},
+    }

@@ -119,3 +119,27 @@ def test_workers_consume_the_service_queue_and_their_classes_resume_queues_first
     ]
     default = api_settings.model_copy(update={"queue_name": "q"})
     assert worker_queue_names(default) == ["q.service", resume_queue_name(default), "q"]
+
+
+def _lorasp_job(client: TestClient, headers: dict[str, str], file_id: str, **knobs: Any) -> Any:
+    return create_job(
+        client, headers, file_id, method={"type": "lorasp", "lorasp": {"hyperparameters": knobs}}
+    )
+
+
+def test_the_estimate_of_a_data_parallel_job_is_per_rank_and_cpu_ranks_share_the_class(
+    api_settings: Settings, alice: dict[str, str]
+) -> None:
+    roomy = ResourceClass(name="roomy", memory_gib=1000.0)
+    with _client(api_settings.model_copy(update={"resource_classes": [roomy]}), EnqueueRecorder()) as client:
+        file_id = _chat_file(client, alice)
+        one_rank = _lorasp_job(client, alice, file_id, batch_size=4).json()["estimated_memory_bytes"]
+        two_ranks = _lorasp_job(client, alice, file_id, batch_size=8, processes=2).json()
+    assert two_ranks["estimated_memory_bytes"] == one_rank  # each rank holds 4 of the 8 examples
+    # a CPU class holding 1.5 ranks' estimate: one rank fits, two ranks in its memory do not
+    cpu = ResourceClass(name="cpu", memory_gib=1.5 * one_rank / 2**30)
+    with _client(api_settings.model_copy(update={"resource_classes": [cpu]}), EnqueueRecorder()) as small:
+        assert _lorasp_job(small, alice, file_id, batch_size=4).status_code == 200
+        refused = _lorasp_job(small, alice, file_id, batch_size=8, processes=2)
+        message = assert_error(refused, 400, code="insufficient_capacity")["message"]
+        assert "per rank, 2 ranks" in message

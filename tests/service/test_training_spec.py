@@ -160,6 +160,7 @@ def test_the_stored_json_keeps_the_shape_jobs_have_always_had(tmp_path: Path) ->
                 "eval_every": 50,  # 500 steps, validated about 10 times
                 "mixed_precision": "auto",  # resolved on the worker, which adds "precision"
                 "gradient_checkpointing": "auto",
+                "processes": 1,
             }
         },
     }
@@ -194,6 +195,12 @@ def test_a_spec_stored_before_eval_every_existed_reads_back_with_its_default() -
     method = TrainingSpec(seed=1, mask_seed=1).method_json()
     del method["supervised"]["hyperparameters"]["eval_every"]
     assert TrainingSpec.from_json(method, 1).eval_every == TrainingSpec.eval_every
+
+
+def test_a_spec_stored_before_processes_existed_trains_in_one_process() -> None:
+    method = TrainingSpec(seed=1, mask_seed=1).method_json()
+    del method["supervised"]["hyperparameters"]["processes"]
+    assert TrainingSpec.from_json(method, 1).to_train_config("causal-lm").processes == 1
 
 
 def test_a_stored_spec_with_a_wrong_type_is_refused_naming_the_field() -> None:
