@@ -32,10 +32,26 @@ class ServingCollector(Collector):
         yield GaugeMetricFamily(
             "lorasp_serving_queue_depth", "Generation requests waiting for a batch", engine.pending_requests()
         )
+        figures = engine.batching_figures()
+        yield GaugeMetricFamily(
+            "lorasp_serving_running_rows", "Rows decoding now, all base models", figures.running_rows
+        )
+        yield GaugeMetricFamily(
+            "lorasp_serving_waiting_requests",
+            "Generation requests waiting to join a batch",
+            figures.waiting_requests,
+        )
+        yield GaugeMetricFamily(
+            "lorasp_serving_kv_cache_bytes",
+            "Bytes of the running batches' KV caches (continuous batching; 0 under static)",
+            figures.kv_cache_bytes,
+        )
         sizes = engine.batch_sizes
-        yield CounterMetricFamily("lorasp_serving_batches", "Decode batches run", len(sizes))
         yield CounterMetricFamily(
-            "lorasp_serving_batch_rows", "Rows (requests) of the decode batches run", sum(sizes)
+            "lorasp_serving_batches", "Decode batches run (continuous: groups admitted)", len(sizes)
+        )
+        yield CounterMetricFamily(
+            "lorasp_serving_batch_rows", "Rows (requests) of the decode batches run (or admitted)", sum(sizes)
         )
         yield GaugeMetricFamily(
             "lorasp_serving_last_batch_rows", "Rows of the latest decode batch", sizes[-1] if sizes else 0

@@ -93,7 +93,16 @@ class Settings(BaseSettings):
     serving_max_rank: int = 64
     # Generation requests arriving within this window are decoded as one batch (up to max_batch_size).
     serving_batch_window_ms: float = 5.0
+    # Rows of one decode batch (static), or of a base model's running batch (continuous).
     serving_max_batch_size: int = 32
+    # "continuous": requests join the running decode batch at a step boundary and leave as they finish
+    # (vLLM's scheduling); "static": a window's requests decode together to the end (benchmarks compare).
+    serving_batching: Literal["continuous", "static"] = "continuous"
+    # Continuous: KV-cache bytes one base model's running batch may reach, counted for every row running
+    # to max_tokens (None: no bound besides the rows). A request that alone needs more is a 400.
+    serving_max_kv_cache_bytes: int | None = None
+    # Requests waiting to join a batch; past it a request is refused with 503 + Retry-After (None: no bound).
+    serving_max_waiting_requests: int | None = 256
     # POST /v1/adapters: cap on the unpacked size of an uploaded archive (zip/tar bomb guard).
     max_adapter_unpacked_bytes: int = 1024 * 1024 * 1024
 

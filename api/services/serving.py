@@ -9,6 +9,7 @@ needs no tenant key; listings are filtered back to the tenant through the regist
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,6 +30,7 @@ from lorasp_core.serving import (
     AdapterQuotaError,
     ChatTemplateError,
     ServingEngine,
+    ServingOverloadedError,
     TemplateBudget,
     UnknownAdapterError,
 )
@@ -78,6 +80,9 @@ def build_serving_engine(settings: Settings) -> ServingEngine:
         template_budget=TemplateBudget(
             timeout_ms=settings.chat_template_timeout_ms, max_chars=settings.chat_template_max_chars
         ),
+        batching=settings.serving_batching,
+        max_kv_cache_bytes=settings.serving_max_kv_cache_bytes,
+        max_waiting_requests=settings.serving_max_waiting_requests,
     )
 
 
@@ -130,6 +135,16 @@ def engine_errors(param: str | None) -> Iterator[None]:
             code="inference_unavailable",
             type="server_error",
         ) from error
+    except ServingOverloadedError as error:
+        overloaded = APIError(
+            503,
+            f"The server is overloaded: {error}. Please retry after {math.ceil(error.retry_after_s)} seconds "
+            "(LORASP_SERVING_MAX_WAITING_REQUESTS).",
+            code="server_overloaded",
+            type="server_error",
+        )
+        overloaded.headers["Retry-After"] = str(max(1, math.ceil(error.retry_after_s)))
+        raise overloaded from error
     except ChatTemplateError as error:
         raise APIError(
             400,

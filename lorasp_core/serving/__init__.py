@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from lorasp_core.serving.cache import AdapterCacheCounters
+from lorasp_core.serving.continuous import EngineClosedError
 from lorasp_core.serving.engine import ServingEngine
 from lorasp_core.serving.generation import GenerationStream
 from lorasp_core.serving.manager import AdapterManager
@@ -13,11 +14,14 @@ from lorasp_core.serving.types import (
     AdapterLoadError,
     AdapterQuotaError,
     BaseModelBundle,
+    BatchingFigures,
+    BatchingMode,
     ChatTemplateError,
     ClassificationResult,
     GenerationChunk,
     GenerationRequest,
     GenerationResult,
+    ServingOverloadedError,
     TemplateBudget,
     UnknownAdapterError,
 )
@@ -30,8 +34,11 @@ __all__ = [
     "AdapterManager",
     "AdapterQuotaError",
     "BaseModelBundle",
+    "BatchingFigures",
+    "BatchingMode",
     "ChatTemplateError",
     "ClassificationResult",
+    "EngineClosedError",
     "GenerationChunk",
     "GenerationRequest",
     "GenerationResult",
@@ -39,6 +46,7 @@ __all__ = [
     "MultiAdapterLinear",
     "RowDispatchModule",
     "ServingEngine",
+    "ServingOverloadedError",
     "SlotSelection",
     "TemplateBudget",
     "UnknownAdapterError",

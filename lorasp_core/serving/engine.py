@@ -1,12 +1,16 @@
 """ServingEngine: batched multi-adapter generation and classification on top of AdapterManager.
 
-Generation requests from many threads are gathered by a scheduler thread into one decode batch per
-base model, each row with its own adapter slot; classification runs one mixed forward directly.
+Generation requests from many threads go to a scheduler thread, each row with its own adapter slot:
+continuous batching (the default: requests join the running batch of their base model at a step
+boundary) or static batching (a window's requests decode as one batch, to its end). Classification
+runs one mixed forward directly.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
@@ -14,6 +18,7 @@ from dataclasses import dataclass
 
 from lorasp_core.serving.cache import CacheEntry
 from lorasp_core.serving.classification import base_label_names, classify_rows
+from lorasp_core.serving.continuous import ContinuousScheduler
 from lorasp_core.serving.decode import DecodeRow, decode_batch
 from lorasp_core.serving.generation import GenerationStream, render_prompt_ids
 from lorasp_core.serving.manager import AdapterManager
@@ -21,10 +26,13 @@ from lorasp_core.serving.resident import ResidentModel
 from lorasp_core.serving.scheduler import BatchScheduler, PendingRequest
 from lorasp_core.serving.types import (
     BaseModelBundle,
+    BatchingFigures,
+    BatchingMode,
     ClassificationResult,
     GenerationChunk,
     GenerationRequest,
     GenerationResult,
+    ServingOverloadedError,
     TemplateBudget,
 )
 
@@ -57,6 +65,9 @@ class ServingEngine(AdapterManager):
         max_pinned_per_owner: int | None = None,
         max_resident_per_owner: int | None = None,
         template_budget: TemplateBudget | None = None,
+        batching: BatchingMode = "continuous",
+        max_kv_cache_bytes: int | None = None,
+        max_waiting_requests: int | None = None,
     ) -> None:
         super().__init__(
             base_loader,
@@ -67,8 +78,20 @@ class ServingEngine(AdapterManager):
             max_resident_per_owner=max_resident_per_owner,
             template_budget=template_budget,
         )
+        if batching not in ("continuous", "static"):
+            raise ValueError(f"batching must be 'continuous' or 'static', got {batching!r}")
+        if max_waiting_requests is not None and max_waiting_requests < 0:
+            raise ValueError(f"max_waiting_requests must be >= 0, got {max_waiting_requests}")
+        self.batching: BatchingMode = batching
+        self.max_waiting_requests = max_waiting_requests
+        self._submit_lock = threading.Lock()  # the wait-queue bound is checked and the request queued at once
+        self._recent_request_s = 1.0  # moving mean of finished requests' duration: the Retry-After estimate
         self._scheduler = BatchScheduler(
             self._run_scheduled_batch, batch_window_s=batch_window_ms / 1000.0, max_batch_size=max_batch_size
+        )
+        # max_batch_size bounds the rows of a running batch too (with max_kv_cache_bytes).
+        self._continuous = ContinuousScheduler(
+            self.base_model, max_rows=max_batch_size, max_kv_bytes=max_kv_cache_bytes
         )
 
     # generation -------------------------------------------------------------------------------------
@@ -120,7 +143,9 @@ class ServingEngine(AdapterManager):
         so a reader that saw the end also sees the adapter released (unload/evict can proceed)."""
         if chunk.finish_reason is not None and not job.released:
             job.released = True
-            self._release(job.adapter_id, chunk.token_count, (time.perf_counter() - job.started) * 1e3)
+            elapsed = time.perf_counter() - job.started
+            self._recent_request_s = 0.8 * self._recent_request_s + 0.2 * elapsed
+            self._release(job.adapter_id, chunk.token_count, elapsed * 1e3)
         if job.stream is not None:
             job.stream.put(chunk)
 
@@ -130,8 +155,22 @@ class ServingEngine(AdapterManager):
         Validation errors (unknown adapter, bad parameters, prompt too long) raise here, before queueing.
         """
         stream = GenerationStream()
-        _, job = self._prepare(request, stream)
-        self._scheduler.submit(PendingRequest(request.model, job))
+        resident, job = self._prepare(request, stream)
+        try:
+            with self._submit_lock:
+                waiting = self.pending_requests()
+                if self.max_waiting_requests is not None and waiting >= self.max_waiting_requests:
+                    retry_after = max(1.0, math.ceil(self._recent_request_s))
+                    raise ServingOverloadedError(waiting, self.max_waiting_requests, retry_after)
+                if self.batching == "continuous":
+                    self._continuous.check_fits(resident, job.row)
+                    self._continuous.submit(request.model, job.row)
+                else:
+                    self._scheduler.submit(PendingRequest(request.model, job))
+        except Exception:
+            job.released = True
+            self._release(request.adapter_id)
+            raise
         return stream
 
     def generate_batch(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
@@ -187,18 +226,35 @@ class ServingEngine(AdapterManager):
     # scheduler controls -----------------------------------------------------------------------------
     @property
     def batch_sizes(self) -> list[int]:
-        """Size of every batch the scheduler ran (observability and tests)."""
+        """Rows of every batch the static scheduler ran, or of every group the continuous one admitted
+        (prefilled together and merged into the running batch): observability and tests."""
+        if self.batching == "continuous":
+            return list(self._continuous.batch_sizes)
         return list(self._scheduler.batch_sizes)
 
     def pending_requests(self) -> int:
+        """Requests waiting for a batch (continuous: waiting to join one)."""
+        if self.batching == "continuous":
+            return self._continuous.pending()
         return self._scheduler.pending()
 
+    def batching_figures(self) -> BatchingFigures:
+        if self.batching == "continuous":
+            running, kv_bytes = self._continuous.running_rows, self._continuous.kv_cache_bytes
+        else:
+            running, kv_bytes = self._scheduler.running_rows, 0
+        return BatchingFigures(self.batching, running, self.pending_requests(), kv_bytes)
+
     def scheduler_paused(self) -> AbstractContextManager[None]:
-        """Requests queue up but no batch starts inside the block: deterministic batch composition."""
+        """Requests queue up but no batch starts (continuous: no admission and no step) inside the block:
+        deterministic batch composition."""
+        if self.batching == "continuous":
+            return self._continuous.paused()
         return self._scheduler.paused()
 
     def close(self) -> None:
         self._scheduler.close()
+        self._continuous.close()
 
     # classification ---------------------------------------------------------------------------------
     def classify(self, model: str, adapter_id: str | None, texts: list[str]) -> list[ClassificationResult]:

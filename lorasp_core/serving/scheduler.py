@@ -48,6 +48,7 @@ class BatchScheduler:
         self._start_lock = threading.Lock()
         self.batch_sizes: list[int] = []  # every batch run, in order: observable batching for tests/metrics
         self._holding = 0  # a request taken off the queue while paused: still counts as pending
+        self.running_rows = 0  # rows of the batch decoding now (metrics)
 
     def submit(self, request: PendingRequest) -> None:
         self._ensure_thread()
@@ -111,7 +112,10 @@ class BatchScheduler:
                 by_model.setdefault(request.model, []).append(request)
             for model, requests in by_model.items():
                 self.batch_sizes.append(len(requests))
+                self.running_rows = len(requests)
                 try:
                     self._run_batch(model, requests)
                 except Exception:  # run_batch reports errors to its requests; never kill the thread
                     logger.exception("batch of %d requests on %r failed", len(requests), model)
+                finally:
+                    self.running_rows = 0

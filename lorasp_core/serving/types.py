@@ -45,6 +45,32 @@ class AdapterQuotaError(AdapterCacheFullError):
         super().__init__(f"owner {owner!r} already has its quota of {limit} {kind} adapters")
 
 
+class ServingOverloadedError(RuntimeError):
+    """The wait queue of the serving engine is full: the request was not queued. `retry_after_s` is the
+    engine's estimate of when a batch row frees up (the recent mean request time, at least 1 s)."""
+
+    def __init__(self, waiting: int, limit: int, retry_after_s: float) -> None:
+        self.waiting = waiting
+        self.limit = limit
+        self.retry_after_s = retry_after_s
+        super().__init__(f"{waiting} generation requests are already waiting (the limit is {limit})")
+
+
+BatchingMode = Literal["continuous", "static"]
+
+
+@dataclass(frozen=True)
+class BatchingFigures:
+    """A snapshot of the generation scheduler, for metrics: rows decoding now (all base models), requests
+    waiting to join, and the bytes of the KV caches of the running batches (0 under static batching,
+    whose caches live only inside one batch call)."""
+
+    mode: BatchingMode
+    running_rows: int
+    waiting_requests: int
+    kv_cache_bytes: int
+
+
 class ChatTemplateError(ValueError):
     """A chat template that cannot be rendered: it does not parse, raises, or exceeds its budget."""
 

@@ -110,6 +110,14 @@ def test_http_and_inference_counters_move_with_requests(
     assert value(after, "lorasp_adapter_cache_resident") >= 1
     assert moved("lorasp_serving_batch_rows_total") == 2
     assert ("lorasp_serving_queue_depth", frozenset()) in after
+    # Both chats have finished: no row decodes, none waits, no KV cache is held (the figures move
+    # while requests run: tests/serving/test_continuous_bounds.py).
+    for idle in (
+        "lorasp_serving_running_rows",
+        "lorasp_serving_waiting_requests",
+        "lorasp_serving_kv_cache_bytes",
+    ):
+        assert after[(idle, frozenset())] == 0
     assert ("lorasp_adapter_cache_evictions_total", frozenset()) in after
     # No secret in the text: keys are never labels.
     assert tenant["Authorization"].removeprefix("Bearer ") not in text

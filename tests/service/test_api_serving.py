@@ -196,3 +196,20 @@ def test_deleting_a_model_unloads_it(small_client: TestClient, alice: dict[str, 
     assert_error(chat(small_client, alice, adapter_id), 404, param="model")
     engine = small_client.app.state.lorasp.started_serving  # type: ignore[attr-defined]
     assert adapter_id not in [info.adapter_id for info in engine.loaded_adapters()]
+
+
+def test_full_wait_queue_is_503_with_retry_after(
+    api_settings: Settings, alice: dict[str, str], register: Any
+) -> None:
+    """Past LORASP_SERVING_MAX_WAITING_REQUESTS (0 here: every request finds the queue full) a
+    generation is refused before queueing: OpenAI's error shape, 503, and when to retry."""
+    adapter_id = register()
+    settings = api_settings.model_copy(update={"serving_max_waiting_requests": 0})
+    with TestClient(create_app(settings)) as client:
+        response = chat(client, alice, adapter_id)
+        error = assert_error(response, 503, code="server_overloaded")
+        assert error["type"] == "server_error"
+        assert int(response.headers["Retry-After"]) >= 1
+        # The refused request handed its adapter back: unloading frees the slot at once.
+        assert client.post(f"/v1/adapters/{adapter_id}/unload", headers=alice).json()["unloaded"] is True
+        assert adapter_id not in loaded_ids(client, alice)
