@@ -148,16 +148,20 @@ class RunningBatch:
             newcomers.append(LiveRow(row, state))
         if not newcomers:
             return
+        try:
+            self._prefill_and_merge(newcomers)
+        except Exception as error:  # the newcomers' prefill or merge failed: they fail, the others go on
+            for live in newcomers:
+                if live.state.error is None and live.state.finish_reason is None:
+                    decode._fail(live.row, live.state, error)
+
+    def _prefill_and_merge(self, newcomers: list[LiveRow]) -> None:
         ids, mask = (t.to(self.device) for t in decode._left_pad([n.row for n in newcomers], self.pad_id))
         slots = torch.tensor([n.row.slot for n in newcomers], dtype=torch.long, device=self.device)
         cache = DynamicCache(config=getattr(self.resident.model, "config", None))
-        try:
-            with torch.inference_mode():
-                logits = self._forward(ids, mask, slots, cache)
-        except Exception as error:  # the newcomers' prefill failed: they fail, the running rows go on
-            for live in newcomers:
-                decode._fail(live.row, live.state, error)
-            return
+        with torch.inference_mode():
+            logits = self._forward(ids, mask, slots, cache)
+        kv_layers(cache)  # an unsupported cache kind fails here, before any row takes a token
         keep, tokens = self._choose(newcomers, logits)
         if not keep:
             return

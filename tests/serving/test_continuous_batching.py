@@ -213,3 +213,28 @@ def test_failed_rows_are_told_once(engine: ServingEngine, scheduler: ContinuousS
     assert len(failures) == 1 and isinstance(failures[0], ValueError) and "seed" in str(failures[0])
     assert good_record.error is None and good_record.token_count == 5
     assert isinstance(bad_record, Recorded)
+
+
+def test_a_failing_prefill_fails_its_newcomers_alone(
+    engine: ServingEngine, scheduler: ContinuousScheduler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tokens = record_tokens(monkeypatch)
+    poison, poison_record = make_row(engine, "c1", "p" * 37, max_tokens=5)
+    real_forward = running_batch.RunningBatch._forward
+
+    def forward(self: running_batch.RunningBatch, ids, mask, slots, cache):  # type: ignore[no-untyped-def]
+        if ids.shape == (1, len(poison.prompt_ids)):
+            raise RuntimeError("prefill failed")
+        return real_forward(self, ids, mask, slots, cache)
+
+    monkeypatch.setattr(running_batch.RunningBatch, "_forward", forward)
+    running = make_row(
+        engine, "c2", "Hello", max_tokens=12, ignore_eos=True, on_chunk=submit_at(scheduler, 3, [poison])
+    )
+    scheduler.submit(TINY_LLAMA_NAME, running[0])
+    wait_all([running[1], poison_record])
+    assert isinstance(poison_record.error, RuntimeError) and poison_record.chunks == []
+    later = make_row(engine, None, "after", max_tokens=4)
+    scheduler.submit(TINY_LLAMA_NAME, later[0])
+    wait_all([later[1]])
+    assert_as_alone(engine, [running, later], tokens)
