@@ -12,6 +12,7 @@ from typing import Protocol
 from lorasp_core.serving import (
     AdapterCacheCounters,
     AdapterInfo,
+    BatchingFigures,
     ClassificationResult,
     GenerationRequest,
     GenerationStream,
@@ -53,6 +54,8 @@ class ServingBackend(Protocol):
     def batch_sizes(self) -> list[int]: ...
 
     def pending_requests(self) -> int: ...
+
+    def batching_figures(self) -> BatchingFigures: ...
 
     def cache_counters(self) -> AdapterCacheCounters: ...
 

@@ -24,6 +24,7 @@ from api.inference_tier.rendezvous import rendezvous_order, routing_key
 from lorasp_core.serving import (
     AdapterCacheCounters,
     AdapterInfo,
+    BatchingFigures,
     ClassificationResult,
     GenerationRequest,
     GenerationStream,
@@ -47,6 +48,7 @@ class InferenceRouter:
         self._backoff = settings.inference_retry_backoff_seconds
         self._health_interval = settings.inference_health_interval_seconds
         self._max_rank = settings.serving_max_rank
+        self._batching = settings.serving_batching
         self._storage_root = settings.blob_dir.resolve()
         self._base_of: dict[str, str] = {}  # adapter id -> base model, as routed (pin and info need it)
         self._figures: tuple[float, list[dict[str, Any]]] | None = None
@@ -257,6 +259,17 @@ class InferenceRouter:
             hits=sum(c.hits for c in counters),
             loads=sum(c.loads for c in counters),
             evictions=sum(c.evictions for c in counters),
+        )
+
+    def batching_figures(self) -> BatchingFigures:
+        """Rows, waiting requests and KV bytes summed over the processes; the mode is this deployment's
+        setting (the processes are started with the same)."""
+        figures = [wire.from_wire(BatchingFigures, f["batching"]) for f in self._process_figures()]
+        return BatchingFigures(
+            mode=self._batching,
+            running_rows=sum(f.running_rows for f in figures),
+            waiting_requests=sum(f.waiting_requests for f in figures),
+            kv_cache_bytes=sum(f.kv_cache_bytes for f in figures),
         )
 
     def resident_adapter_count(self) -> int:

@@ -140,6 +140,7 @@ def create_inference_app(settings: Settings, process: InferenceProcess) -> FastA
             "batch_sizes": engine.batch_sizes,
             "cache_counters": wire.to_wire(engine.cache_counters()),
             "resident_adapters": engine.resident_adapter_count(),
+            "batching": wire.to_wire(engine.batching_figures()),
         }
 
     @app.post("/generate")

@@ -22,6 +22,7 @@ from lorasp_core.serving import (
     AdapterLoadError,
     AdapterQuotaError,
     ChatTemplateError,
+    ServingOverloadedError,
     UnknownAdapterError,
 )
 
@@ -84,6 +85,9 @@ ERROR_KINDS: tuple[ErrorKind, ...] = (
     ErrorKind("chat_template", ChatTemplateError, 400, ("problem",)),
     ErrorKind("unknown_adapter", UnknownAdapterError, 404),
     ErrorKind("model_unavailable", ModelUnavailableError, 503),
+    # The process's wait queue is full: the API answers 503 + Retry-After (no failover: every process
+    # of this adapter's order would be as loaded, and the client is told when to come back).
+    ErrorKind("overloaded", ServingOverloadedError, 503, ("waiting", "limit", "retry_after_s")),
     ErrorKind("invalid_request", ValueError, 400),
     ErrorKind("unavailable", InferenceUnavailableError, 503),
 )

@@ -17,6 +17,7 @@ from api.inference_tier.rendezvous import rendezvous_order, routing_key
 from api.inference_tier.router import InferenceRouter
 from lorasp_core.serving import (
     AdapterCacheCounters,
+    BatchingFigures,
     GenerationChunk,
     GenerationRequest,
     GenerationStream,
@@ -62,7 +63,18 @@ class FakeProcesses:
             return httpx.Response(200, content=FULL_ANSWER, headers={"x-process": origin})
         if request.url.path == "/figures":
             counters = {"hits": 3, "loads": 2, "evictions": 1}
-            figures = {"pending_requests": 1, "batch_sizes": [2, 1], "cache_counters": counters}
+            batching = {
+                "mode": "continuous",
+                "running_rows": 3,
+                "waiting_requests": 1,
+                "kv_cache_bytes": 1000,
+            }
+            figures = {
+                "pending_requests": 1,
+                "batch_sizes": [2, 1],
+                "cache_counters": counters,
+                "batching": batching,
+            }
             return httpx.Response(200, json={**figures, "resident_adapters": 2})
         if request.url.path == "/health":
             return httpx.Response(200, json={"status": "ok", "name": origin, "hot": []})
@@ -186,4 +198,5 @@ def test_the_metrics_figures_are_summed_over_the_reachable_processes(
     assert sorted(router.batch_sizes) == [1, 1, 2, 2]
     assert router.cache_counters() == AdapterCacheCounters(hits=6, loads=4, evictions=2)
     assert router.resident_adapter_count() == 4
+    assert router.batching_figures() == BatchingFigures("continuous", 6, 2, 2000)
     assert processes.attempts == Counter(dict.fromkeys(URLS, 1))  # one fetch per process per scrape

@@ -15,11 +15,13 @@ from lorasp_core.serving import (
     AdapterInfo,
     AdapterLoadError,
     AdapterQuotaError,
+    BatchingFigures,
     ChatTemplateError,
     ClassificationResult,
     GenerationChunk,
     GenerationRequest,
     GenerationResult,
+    ServingOverloadedError,
     UnknownAdapterError,
 )
 
@@ -31,6 +33,7 @@ def through_json(value: object) -> object:
 @pytest.mark.parametrize(
     "value",
     [
+        BatchingFigures(mode="static", running_rows=3, waiting_requests=1, kv_cache_bytes=4096),
         GenerationRequest(
             model="m",
             adapter_id="ft:m:x",
@@ -115,6 +118,7 @@ def test_a_malformed_value_is_a_value_error() -> None:
         (ChatTemplateError("does not parse"), 400),
         (ModelUnavailableError("base model 'm' is not registered"), 503),
         (ValueError("max_tokens must be >= 1, got 0"), 400),
+        (ServingOverloadedError(4, 4, 2.0), 503),
     ],
 )
 def test_engine_errors_come_back_as_their_own_types(error: Exception, status: int) -> None:
