@@ -78,6 +78,7 @@ def build_spec(
         "mask_seed": chosen.mask_seed,
         "mixed_precision": _pick(chosen.mixed_precision),
         "gradient_checkpointing": _pick(chosen.gradient_checkpointing),
+        "base_quantization": chosen.base_quantization,
     }
     # Numbers as the stored JSON has always held them: integers for counts, floats for the rest.
     floats = (
