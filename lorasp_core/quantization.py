@@ -19,9 +19,10 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lorasp_core.serving.types import BaseModelBundle
@@ -133,6 +134,34 @@ def quantize_frozen_base(model: nn.Module, quantization: BaseQuantization) -> Qu
     return QuantizedBaseReport(quantization, len(names))
 
 
+class _LinearDequantizingInBackward(torch.autograd.Function):
+    """`x W^T + b` with a quantized `W` that keeps only the quantized `W` for the backward. Through plain
+    autograd, torchao's matmul saves the dequantized full-precision copy of every layer's weight until the
+    backward (measured: as much memory as the unquantized base); this dequantizes it again there instead,
+    as bitsandbytes' MatMul4Bit does. The weight is frozen: only the input gets a gradient."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        ctx.weight, ctx.input_dtype = weight, x.dtype  # a frozen leaf: nothing to version-check
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        weight: torch.Tensor = ctx.weight.dequantize()
+        grad_input = grad_output.to(weight.dtype) @ weight
+        return grad_input.to(ctx.input_dtype), None, None
+
+
+class Int8WeightOnlyLinear(nn.Linear):
+    """An `nn.Linear` over a torchao int8 weight whose backward keeps no full-precision weight copy."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        output: torch.Tensor = _LinearDequantizingInBackward.apply(  # type: ignore[no-untyped-call]
+            input, self.weight, self.bias
+        )
+        return output
+
+
 def _int8_weight_only(model: nn.Module, names: frozenset[str]) -> None:
     from torchao.quantization import Int8WeightOnlyConfig, quantize_
 
@@ -140,6 +169,16 @@ def _int8_weight_only(model: nn.Module, names: frozenset[str]) -> None:
         return name in names
 
     quantize_(model, Int8WeightOnlyConfig(), filter_fn=chosen)
+    for name in names:
+        linear = model.get_submodule(name)
+        assert isinstance(linear, nn.Linear)
+        replacement = Int8WeightOnlyLinear(
+            linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta"
+        )
+        replacement.weight, replacement.bias = linear.weight, linear.bias
+        replacement.train(linear.training)
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), child, replacement)
 
 
 def _nf4(model: nn.Module, names: list[str], device: torch.device) -> None:

@@ -22,6 +22,7 @@ from lorasp_core.quantization import (
     check_quantization,
     held_bytes,
     is_quantized,
+    linear_weight,
     parse_resident_name,
     quantizable_linear_names,
     quantize_frozen_base,
@@ -168,3 +169,21 @@ def test_the_estimate_counts_int8_linears_at_what_the_quantized_model_holds() ->
     adapters = [p for name, p in model.named_parameters() if "lora_" in name]
     measured = held_bytes(model.parameters()) - held_bytes(adapters)
     assert int8.weights == pytest.approx(measured, rel=0.05)
+
+
+def test_the_backward_keeps_no_full_precision_copy_of_an_int8_weight() -> None:
+    model = _wrapped_llama()
+    quantize_frozen_base(model, "int8")
+    weight_shapes = {tuple(linear_weight(model, name).shape) for name in quantizable_linear_names(model)}
+    saved: list[tuple[int, ...]] = []
+
+    def keep(tensor: torch.Tensor) -> torch.Tensor:
+        saved.append(tuple(tensor.shape))
+        return tensor
+
+    input_ids = torch.arange(5, 12).unsqueeze(0)  # 7 tokens: no activation has a weight's 2-D shape
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
+        loss = model(input_ids=input_ids, labels=input_ids).loss
+    assert saved and not weight_shapes & set(saved)
+    loss.backward()
+    assert all(p.grad is not None for name, p in model.named_parameters() if "lora_B_trainable" in name)
