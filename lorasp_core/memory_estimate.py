@@ -5,7 +5,9 @@ The API calls this at job creation with the base model's skeleton (modules on th
 an out-of-memory error an hour later, and a job that fits is sent to a queue whose workers can hold it.
 
 The peak is the sum of:
-* weights: every base parameter at the bytes of the dtype it is held in (quantised: its bits / 8);
+* weights: every base parameter at the bytes of the dtype it is held in; with a quantized base
+  (`base_quantization`), the linears `quantization.quantizable_linear_names` selects at the quantized
+  bytes per weight (int8: 1, nf4: 0.5 + its block scales), their biases and everything else as held;
 * adapter: per LoRA-SP entry of A and B, trainable ones as fp32 parameter + gradient + Adam's two
   moments (16 bytes), frozen ones as an fp32 buffer (4 bytes), and each entry's int64 index (8 bytes),
   plus the dense A and B rebuilt in each forward and kept for the backward (4 bytes);
@@ -31,7 +33,9 @@ from typing import Literal
 from torch import nn
 
 from lorasp_core.config import LoraSPConfig
-from lorasp_core.wrapping import resolve_target_names
+from lorasp_core.quantization import QUANTIZED_WEIGHT_BYTES, linear_weight, quantizable_linear_names
+from lorasp_core.train_config import BaseQuantization
+from lorasp_core.wrapping import resolve_modules_to_save, resolve_target_names
 
 GIB = 2**30
 RUNTIME_BYTES = {"cpu": int(0.6 * GIB), "cuda": int(1.0 * GIB)}
@@ -75,6 +79,7 @@ class TrainingShape:
     weight_dtype: str = "float32"  # how the frozen base is held: a DTYPE_BYTES key
     compute_dtype: str = "float32"  # autocast dtype of the activations ("bfloat16" under bf16 autocast)
     gradient_checkpointing: bool = False
+    base_quantization: BaseQuantization = "none"  # the frozen base's linears quantized (QLoRA-style)
     # Share of positions that carry a loss (chat: the assistant's tokens); 1.0 when the LM head runs
     # at every position.
     supervised_fraction: float = 1.0
@@ -104,11 +109,24 @@ def _adapter_bytes(skeleton: nn.Module, lora: LoraSPConfig) -> int:
     return total
 
 
+def _weight_bytes(skeleton: nn.Module, lora: LoraSPConfig, shape: TrainingShape) -> int:
+    held = DTYPE_BYTES[shape.weight_dtype]
+    parameters = sum(parameter.numel() for parameter in skeleton.parameters())
+    if shape.base_quantization == "none":
+        return int(parameters * held)
+    # the skeleton is unwrapped and all its parameters require grad: the trained head (modules_to_save,
+    # as apply_lorasp picks it) is what stays unquantized, besides the output layers
+    heads = resolve_modules_to_save(skeleton, lora)
+    quantized = 0
+    for name in quantizable_linear_names(skeleton, trainable_heads=heads):
+        quantized += linear_weight(skeleton, name).numel()
+    return int((parameters - quantized) * held + quantized * QUANTIZED_WEIGHT_BYTES[shape.base_quantization])
+
+
 def estimate_training_memory(skeleton: nn.Module, lora: LoraSPConfig, shape: TrainingShape) -> MemoryEstimate:
     """The peak memory of training `skeleton` (a causal LM or classifier) with these adapters and shape."""
     config = getattr(skeleton, "config", None)
-    parameters = sum(parameter.numel() for parameter in skeleton.parameters())
-    weights = int(parameters * DTYPE_BYTES[shape.weight_dtype])
+    weights = _weight_bytes(skeleton, lora, shape)
 
     hidden = _config_int(config, "hidden_size", "n_embd", "d_model")
     layers = _config_int(config, "num_hidden_layers", "n_layer", "num_layers", default=1)

@@ -18,6 +18,9 @@ Objective = Literal["supervised", "dpo"]
 MixedPrecision = Literal["auto", "bf16", "fp16", "no"]
 BaseDtype = Literal["auto", "float32", "bfloat16"]
 GradientCheckpointing = bool | Literal["auto"]
+# How the frozen base's linear weights are held: as loaded, int8 weight-only (torchao, CPU and CUDA)
+# or nf4 (bitsandbytes, CUDA only); see lorasp_core.quantization.
+BaseQuantization = Literal["none", "int8", "nf4"]
 
 # transformers.get_scheduler names that need no extra arguments (plateau needs metrics, WSD needs kwargs).
 SUPPORTED_SCHEDULERS = (
@@ -37,6 +40,7 @@ OBJECTIVES: tuple[Objective, ...] = ("supervised", "dpo")
 DPO_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins")
 MIXED_PRECISIONS: tuple[MixedPrecision, ...] = ("auto", "bf16", "fp16", "no")
 BASE_DTYPES: tuple[BaseDtype, ...] = ("auto", "float32", "bfloat16")
+BASE_QUANTIZATIONS: tuple[BaseQuantization, ...] = ("none", "int8", "nf4")
 
 
 def _require(condition: bool, message: str) -> None:
@@ -84,6 +88,8 @@ class TrainConfig:
     # data-parallel ranks training this job (distributed.py); each takes batch_size / processes
     # examples of every micro-batch, so the global batch (and the result) is a 1-process run's
     processes: int = 1
+    # the frozen base's linears quantized (QLoRA-style) before training; adapters and head stay fp32
+    base_quantization: BaseQuantization = "none"
 
     def __post_init__(self) -> None:
         _require(self.task in TASKS, f"task must be one of {TASKS}, got {self.task!r}")
@@ -135,6 +141,10 @@ class TrainConfig:
         _require(
             isinstance(self.gradient_checkpointing, bool) or self.gradient_checkpointing == "auto",
             f"gradient_checkpointing must be true, false or 'auto', got {self.gradient_checkpointing!r}",
+        )
+        _require(
+            self.base_quantization in BASE_QUANTIZATIONS,
+            f"base_quantization must be one of {BASE_QUANTIZATIONS}, got {self.base_quantization!r}",
         )
         _require(
             isinstance(self.device, str) and bool(self.device),
@@ -240,3 +250,4 @@ class TrainResult:
     optimizer_state_bytes: dict[str, int] = field(default_factory=dict)
     precision: ResolvedPrecision | None = None  # what the run computed in and held the base in
     gradient_checkpointing: bool = False  # as resolved from the config's "auto" / true / false
+    base_quantization: BaseQuantization = "none"  # how the frozen base's linears were held

@@ -33,6 +33,7 @@ from lorasp_core.distributed import RankGroup
 from lorasp_core.dpo import dpo_backward, reference_log_probs, tokenize_pairs
 from lorasp_core.evaluation import Validation, evaluate
 from lorasp_core.precision import grad_scaler, hold_frozen_base_in, resolve_precision
+from lorasp_core.quantization import check_quantization, quantize_frozen_base
 from lorasp_core.target_logits import target_logits
 from lorasp_core.train_config import ProgressEvent, TrainCallback, TrainConfig, TrainResult
 from lorasp_core.training_ops import (
@@ -136,6 +137,7 @@ def train(
     precision = resolve_precision(config.mixed_precision, config.base_dtype, device)
     amp_dtype = precision.autocast_dtype
     checkpointing = resolve_gradient_checkpointing(config.gradient_checkpointing, device)
+    check_quantization(config.base_quantization, device)  # before any work: nf4 needs CUDA + bitsandbytes
     label_names = resolve_label_names(config, train_data, label_names)
     pad_id = pad_token_id(tokenizer)
     dpo = config.objective == "dpo"
@@ -158,6 +160,8 @@ def train(
     # optimizer over the entries that really train (frozen LoRA-SP entries are buffers, not here)
     model.to(device)
     hold_frozen_base_in(model, precision.base_torch_dtype)
+    # after the cast: the quantized weights dequantize to the dtype the base is held in
+    quantize_frozen_base(model, config.base_quantization)
     scaler = grad_scaler(precision, device)
     trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
@@ -301,6 +305,7 @@ def train(
         optimizer_state_bytes=optimizer_state_bytes(optimizer, model),
         precision=precision,
         gradient_checkpointing=checkpointing,
+        base_quantization=config.base_quantization,
     )
 
 

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 from lorasp_core.memory_estimate import GIB, MemoryEstimate, TrainingShape, estimate_training_memory
 from lorasp_core.models.skeleton import model_skeleton
+from lorasp_core.quantization import QUANTIZATION_DEVICES, runs_on
+from lorasp_core.train_config import BaseQuantization
 from lorasp_service.jobs.spec import TrainingSpec
 from lorasp_service.settings import ResourceClass, Settings
 
@@ -39,6 +41,21 @@ class InsufficientCapacityError(Exception):
         )
 
 
+class UnsupportedQuantizationError(Exception):
+    """No configured resource class runs the job's `base_quantization` (nf4 needs a CUDA class)."""
+
+    option = "base_quantization"
+
+    def __init__(self, quantization: BaseQuantization, classes: list[ResourceClass]) -> None:
+        self.quantization = quantization
+        devices = " or ".join(sorted(QUANTIZATION_DEVICES[quantization]))
+        shown = ", ".join(f"'{c.name}' ({c.device})" for c in classes)
+        super().__init__(
+            f"base_quantization {quantization!r} needs a {devices} worker class and none is configured "
+            f"(classes: {shown})"
+        )
+
+
 @dataclass(frozen=True)
 class Admission:
     resource_class: str
@@ -55,6 +72,7 @@ def job_shape(
         batch_size=spec.batch_size // spec.processes,  # one rank's share
         sequence_length=sequence_length,
         weight_dtype="float32",  # the worker loads the frozen base in float32 today
+        base_quantization=spec.base_quantization,
         compute_dtype="bfloat16" if resource_class.device == "cuda" else "float32",
         device=resource_class.device,
     )
@@ -63,14 +81,18 @@ def job_shape(
 def admit(
     settings: Settings, model: str, spec: TrainingSpec, longest_example_tokens: int | None
 ) -> Admission:
-    """The smallest resource class that holds the job; InsufficientCapacityError if none does.
+    """The smallest resource class that holds the job; InsufficientCapacityError if none does,
+    UnsupportedQuantizationError if no class runs its base_quantization.
 
     `model`: the catalog name or the registered model's store directory (what the skeleton reads).
     """
+    able = [c for c in settings.classes if runs_on(spec.base_quantization, c.device)]
+    if not able:
+        raise UnsupportedQuantizationError(spec.base_quantization, settings.classes)
     skeleton = model_skeleton(model, settings.model_cache_dir)
     lora = spec.to_lora_config()
     estimate: MemoryEstimate | None = None
-    for resource_class in settings.classes:  # smallest first
+    for resource_class in able:  # smallest first
         estimate = estimate_training_memory(
             skeleton, lora, job_shape(spec, longest_example_tokens, resource_class)
         )
@@ -78,4 +100,4 @@ def admit(
         if estimate.total * sharing <= resource_class.memory_gib * GIB:
             return Admission(resource_class.name, estimate)
     assert estimate is not None  # settings.classes is never empty
-    raise InsufficientCapacityError(estimate, settings.classes[-1], spec.processes)
+    raise InsufficientCapacityError(estimate, able[-1], spec.processes)

@@ -21,7 +21,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from lorasp_core import read_adapter_metadata, save_adapter
-from lorasp_core.train_config import ProgressEvent, TaskType, TrainCallback
+from lorasp_core.train_config import BaseQuantization, ProgressEvent, TaskType, TrainCallback
 from lorasp_service import registry, step_metrics
 from lorasp_service.db import session_scope
 from lorasp_service.jobs.events import add_event, utcnow
@@ -123,6 +123,7 @@ class EpochCheckpointCallback(TrainCallback):
     work_dir: Path
     rank: int
     freeze_ratio: float
+    base_quantization: BaseQuantization = "none"
     label_names: list[str] | None = None
     chat_template: str | None = None
     total_steps: int = 0
@@ -168,6 +169,7 @@ class EpochCheckpointCallback(TrainCallback):
             job_id=None,
             checkpoint_job_id=self.job.id,
             base_model=self.job.model,
+            base_quantization=self.base_quantization,
             task=self.task,
             source="training",
             storage_key=key,

@@ -152,6 +152,8 @@ class Adapter(Base):
         ForeignKey("fine_tuning_jobs.id", ondelete="SET NULL"), unique=True, default=None
     )
     base_model: Mapped[str] = mapped_column(String(256))
+    # How the base's linears were held when it trained ("none" | "int8" | "nf4"): served on the same
+    base_quantization: Mapped[str] = mapped_column(String(16), default="none", server_default="none")
     task: Mapped[str] = mapped_column(String(16))  # "causal-lm" | "seq-cls"
     source: Mapped[str] = mapped_column(String(16), default="training")  # "training" | "upload"
     storage_key: Mapped[str] = mapped_column(String(512), unique=True)  # adapter directory

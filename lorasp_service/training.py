@@ -33,6 +33,7 @@ from lorasp_core import (
 from lorasp_core.data import Example
 from lorasp_core.models.catalog import LoadedModel
 from lorasp_core.precision import PrecisionError, resolve_precision
+from lorasp_core.quantization import QuantizationUnavailableError, check_quantization
 from lorasp_core.train_config import TaskType
 from lorasp_core.trainer import TrainConfig, train
 from lorasp_core.training_ops import resolve_device
@@ -97,9 +98,17 @@ def _record_precision(
         precision = resolve_precision(
             config.mixed_precision, config.base_dtype, resolve_device(config.device)
         )
+        check_quantization(config.base_quantization, resolve_device(config.device))
     except PrecisionError as error:
         raise JobFailure("invalid_hyperparameters", str(error), "method") from error
+    except QuantizationUnavailableError as error:
+        # only the lorasp method's hyperparameters carry the option
+        raise JobFailure(
+            "invalid_hyperparameters", str(error), f"method.lorasp.hyperparameters.{error.option}"
+        ) from error
     message = f"Training in {precision.compute} with the frozen base in {precision.base_dtype}"
+    if config.base_quantization != "none":
+        message += f", its linear weights in {config.base_quantization}"
     if not jobs.record_resolved_hyperparameters(
         settings, job_id, worker_id, claim.attempt, precision.to_dict(), message
     ):
@@ -285,6 +294,7 @@ def _train_and_register(
         work_dir,
         rank=lora.r,
         freeze_ratio=lora.freeze_ratio,
+        base_quantization=config.base_quantization,
         label_names=label_names,
         chat_template=chat_template,
     )
@@ -339,6 +349,7 @@ def _train_and_register(
         "eval_metrics": result.eval_metrics,
         **(result.precision.to_dict() if result.precision is not None else {}),
         "gradient_checkpointing": result.gradient_checkpointing,
+        "base_quantization": result.base_quantization,
     }
     saved = save_adapter(
         model,
@@ -356,6 +367,7 @@ def _train_and_register(
         tenant_id=job.tenant_id,
         job_id=job_id,
         base_model=job.model,
+        base_quantization=result.base_quantization,
         task=task,
         source="training",
         storage_key=adapter_key,

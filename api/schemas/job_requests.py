@@ -22,7 +22,7 @@ from pydantic import (
 )
 
 from api.schemas.job_integrations import MAX_INTEGRATIONS, Integration
-from lorasp_core.train_config import MIXED_PRECISIONS, MixedPrecision
+from lorasp_core.train_config import BASE_QUANTIZATIONS, MIXED_PRECISIONS, BaseQuantization, MixedPrecision
 
 MAX_EPOCHS = 50
 MAX_BATCH_SIZE = 512
@@ -118,6 +118,22 @@ MixedPrecisionOption = Annotated[
     PlainValidator(_mixed_precision, json_schema_input_type=MixedPrecision),
     Field(description="Autocast precision; 'auto' picks bf16 where the worker's hardware runs it fast"),
 ]
+
+
+def _base_quantization(value: Any) -> str:
+    if isinstance(value, str) and value in BASE_QUANTIZATIONS:
+        return value
+    raise ValueError(f"expected one of {', '.join(repr(name) for name in BASE_QUANTIZATIONS)}")
+
+
+BaseQuantizationOption = Annotated[
+    BaseQuantization,
+    PlainValidator(_base_quantization, json_schema_input_type=BaseQuantization),
+    Field(
+        description="How the frozen base's linear weights are held: 'none', 'int8' (weight-only, CPU and "
+        "GPU) or 'nf4' (CUDA workers with bitsandbytes); the adapter is served on the same base"
+    ),
+]
 GradientCheckpointingOption = Annotated[
     bool | Literal["auto"],
     PlainValidator(_bool_or_auto, json_schema_input_type=bool | Literal["auto"]),
@@ -162,6 +178,7 @@ class LoraSPHyperparameters(SupervisedHyperparameters):
     # Data-parallel ranks for the job (CUDA: one GPU each); batch_size is the global batch, split
     # evenly between them. At most the server's LORASP_MAX_PROCESSES.
     processes: int | None = Field(default=None, ge=1, le=1024)
+    base_quantization: BaseQuantizationOption | None = None
 
 
 class DPOHyperparameters(SupervisedHyperparameters):

@@ -6,7 +6,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, StrictBool
 
+from lorasp_core.quantization import parse_resident_name
 from lorasp_core.serving import AdapterInfo
+from lorasp_core.train_config import BaseQuantization
 
 
 class LoadAdapterRequest(BaseModel):
@@ -21,6 +23,7 @@ class LoadedAdapter(BaseModel):
     id: str
     object: Literal["adapter"] = "adapter"
     base_model: str
+    base_quantization: BaseQuantization = "none"  # how the resident base it runs on is held
     task: str
     rank: int
     bytes: int
@@ -37,9 +40,11 @@ class LoadedAdapter(BaseModel):
 
     @classmethod
     def from_info(cls, info: AdapterInfo) -> LoadedAdapter:
+        base_model, base_quantization = parse_resident_name(info.base_model)
         return cls(
             id=info.adapter_id,
-            base_model=info.base_model,
+            base_model=base_model,
+            base_quantization=base_quantization,
             task=info.task,
             rank=info.rank,
             bytes=info.bytes,

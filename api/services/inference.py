@@ -62,6 +62,11 @@ class Target:
     def adapter_id(self) -> str | None:
         return None if self.adapter is None else self.adapter.id
 
+    @property
+    def resident(self) -> str:
+        """The engine's name for the base it runs on (quantized as the adapter trained: resident_base)."""
+        return self.base_model if self.adapter is None else serving.resident_base(self.adapter)
+
 
 def resolve_target(
     session: Session,
@@ -96,7 +101,7 @@ def start_generation(
     engine: ServingBackend, storage: BlobStorage, target: Target, **request: Any
 ) -> GenerationStream:
     """Queue the request in the engine; bad requests (e.g. a prompt over the context) are 400s here."""
-    generation = GenerationRequest(model=target.base_model, adapter_id=target.adapter_id, **request)
+    generation = GenerationRequest(model=target.resident, adapter_id=target.adapter_id, **request)
     try:
         with serving.engine_errors("model"):
             return serving.with_reload(engine, storage, target.adapter, lambda: engine.generate(generation))
@@ -218,7 +223,7 @@ def classify(
             engine,
             storage,
             target.adapter,
-            lambda: engine.classify(target.base_model, target.adapter_id, texts),
+            lambda: engine.classify(target.resident, target.adapter_id, texts),
         )
     logger.info(
         "classification on %r (adapter %r): %d inputs, %.1f ms",

@@ -101,6 +101,7 @@ def build_spec(
         "mixed_precision": _pick(chosen.mixed_precision),
         "gradient_checkpointing": _pick(chosen.gradient_checkpointing),
         "processes": _pick(chosen.processes),
+        "base_quantization": chosen.base_quantization,
     }
     # Numbers as the stored JSON has always held them: integers for counts, floats for the rest.
     floats = (

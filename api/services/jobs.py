@@ -22,7 +22,12 @@ from api.services.job_spec import build_spec
 from api.services.job_tools import check_tool_support
 from api.services.paging import fetch_page, newer_first_after
 from lorasp_service import jobs, model_checkpoints, registry
-from lorasp_service.admission import Admission, InsufficientCapacityError, admit
+from lorasp_service.admission import (
+    Admission,
+    InsufficientCapacityError,
+    UnsupportedQuantizationError,
+    admit,
+)
 from lorasp_service.ids import new_id
 from lorasp_service.jobs import TrainingSpec
 from lorasp_service.jobs.auto import DatasetSize
@@ -92,6 +97,11 @@ def _admit(settings: Settings, base: JobBase, spec: TrainingSpec, training: File
         return admit(
             settings, base.source or base.base_model, spec, longest if isinstance(longest, int) else None
         )
+    except UnsupportedQuantizationError as error:
+        param = f"method.{spec.method_type}.hyperparameters.{error.option}"
+        raise APIError(
+            400, f"Invalid value for '{param}': {error}.", param=param, code="unsupported_quantization"
+        ) from None
     except InsufficientCapacityError as error:
         param = f"method.{spec.method_type}.hyperparameters.batch_size"
         raise APIError(

@@ -22,7 +22,8 @@ from sqlalchemy.orm import Session
 from api.errors import APIError, not_found
 from api.inference_tier.backend import ServingBackend
 from api.inference_tier.wire import InferenceUnavailableError
-from lorasp_core.models import ModelUnavailableError
+from lorasp_core.models import LoadedModel, ModelUnavailableError
+from lorasp_core.quantization import BASE_QUANTIZATIONS, quantizing_base_loader, resident_name
 from lorasp_core.serving import (
     AdapterCacheFullError,
     AdapterInfo,
@@ -60,7 +61,7 @@ def build_serving_engine(settings: Settings) -> ServingEngine:
 
     storage = BlobStorage(settings.blob_dir)
 
-    def base_loader(name: str):  # type: ignore[no-untyped-def]  # LoadedModel satisfies BaseModelBundle
+    def base_loader(name: str) -> LoadedModel:
         # The registry row says where its files are (the model store for a registered model).
         with session_scope(settings) as session:
             row = session.get(BaseModelRecord, name)
@@ -69,7 +70,8 @@ def build_serving_engine(settings: Settings) -> ServingEngine:
         return model_loading.load_model(settings, storage, row)
 
     return ServingEngine(
-        base_loader,
+        # a quantized resident per (base model, quantization) its adapters trained on: resident_base()
+        quantizing_base_loader(base_loader),
         max_adapters=settings.serving_max_adapters,
         max_adapter_bytes=settings.serving_max_adapter_bytes,
         max_rank=settings.serving_max_rank,
@@ -84,6 +86,17 @@ def build_serving_engine(settings: Settings) -> ServingEngine:
         max_kv_cache_bytes=settings.serving_max_kv_cache_bytes,
         max_waiting_requests=settings.serving_max_waiting_requests,
     )
+
+
+def resident_base(adapter: Adapter) -> str:
+    """The engine's name for the base the adapter is served on: its base model, held quantized as the
+    adapter was trained (`Adapter.base_quantization`)."""
+    quantization = adapter.base_quantization
+    if quantization not in BASE_QUANTIZATIONS:  # written by this code only; never trust a row blindly
+        raise APIError(
+            500, f"adapter {adapter.id!r} records an unknown base_quantization", type="server_error"
+        )
+    return resident_name(adapter.base_model, quantization)
 
 
 def load_error_message(error: AdapterLoadError) -> str:
@@ -167,7 +180,8 @@ def ensure_loaded(
     """Hot-load the adapter from its storage directory (a cache hit, just touched, if resident)."""
     with engine_errors(param):
         path = storage.path(adapter.storage_key)
-        return engine.load_adapter(adapter.id, path, adapter.base_model, pin=pin, owner=adapter.tenant_id)
+        base = resident_base(adapter)
+        return engine.load_adapter(adapter.id, path, base, pin=pin, owner=adapter.tenant_id)
 
 
 def with_reload(

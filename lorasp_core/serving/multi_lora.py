@@ -59,10 +59,16 @@ class MultiAdapterLinear(nn.Module):
         self.selection = selection
         weight = base_layer.weight
         assert isinstance(weight, torch.Tensor)
-        # Same dtype/device as the base weight, so the adapter math runs where the base does.
-        self.register_buffer("lora_A_slots", weight.new_zeros(num_slots, rank, self.in_features))
-        self.register_buffer("lora_B_slots", weight.new_zeros(num_slots, self.out_features, rank))
-        self.register_buffer("scaling_slots", weight.new_zeros(num_slots))
+        # Same dtype/device as the base weight, so the adapter math runs where the base does (plain
+        # tensors: a quantized base weight, a torchao tensor subclass, has no `new_zeros`).
+        dtype, device = weight.dtype, weight.device
+        self.register_buffer(
+            "lora_A_slots", torch.zeros(num_slots, rank, self.in_features, dtype=dtype, device=device)
+        )
+        self.register_buffer(
+            "lora_B_slots", torch.zeros(num_slots, self.out_features, rank, dtype=dtype, device=device)
+        )
+        self.register_buffer("scaling_slots", torch.zeros(num_slots, dtype=dtype, device=device))
         # Python copies of per-slot rank/scaling: read on every forward without a tensor sync.
         self.slot_ranks: list[int] = [0] * num_slots
         self.slot_scalings: list[float] = [0.0] * num_slots

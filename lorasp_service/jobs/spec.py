@@ -23,7 +23,13 @@ from typing import Any, Literal
 from pydantic import TypeAdapter, ValidationError
 
 from lorasp_core.config import LoraSPConfig
-from lorasp_core.train_config import GradientCheckpointing, MixedPrecision, TaskType, TrainConfig
+from lorasp_core.train_config import (
+    BaseQuantization,
+    GradientCheckpointing,
+    MixedPrecision,
+    TaskType,
+    TrainConfig,
+)
 from lorasp_service.jobs.auto import AUTO_LEARNING_RATE_MULTIPLIER, TARGET_EPOCHS
 from lorasp_service.orm import Job
 
@@ -82,6 +88,8 @@ class TrainingSpec:
     mixed_precision: MixedPrecision = TRAIN_DEFAULTS["mixed_precision"]
     gradient_checkpointing: GradientCheckpointing = TRAIN_DEFAULTS["gradient_checkpointing"]
     processes: int = TRAIN_DEFAULTS["processes"]  # data-parallel ranks (a spec stored before: 1)
+    # how the frozen base's linears are held; the adapter is served on a base held the same way
+    base_quantization: BaseQuantization = TRAIN_DEFAULTS["base_quantization"]
 
     @property
     def effective_learning_rate(self) -> float:
@@ -114,6 +122,7 @@ class TrainingSpec:
             "mixed_precision": self.mixed_precision,
             "gradient_checkpointing": self.gradient_checkpointing,
             "processes": self.processes,
+            "base_quantization": self.base_quantization,
         }
         if self.method_type == "dpo":
             resolved["beta"] = self.beta
@@ -179,6 +188,7 @@ class TrainingSpec:
             eval_sample_size=max(self.batch_size, MIN_VALIDATION_SAMPLE),
             mixed_precision=self.mixed_precision,
             gradient_checkpointing=self.gradient_checkpointing,
+            base_quantization=self.base_quantization,
             full_eval_epochs=FULL_VALIDATION_EPOCHS,
             checkpoint_every_steps=checkpoint_every_steps,
             checkpoint_dir=str(checkpoint_dir) if checkpoint_dir is not None else None,

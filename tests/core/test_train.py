@@ -19,7 +19,8 @@ from lorasp_core.data import (
 )
 from lorasp_core.models import make_tiny_tokenizer, tiny_random_bert, tiny_random_llama
 from lorasp_core.precision import ResolvedPrecision
-from lorasp_core.train_config import BaseDtype, EvalScope, MixedPrecision
+from lorasp_core.quantization import is_quantized, quantizable_linear_names
+from lorasp_core.train_config import BaseDtype, BaseQuantization, EvalScope, MixedPrecision
 from lorasp_core.trainer import ProgressEvent, TrainCallback, TrainConfig, evaluate, train
 
 TOKENIZER = make_tiny_tokenizer()
@@ -202,16 +203,21 @@ def test_classification_trains_head_and_reports_accuracy() -> None:
 
 
 @pytest.mark.parametrize(
-    ("mixed_precision", "base_dtype", "resolved"),
+    ("mixed_precision", "base_dtype", "base_quantization", "resolved"),
     [
-        ("no", "auto", ResolvedPrecision("fp32", "float32")),
-        ("bf16", "float32", ResolvedPrecision("bf16", "float32")),
-        ("bf16", "bfloat16", ResolvedPrecision("bf16", "bfloat16")),  # the frozen base held in bf16
-        ("fp16", "float32", ResolvedPrecision("fp16", "float32")),  # with a GradScaler
+        ("no", "auto", "none", ResolvedPrecision("fp32", "float32")),
+        ("bf16", "float32", "none", ResolvedPrecision("bf16", "float32")),
+        ("bf16", "bfloat16", "none", ResolvedPrecision("bf16", "bfloat16")),  # the frozen base held in bf16
+        ("fp16", "float32", "none", ResolvedPrecision("fp16", "float32")),  # with a GradScaler
+        ("no", "auto", "int8", ResolvedPrecision("fp32", "float32")),  # an int8 base under fp32 adapters
+        ("bf16", "bfloat16", "int8", ResolvedPrecision("bf16", "bfloat16")),
     ],
 )
 def test_packing_and_every_cpu_precision_keep_frozen_entries_bit_identical(
-    mixed_precision: MixedPrecision, base_dtype: BaseDtype, resolved: ResolvedPrecision
+    mixed_precision: MixedPrecision,
+    base_dtype: BaseDtype,
+    base_quantization: BaseQuantization,
+    resolved: ResolvedPrecision,
 ) -> None:
     model, data = llama(), chat_data(10)
     frozen_before = {name: b.clone() for name, b in model.named_buffers() if name.endswith("_frozen")}
@@ -224,10 +230,14 @@ def test_packing_and_every_cpu_precision_keep_frozen_entries_bit_identical(
         weight_decay=0.5,
         mixed_precision=mixed_precision,
         base_dtype=base_dtype,
+        base_quantization=base_quantization,
         learning_rate=1e-2,
     )
     result = train(config, model, TOKENIZER, data)
-    assert result.precision == resolved
+    assert result.precision == resolved and result.base_quantization == base_quantization
+    quantized = {f"{name}.weight" for name in quantizable_linear_names(model)}
+    assert len(quantized) > 0
+    assert all(is_quantized(model.get_parameter(name)) == (base_quantization != "none") for name in quantized)
     assert result.train_loss is not None and torch.isfinite(torch.tensor(result.train_loss))
     assert result.steps < 5  # ten examples packed into fewer 128-token rows
     for name, buffer in model.named_buffers():

@@ -161,12 +161,16 @@ def test_the_stored_json_keeps_the_shape_jobs_have_always_had(tmp_path: Path) ->
                 "mixed_precision": "auto",  # resolved on the worker, which adds "precision"
                 "gradient_checkpointing": "auto",
                 "processes": 1,
+                "base_quantization": "none",
             }
         },
     }
     assert list(job.method["supervised"]["hyperparameters"]) == list(
         TrainingSpec(seed=0, mask_seed=0).method_json()["supervised"]["hyperparameters"]
     )
+    # a job stored before base_quantization existed reads back unquantized
+    del job.method["supervised"]["hyperparameters"]["base_quantization"]
+    assert TrainingSpec.from_job(job).base_quantization == "none"
 
 
 def test_server_limits_name_the_request_field(tmp_path: Path) -> None:
