@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 import tempfile
 import threading
 import time
@@ -28,6 +29,7 @@ import torch
 
 from benchmarks.common import machine_description
 from benchmarks.serving import PROMPTS, make_adapters, percentile
+from benchmarks.serving_load_report import write_serving_load_report
 from lorasp_core.models import LoadedModel, load_base_model
 from lorasp_core.serving import BatchingMode, GenerationRequest, ServingEngine
 
@@ -189,6 +191,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2) + "\n")
+        command = "python -m benchmarks.serving_load " + " ".join(argv if argv is not None else sys.argv[1:])
+        write_serving_load_report(results, args.out.with_suffix(".md"), command)
 
 
 if __name__ == "__main__":
