@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from lorasp_core.data.tool_calls import FUNCTION_NAME
 from lorasp_core.serving import ResponseFormat, TokenLogprob, ToolChoice, TopLogprob
 
-FunctionName = Annotated[str, Field(pattern=FUNCTION_NAME.pattern)]
+FunctionName = Annotated[str, Field(pattern=f"^{FUNCTION_NAME.pattern}$")]  # pydantic searches: anchor it
 MAX_TOOLS = 128
 
 
