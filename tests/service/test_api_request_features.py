@@ -44,7 +44,7 @@ TOOLS: list[Any] = [
     {"type": "function", "function": {"name": "get_weather", "parameters": WEATHER_PARAMETERS}},
     {
         "type": "function",
-        "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}},
+        "function": {"name": "get_time", "parameters": {"type": "object", "additionalProperties": False}},
     },
 ]
 
@@ -95,7 +95,13 @@ def test_json_schema_answers_parse_and_validate_for_every_choice(client_for: ope
         assert choice.message.content is not None
         jsonschema.validate(json.loads(choice.message.content), CITY_SCHEMA)
     streamed = client_for.chat.completions.create(
-        model=LLAMA, messages=MESSAGES, response_format=_schema_format(), max_tokens=200, stream=True
+        model=LLAMA,
+        messages=MESSAGES,
+        response_format=_schema_format(),
+        max_tokens=200,
+        stream=True,
+        temperature=1.0,
+        seed=4,
     )
     text = "".join(chunk.choices[0].delta.content or "" for chunk in streamed if chunk.choices)
     jsonschema.validate(json.loads(text), CITY_SCHEMA)
@@ -275,7 +281,14 @@ def test_required_and_named_tool_choice_come_back_as_tool_calls(
         (call,) = choice.message.tool_calls
         _check_call(call, "get_weather")
     streamed = client_for.chat.completions.create(
-        model=tool_model, messages=MESSAGES, tools=TOOLS, tool_choice="required", max_tokens=120, stream=True
+        model=tool_model,
+        messages=MESSAGES,
+        tools=TOOLS,
+        tool_choice="required",
+        max_tokens=120,
+        stream=True,
+        temperature=1.0,
+        seed=8,
     )
     chunks = [chunk for chunk in streamed if chunk.choices]
     calls = [call for chunk in chunks for call in chunk.choices[0].delta.tool_calls or []]
