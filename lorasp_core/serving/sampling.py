@@ -123,7 +123,10 @@ def choose_token(sampler: RowSampler, logits: torch.Tensor) -> TokenChoice:
 
 
 def _token(sampler: RowSampler, token_id: int) -> tuple[str, list[int]]:
-    raw = token_bytes(sampler.tokenizer, sampler.vocab_size, token_id)
+    try:
+        raw = token_bytes(sampler.tokenizer, sampler.vocab_size, token_id)
+    except ValueError:  # llguidance reads fast tokenizers only: fall back to the decoded text's bytes
+        raw = str(sampler.tokenizer.decode([token_id])).encode("utf-8")
     return raw.decode("utf-8", errors="replace"), list(raw)
 
 
