@@ -2,7 +2,7 @@
 
 Every tenant route depends on `RequestLimit` (one request). The inference routes take their body
 through `charged_*_body` instead, which also charges the tokens OpenAI would estimate up front: the
-prompt's characters / 4 plus `max_tokens`. The outcome rides on the request's scope state, and
+prompt's characters / 4 plus `n` × `max_tokens`. The outcome rides on the request's scope state, and
 `RateLimitHeaders` (ASGI middleware) writes OpenAI's `x-ratelimit-*` headers on whatever response
 goes out: JSON, an SSE stream or an error. Over a limit: OpenAI's 429 with `Retry-After`.
 Admin routes and the unauthenticated ones (/health, /metrics, /ui) are not limited.
@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.deps import CurrentTenant, ResourcesDep
 from api.errors import APIError
 from api.schemas.inference import ChatCompletionRequest, ClassificationRequest, CompletionRequest
-from api.services.inference import DEFAULT_CHAT_MAX_TOKENS
+from api.services.completions import DEFAULT_CHAT_MAX_TOKENS
 from lorasp_service.rate_limits import (
     LimitKind,
     RateLimitExceededError,
@@ -84,8 +84,8 @@ def _tokens(text: str) -> int:
 
 
 def chat_tokens(body: ChatCompletionRequest) -> int:
-    prompt = sum(_tokens(message.as_engine_message()["content"]) for message in body.messages)
-    return prompt + body.token_limit(DEFAULT_CHAT_MAX_TOKENS)
+    prompt = sum(_tokens(message.text()) for message in body.messages)
+    return prompt + body.n * body.token_limit(DEFAULT_CHAT_MAX_TOKENS)
 
 
 async def charged_chat_body(
@@ -98,7 +98,7 @@ async def charged_chat_body(
 async def charged_completion_body(
     request: Request, resources: ResourcesDep, tenant: CurrentTenant, body: CompletionRequest
 ) -> CompletionRequest:
-    await charge(request, resources, tenant.id, tenant.name, _tokens(body.prompt) + body.max_tokens)
+    await charge(request, resources, tenant.id, tenant.name, _tokens(body.prompt) + body.n * body.max_tokens)
     return body
 
 

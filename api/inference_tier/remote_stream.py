@@ -16,8 +16,10 @@ class RemoteGenerationStream(GenerationStream):
     socket, as the in-process one blocks on its queue. A connection lost mid-stream fails this request
     alone (InferenceStreamBrokenError) and reports the process as down through `on_broken`."""
 
-    def __init__(self, response: httpx.Response, process: str, on_broken: Callable[[], None]) -> None:
-        super().__init__()
+    def __init__(
+        self, response: httpx.Response, process: str, on_broken: Callable[[], None], choices: int = 1
+    ) -> None:
+        super().__init__(choices)
         self._response = response
         self._lines: Iterator[str] = response.iter_lines()
         self._on_broken = on_broken
@@ -50,7 +52,9 @@ class RemoteGenerationStream(GenerationStream):
             raise wire.error_from_wire(payload[wire.ERROR_KEY])
         chunk = wire.from_wire(GenerationChunk, payload[wire.CHUNK_KEY])
         if chunk.finish_reason is not None:
-            self._end()
+            self._unfinished -= 1  # the stream ends when every choice (`n`) has finished
+            if self._unfinished <= 0:
+                self._end()
         return chunk
 
     def cancel(self) -> None:

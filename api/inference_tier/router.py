@@ -158,7 +158,9 @@ class InferenceRouter:
             self._base_of[request.adapter_id] = request.model
         key = routing_key(request.model, request.adapter_id)
         url, response = self._send(key, "POST", "/generate", wire.to_wire(request), stream=True)
-        return RemoteGenerationStream(response, url, lambda: self._mark_down(url, "stream cut"))
+        return RemoteGenerationStream(
+            response, url, lambda: self._mark_down(url, "stream cut"), choices=request.n
+        )
 
     def classify(self, model: str, adapter_id: str | None, texts: list[str]) -> list[ClassificationResult]:
         body = {"model": model, "adapter_id": adapter_id, "texts": texts}

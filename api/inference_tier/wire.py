@@ -22,7 +22,9 @@ from lorasp_core.serving import (
     AdapterLoadError,
     AdapterQuotaError,
     ChatTemplateError,
+    GrammarError,
     ServingOverloadedError,
+    ToolsUnsupportedError,
     UnknownAdapterError,
 )
 
@@ -88,6 +90,9 @@ ERROR_KINDS: tuple[ErrorKind, ...] = (
     # The process's wait queue is full: the API answers 503 + Retry-After (no failover: every process
     # of this adapter's order would be as loaded, and the client is told when to come back).
     ErrorKind("overloaded", ServingOverloadedError, 503, ("waiting", "limit", "retry_after_s")),
+    # Before ValueError (their base): the API answers them with their own codes and fields.
+    ErrorKind("grammar", GrammarError, 400, ("field", "problem")),
+    ErrorKind("tools_unsupported", ToolsUnsupportedError, 400),
     ErrorKind("invalid_request", ValueError, 400),
     ErrorKind("unavailable", InferenceUnavailableError, 503),
 )

@@ -16,6 +16,7 @@ from api.deps import CurrentTenant, EngineDep, SessionDep, SettingsDep, StorageD
 from api.errors import ERROR_RESPONSES, ErrorResponse
 from api.rate_limits import ChargedChatBody, ChargedClassificationBody, ChargedCompletionBody
 from api.schemas.inference import SSE_RESPONSES, ChatCompletion, ClassificationList, TextCompletion
+from api.services import completions as completions_service
 from api.services import inference as inference_service
 
 router = APIRouter(
@@ -46,7 +47,7 @@ def create_chat_completion(
     tenant: CurrentTenant,
     body: ChargedChatBody,
 ) -> ChatCompletion | StreamingResponse:
-    result = inference_service.chat_completion(session, settings, storage, engine, tenant, body)
+    result = completions_service.chat_completion(session, settings, storage, engine, tenant, body)
     return result if isinstance(result, ChatCompletion) else _sse_response(result)
 
 
@@ -59,7 +60,7 @@ def create_completion(
     tenant: CurrentTenant,
     body: ChargedCompletionBody,
 ) -> TextCompletion | StreamingResponse:
-    result = inference_service.text_completion(session, settings, storage, engine, tenant, body)
+    result = completions_service.text_completion(session, settings, storage, engine, tenant, body)
     return result if isinstance(result, TextCompletion) else _sse_response(result)
 
 

@@ -1,4 +1,5 @@
-"""Chat / text completions and classifications on base models and the tenant's adapters.
+"""What chat / text completions (api.services.completions) and classifications share: resolving `model`,
+starting a generation, collecting or streaming its chunks.
 
 `model` is a base model enabled on this server or one of the tenant's fine-tuned model ids; an adapter
 is hot-loaded on demand. The engine's generate() is blocking and iterator-based: routes are sync (run
@@ -22,22 +23,17 @@ from starlette.concurrency import iterate_in_threadpool
 from api import metrics
 from api.errors import APIError, ErrorDetail
 from api.inference_tier.backend import ServingBackend
-from api.schemas.inference import (
-    AssistantMessage,
-    ChatChoice,
-    ChatCompletion,
-    ChatCompletionRequest,
-    Classification,
-    ClassificationList,
-    ClassificationRequest,
-    CompletionChoice,
-    CompletionRequest,
-    TextCompletion,
-    Usage,
-)
+from api.schemas.inference import Classification, ClassificationList, ClassificationRequest, Usage
 from api.services import serving
 from api.services.catalog import offered_base_model
-from lorasp_core.serving import GenerationChunk, GenerationRequest, GenerationStream
+from lorasp_core.serving import (
+    GenerationChunk,
+    GenerationRequest,
+    GenerationStream,
+    GrammarError,
+    TokenLogprob,
+    ToolsUnsupportedError,
+)
 from lorasp_service.orm import Adapter, Tenant
 from lorasp_service.settings import Settings
 from lorasp_service.storage import BlobStorage
@@ -107,27 +103,52 @@ def start_generation(
             return serving.with_reload(engine, storage, target.adapter, lambda: engine.generate(generation))
     except APIError:
         raise
+    except GrammarError as error:
+        raise APIError(
+            400, f"Invalid {error.field}: {error.problem}.", param=error.field, code="unsupported_schema"
+        ) from error
+    except ToolsUnsupportedError as error:
+        raise APIError(
+            400, f"Invalid tools: {error}.", param="tools", code="unsupported_tool_calls"
+        ) from error
     except ValueError as error:
         raise APIError(400, f"Invalid request: {error}.", code="invalid_request") from error
 
 
 @dataclass
-class Collected:
+class ChoiceText:
+    """One choice's output so far."""
+
     text: str = ""
-    prompt_tokens: int = 0
     completion_tokens: int = 0
     finish_reason: str = "stop"
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+
+
+@dataclass
+class Collected:
+    choices: dict[int, ChoiceText] = field(default_factory=dict)
+    prompt_tokens: int = 0
     started: float = field(default_factory=time.perf_counter)
     first_text_at: float | None = None  # when the first text arrived (time to first token)
 
     def add(self, chunk: GenerationChunk) -> None:
         if chunk.text_delta and self.first_text_at is None:
             self.first_text_at = time.perf_counter()
-        self.text += chunk.text_delta
+        choice = self.choices.setdefault(chunk.index, ChoiceText())
+        choice.text += chunk.text_delta
+        choice.completion_tokens = chunk.token_count
+        choice.logprobs.extend(chunk.logprobs or [])
         self.prompt_tokens = chunk.prompt_tokens
-        self.completion_tokens = chunk.token_count
         if chunk.finish_reason is not None:
-            self.finish_reason = chunk.finish_reason
+            choice.finish_reason = chunk.finish_reason
+
+    def ordered(self) -> list[ChoiceText]:
+        return [self.choices[index] for index in sorted(self.choices)]
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(choice.completion_tokens for choice in self.choices.values())
 
     def usage(self) -> Usage:
         total = self.prompt_tokens + self.completion_tokens
@@ -142,13 +163,15 @@ class Collected:
             target.base_model, target.adapter_id, self.prompt_tokens, self.completion_tokens, ttft
         )
         logger.info(
-            "%s on %r (adapter %r): %d prompt + %d completion tokens, finish=%s, streamed=%s, %.1f ms",
+            "%s on %r (adapter %r): %d prompt + %d completion tokens, %d choices, finish=%s, "
+            "streamed=%s, %.1f ms",
             kind,
             target.base_model,
             target.adapter_id,
             self.prompt_tokens,
             self.completion_tokens,
-            self.finish_reason,
+            len(self.choices),
+            ",".join(choice.finish_reason for choice in self.ordered()),
             streamed,
             (time.perf_counter() - self.started) * 1e3,
         )
@@ -237,123 +260,3 @@ def classify(
         for i, r in enumerate(results)
     ]
     return ClassificationList(model=target.model, data=data)
-
-
-DEFAULT_CHAT_MAX_TOKENS = 256
-
-
-def _envelope(completion_id: str, kind: str, created: int, model: str) -> dict[str, Any]:
-    return {"id": completion_id, "object": kind, "created": created, "model": model}
-
-
-def _usage_payload(envelope: dict[str, Any], include_usage: bool) -> Callable[[Usage], dict[str, Any]] | None:
-    """stream_options.include_usage: one last chunk with empty choices and the usage, before [DONE]."""
-    if not include_usage:
-        return None
-    return lambda usage: {**envelope, "choices": [], "usage": usage.model_dump()}
-
-
-def _sampling(request: CompletionRequest | ChatCompletionRequest) -> dict[str, Any]:
-    return {
-        "temperature": request.temperature,
-        "top_p": request.top_p,
-        "stop": request.stop_list(),
-        "seed": request.seed,
-    }
-
-
-def chat_completion(
-    session: Session,
-    settings: Settings,
-    storage: BlobStorage,
-    engine: ServingBackend,
-    tenant: Tenant,
-    request: ChatCompletionRequest,
-) -> ChatCompletion | AsyncIterator[str]:
-    target = resolve_target(session, settings, storage, engine, tenant, request.model, task="causal-lm")
-    started = time.perf_counter()
-    stream = start_generation(
-        engine,
-        storage,
-        target,
-        messages=[m.as_engine_message() for m in request.messages],
-        max_tokens=request.token_limit(DEFAULT_CHAT_MAX_TOKENS),
-        **_sampling(request),
-    )
-    completion_id, created = new_completion_id("chatcmpl"), int(time.time())
-    envelope = _envelope(completion_id, "chat.completion.chunk", created, target.model)
-
-    def choice(delta: dict[str, str], finish: str | None) -> dict[str, Any]:
-        return {**envelope, "choices": [dict(index=0, delta=delta, logprobs=None, finish_reason=finish)]}
-
-    def payloads(chunk: GenerationChunk) -> list[dict[str, Any]]:
-        out = [choice({"content": chunk.text_delta}, None)] if chunk.text_delta else []
-        return out + ([choice({}, chunk.finish_reason)] if chunk.finish_reason else [])
-
-    if request.stream:
-        head = [choice({"role": "assistant", "content": ""}, None)]
-        usage = _usage_payload(envelope, request.include_usage)
-        return sse_stream(
-            stream,
-            target,
-            "chat.completion",
-            head=head,
-            payloads=payloads,
-            usage_payload=usage,
-            started=started,
-        )
-    result = collect(stream, started)
-    result.log("chat.completion", target, streamed=False)
-    message = AssistantMessage(content=result.text)
-    return ChatCompletion(
-        id=completion_id,
-        created=created,
-        model=target.model,
-        usage=result.usage(),
-        choices=[ChatChoice(message=message, finish_reason=result.finish_reason)],  # type: ignore[arg-type]
-    )
-
-
-def text_completion(
-    session: Session,
-    settings: Settings,
-    storage: BlobStorage,
-    engine: ServingBackend,
-    tenant: Tenant,
-    request: CompletionRequest,
-) -> TextCompletion | AsyncIterator[str]:
-    target = resolve_target(session, settings, storage, engine, tenant, request.model, task="causal-lm")
-    started = time.perf_counter()
-    stream = start_generation(
-        engine, storage, target, prompt=request.prompt, max_tokens=request.max_tokens, **_sampling(request)
-    )
-    completion_id, created = new_completion_id("cmpl"), int(time.time())
-    envelope = _envelope(completion_id, "text_completion", created, target.model)
-
-    def choice(text: str, finish: str | None) -> dict[str, Any]:
-        return {**envelope, "choices": [dict(index=0, text=text, logprobs=None, finish_reason=finish)]}
-
-    def payloads(chunk: GenerationChunk) -> list[dict[str, Any]]:
-        out = [choice(chunk.text_delta, None)] if chunk.text_delta else []
-        return out + ([choice("", chunk.finish_reason)] if chunk.finish_reason else [])
-
-    if request.stream:
-        usage = _usage_payload(envelope, request.include_usage)
-        return sse_stream(
-            stream,
-            target,
-            "text_completion",
-            head=[],
-            payloads=payloads,
-            usage_payload=usage,
-            started=started,
-        )
-    result = collect(stream, started)
-    result.log("text_completion", target, streamed=False)
-    return TextCompletion(
-        id=completion_id,
-        created=created,
-        model=target.model,
-        usage=result.usage(),
-        choices=[CompletionChoice(text=result.text, finish_reason=result.finish_reason)],  # type: ignore[arg-type]
-    )

@@ -43,13 +43,24 @@ _PROBE_MESSAGES: list[dict[str, Any]] = [
 ]
 
 
+# Renders (messages, tools) to text with some chat template.
+ToolRender = Callable[[list[dict[str, Any]], list[dict[str, Any]]], object]
+
+
 def tool_support_problem(tokenizer: PreTrainedTokenizerBase) -> str | None:
     """None when the template renders tools, calls and results; otherwise why not (starting with
     TOOLS_UNSUPPORTED, so the message says what is wrong wherever it surfaces)."""
     if getattr(tokenizer, "chat_template", None) is None:
         return f"{TOOLS_UNSUPPORTED}: the tokenizer has no chat template"
+    return template_tool_problem(
+        lambda messages, tools: tokenizer.apply_chat_template(messages, tools=tools, tokenize=False)  # type: ignore[arg-type]
+    )
+
+
+def template_tool_problem(render: ToolRender) -> str | None:
+    """`tool_support_problem` for any way of rendering a template (serving renders in its sandbox)."""
     try:
-        rendered = tokenizer.apply_chat_template(_PROBE_MESSAGES, tools=_PROBE_TOOLS, tokenize=False)
+        rendered = render(_PROBE_MESSAGES, _PROBE_TOOLS)  # type: ignore[arg-type]
     except Exception as error:  # noqa: BLE001 - a template may raise anything (jinja's raise_exception)
         return f"{TOOLS_UNSUPPORTED}: rendering a tool conversation raised {type(error).__name__}: {error}"
     if not isinstance(rendered, str):

@@ -8,6 +8,7 @@ from lorasp_core.serving.engine import ServingEngine
 from lorasp_core.serving.generation import GenerationStream
 from lorasp_core.serving.manager import AdapterManager
 from lorasp_core.serving.multi_lora import MultiAdapterLinear, RowDispatchModule, SlotSelection
+from lorasp_core.serving.tool_output import ParsedToolCall, ToolAnswer, parse_tool_calls
 from lorasp_core.serving.types import (
     AdapterCacheFullError,
     AdapterInfo,
@@ -21,8 +22,14 @@ from lorasp_core.serving.types import (
     GenerationChunk,
     GenerationRequest,
     GenerationResult,
+    GrammarError,
+    ResponseFormat,
     ServingOverloadedError,
     TemplateBudget,
+    TokenLogprob,
+    ToolChoice,
+    ToolsUnsupportedError,
+    TopLogprob,
     UnknownAdapterError,
 )
 
@@ -43,6 +50,15 @@ __all__ = [
     "GenerationRequest",
     "GenerationResult",
     "GenerationStream",
+    "GrammarError",
+    "ParsedToolCall",
+    "ResponseFormat",
+    "TokenLogprob",
+    "ToolAnswer",
+    "ToolChoice",
+    "ToolsUnsupportedError",
+    "TopLogprob",
+    "parse_tool_calls",
     "MultiAdapterLinear",
     "RowDispatchModule",
     "ServingEngine",

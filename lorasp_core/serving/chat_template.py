@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
+from typing import Any
 
 import jinja2
 
@@ -49,14 +50,16 @@ def _compile(source: str) -> jinja2.Template:
 
 def render_chat_template(
     source: str,
-    messages: Sequence[Mapping[str, str]],
+    messages: Sequence[Mapping[str, Any]],
     *,
     budget: TemplateBudget,
     add_generation_prompt: bool = True,
     variables: Mapping[str, str] | None = None,
+    tools: Sequence[Mapping[str, Any]] | None = None,
 ) -> str:
     """The template's text for `messages` (plus the tokenizer's special tokens as `variables`, as
-    transformers passes them); raises ChatTemplateError for any failure, budget included."""
+    transformers passes them, and the OpenAI tool definitions as `tools`); raises ChatTemplateError for
+    any failure, budget included."""
     meter = Meter(budget)
     # Set before compiling too: jinja folds constant filter calls at compile time, and a filter that
     # refuses its arguments there is simply left for the render (where it fails with the reason).
@@ -65,12 +68,12 @@ def render_chat_template(
         template = _compile(source)
         chunks: list[str] = []
         total = 0
-        plain = [{str(k): str(v) for k, v in message.items()} for message in messages]
+        plain = [{str(k): _plain(v) for k, v in message.items()} for message in messages]
         # tools/documents as transformers passes them when absent (None, not undefined: `is not none`).
         context = {
             **(variables or {}),
             "messages": plain,
-            "tools": None,
+            "tools": [_plain(tool) for tool in tools] if tools else None,
             "documents": None,
             "add_generation_prompt": add_generation_prompt,
         }
@@ -92,6 +95,18 @@ def render_chat_template(
         raise ChatTemplateError(f"raised {type(error).__name__}: {error}") from None
     finally:
         METER.reset(token)
+
+
+def _plain(value: Any) -> Any:
+    """A copy made of JSON values only (str, numbers, bool, None, lists, dicts): what a template may see.
+    Anything else (an object with methods) becomes its string."""
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return str(value)
 
 
 def check_chat_template(

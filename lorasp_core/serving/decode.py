@@ -8,16 +8,27 @@ from the batch and the KV cache as soon as they finish.
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from transformers import DynamicCache
 
+from lorasp_core.serving.grammar import GrammarSpec
 from lorasp_core.serving.resident import ResidentModel, model_device
+from lorasp_core.serving.sampling import (
+    RowSampler,
+    SamplingOptions,
+    TokenChoice,
+    choose_token,
+    row_sampler,
+    sample_token,
+)
 from lorasp_core.serving.text_stream import TextStream
-from lorasp_core.serving.types import MAX_SEED, MIN_SEED, FinishReason, GenerationChunk, GenerationResult
+from lorasp_core.serving.types import FinishReason, GenerationChunk, GenerationResult, TokenLogprob
+
+__all__ = ["DecodeRow", "decode_batch", "eos_token_ids", "pad_token_id", "sample_token", "vocab_size"]
 
 logger = logging.getLogger("lorasp_core.serving")
 
@@ -32,27 +43,48 @@ class DecodeRow:
     stop: list[str] | None = None
     seed: int | None = None
     ignore_eos: bool = False
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logprobs: bool = False
+    top_logprobs: int = 0
+    grammar: GrammarSpec | None = None  # constrained decoding (response_format, forced tool calls)
+    index: int = 0  # the request's choice this row generates (n > 1), echoed in its chunks
     emit: Callable[[GenerationChunk], None] | None = None  # called from the decoding thread
     cancelled: Callable[[], bool] | None = None  # polled every step: a reader that went away
     fail: Callable[[BaseException], None] | None = None  # this row (alone) raised; called once
+
+    def sampling(self) -> SamplingOptions:
+        return SamplingOptions(
+            temperature=self.temperature,
+            top_p=self.top_p,
+            seed=self.seed,
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+            logprobs=self.logprobs,
+            top_logprobs=self.top_logprobs,
+            grammar=self.grammar,
+        )
 
 
 @dataclass
 class _RowState:
     stream: TextStream
-    generator: torch.Generator | None
+    sampler: RowSampler | None = None
     token_ids: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    unsent_logprobs: int = 0  # logprobs recorded since the last chunk (a token may emit no text)
     finish_reason: FinishReason | None = None
     error: BaseException | None = None  # the row failed alone; it is out of the batch
 
 
-def _generator(row: DecodeRow) -> torch.Generator | None:
-    if row.temperature <= 0:
-        return None
-    seed = row.seed if row.seed is not None else random.getrandbits(63)
-    if not MIN_SEED <= seed <= MAX_SEED:
-        raise ValueError(f"seed must be in [{MIN_SEED}, {MAX_SEED}], got {seed}")
-    return torch.Generator().manual_seed(seed)
+def vocab_size(resident: ResidentModel) -> int:
+    """Width of the model's logits (may exceed the tokenizer's vocabulary: padded embeddings)."""
+    get_output = getattr(resident.model, "get_output_embeddings", None)
+    output = get_output() if callable(get_output) else None
+    if isinstance(output, torch.nn.Linear):
+        return int(output.out_features)
+    config: Any = getattr(resident.model, "config", None)
+    return int(config.vocab_size)
 
 
 def eos_token_ids(resident: ResidentModel) -> set[int]:
@@ -76,23 +108,6 @@ def pad_token_id(resident: ResidentModel) -> int:
     return 0
 
 
-def sample_token(
-    logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None
-) -> int:
-    """Temperature + nucleus (top-p) sampling with the row's generator; `temperature` must be > 0
-
-    (callers take the greedy argmax themselves at temperature 0).
-    """
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    if top_p < 1.0:
-        sorted_probs, order = torch.sort(probs, descending=True)
-        # Keep the smallest prefix whose mass reaches top_p (the top token always survives).
-        outside = torch.cumsum(sorted_probs, dim=-1) - sorted_probs >= top_p
-        sorted_probs = sorted_probs.masked_fill(outside, 0.0)
-        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
-    return int(torch.multinomial(probs, 1, generator=generator).item())
-
-
 def _left_pad(rows: list[DecodeRow], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(row.prompt_ids) for row in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
@@ -113,11 +128,12 @@ def decode_batch(resident: ResidentModel, rows: list[DecodeRow]) -> list[Generat
     if not rows or any(not row.prompt_ids for row in rows):
         raise ValueError("decode_batch needs at least one row, each with a non-empty prompt")
     eos_ids = eos_token_ids(resident)
+    width = vocab_size(resident)
     states: list[_RowState] = []
     for row in rows:
-        state = _RowState(TextStream(resident.tokenizer, row.stop, resident.tokenizer_lock), None)
+        state = _RowState(TextStream(resident.tokenizer, row.stop, resident.tokenizer_lock))
         try:
-            state.generator = _generator(row)
+            state.sampler = row_sampler(row.sampling(), resident.tokenizer, width)
         except Exception as error:
             _fail(row, state, error)
         states.append(state)
@@ -144,23 +160,20 @@ def decode_batch(resident: ResidentModel, rows: list[DecodeRow]) -> list[Generat
                     logits_to_keep=1,
                 )
             logits = output.logits[:, -1, :]
-            greedy = torch.argmax(logits, dim=-1).tolist()
             next_tokens: list[int] = []
             keep: list[int] = []
             for position, index in enumerate(alive):
                 row, state = rows[index], states[index]
                 try:
-                    if row.temperature <= 0:
-                        token = int(greedy[position])
-                    else:
-                        token = sample_token(logits[position], row.temperature, row.top_p, state.generator)
-                    _advance(row, state, token, eos_ids)
+                    assert state.sampler is not None
+                    choice = choose_token(state.sampler, logits[position])
+                    _advance(row, state, choice, eos_ids)
                 except Exception as error:  # this row's own failure: drop it, keep the others going
                     _fail(row, state, error)
                     continue
                 if state.finish_reason is None:
                     keep.append(position)
-                    next_tokens.append(token)
+                    next_tokens.append(choice.token_id)
             if len(keep) < len(alive):
                 if not keep:
                     break
@@ -193,31 +206,44 @@ def _result(row: DecodeRow, state: _RowState) -> GenerationResult | BaseExceptio
         completion_tokens=len(state.token_ids),
         finish_reason=state.finish_reason or "length",
         token_ids=list(state.token_ids),
+        index=row.index,
+        logprobs=list(state.logprobs) if row.logprobs else None,
     )
 
 
-def _advance(row: DecodeRow, state: _RowState, token: int, eos_ids: set[int]) -> None:
-    """Record one sampled token for a row, decide whether it finished, and emit its chunk."""
+def _advance(row: DecodeRow, state: _RowState, choice: TokenChoice, eos_ids: set[int]) -> None:
+    """Record one chosen token for a row, decide whether it finished, and emit its chunk."""
+    token = choice.token_id
     state.token_ids.append(token)
+    if choice.logprob is not None:
+        state.logprobs.append(choice.logprob)
+        state.unsent_logprobs += 1
+    # Under a grammar EOS is only allowed where the document is complete, so it always ends the row.
+    ends = token in eos_ids and (not row.ignore_eos or row.grammar is not None)
     if row.cancelled is not None and row.cancelled():
         state.finish_reason = "stop"
         delta = ""
-    elif token in eos_ids and not row.ignore_eos:
+    elif ends:
         state.finish_reason = "stop"
         delta = state.stream.flush()
     else:
         delta = state.stream.add(token)
-        if state.stream.stopped:
+        if state.stream.stopped or choice.grammar_finished:
             state.finish_reason = "stop"
+            delta += state.stream.flush()
         elif len(state.token_ids) >= row.max_tokens:
             state.finish_reason = "length"
             delta += state.stream.flush()
     if row.emit is not None and (delta or state.finish_reason is not None):
+        sent = state.logprobs[len(state.logprobs) - state.unsent_logprobs :] if row.logprobs else None
+        state.unsent_logprobs = 0
         row.emit(
             GenerationChunk(
                 text_delta=delta,
                 token_count=len(state.token_ids),
                 finish_reason=state.finish_reason,
                 prompt_tokens=len(row.prompt_ids),
+                index=row.index,
+                logprobs=sent,
             )
         )

@@ -19,10 +19,12 @@ from dataclasses import dataclass
 from lorasp_core.serving.cache import CacheEntry
 from lorasp_core.serving.classification import base_label_names, classify_rows
 from lorasp_core.serving.continuous import ContinuousScheduler
-from lorasp_core.serving.decode import DecodeRow, decode_batch
-from lorasp_core.serving.generation import GenerationStream, render_prompt_ids
+from lorasp_core.serving.decode import DecodeRow, decode_batch, vocab_size
+from lorasp_core.serving.generation import GenerationStream, render_prompt_ids, request_grammar
+from lorasp_core.serving.grammar import compile_grammar
 from lorasp_core.serving.manager import AdapterManager
 from lorasp_core.serving.resident import ResidentModel
+from lorasp_core.serving.sampling import derived_seed
 from lorasp_core.serving.scheduler import BatchScheduler, PendingRequest
 from lorasp_core.serving.types import (
     BaseModelBundle,
@@ -97,9 +99,11 @@ class ServingEngine(AdapterManager):
     # generation -------------------------------------------------------------------------------------
     def _prepare(
         self, request: GenerationRequest, stream: GenerationStream | None
-    ) -> tuple[ResidentModel, _Job]:
+    ) -> tuple[ResidentModel, list[_Job]]:
+        """Validate and render a request into one job per choice (`n`), each holding the adapter."""
         request.validate()
         resident, entry = self._acquire(request.model, request.adapter_id)
+        held = 1
         try:
             if resident.task != "causal-lm":
                 raise ValueError(f"base model {request.model!r} is not a causal LM")
@@ -111,24 +115,51 @@ class ServingEngine(AdapterManager):
                     f"prompt ({len(prompt_ids)} tokens) + max_tokens ({request.max_tokens}) exceeds "
                     f"the model's context of {limit} tokens"
                 )
+            grammar = request_grammar(request)
+            if grammar is not None:  # compile (or find cached) now: a bad schema fails before queueing
+                compile_grammar(resident.tokenizer, vocab_size(resident), grammar)
+            for _ in range(request.n - 1):  # every choice holds the adapter until its row finishes
+                self._acquire(request.model, request.adapter_id)
+                held += 1
         except Exception:
-            self._release(request.adapter_id)
+            for _ in range(held):
+                self._release(request.adapter_id)
             raise
+        jobs = [
+            self._job(request, stream, prompt_ids, entry.slot if entry else 0, index)
+            for index in range(request.n)
+        ]
+        return resident, jobs
+
+    def _job(
+        self,
+        request: GenerationRequest,
+        stream: GenerationStream | None,
+        prompt_ids: list[int],
+        slot: int,
+        index: int,
+    ) -> _Job:
         row = DecodeRow(
             prompt_ids=prompt_ids,
-            slot=entry.slot if entry else 0,
+            slot=slot,
             max_tokens=request.max_tokens,
             temperature=request.temperature,
             top_p=request.top_p,
             stop=request.stop,
-            seed=request.seed,
+            seed=derived_seed(request.seed, index),
             ignore_eos=request.ignore_eos,
+            presence_penalty=request.presence_penalty,
+            frequency_penalty=request.frequency_penalty,
+            logprobs=request.logprobs,
+            top_logprobs=request.top_logprobs if request.logprobs else 0,
+            grammar=request_grammar(request),
+            index=index,
             cancelled=(lambda: stream.cancelled) if stream else None,
         )
         job = _Job(row, stream, request.adapter_id, time.perf_counter())
         row.emit = lambda chunk: self._deliver(job, chunk)
         row.fail = lambda error: self._fail(job, error)
-        return resident, job
+        return job
 
     def _fail(self, job: _Job, error: BaseException) -> None:
         """This row alone failed mid-batch: free its adapter (counting nothing) and tell its reader."""
@@ -154,8 +185,8 @@ class ServingEngine(AdapterManager):
 
         Validation errors (unknown adapter, bad parameters, prompt too long) raise here, before queueing.
         """
-        stream = GenerationStream()
-        resident, job = self._prepare(request, stream)
+        stream = GenerationStream(choices=request.n)
+        resident, jobs = self._prepare(request, stream)
         try:
             with self._submit_lock:
                 waiting = self.pending_requests()
@@ -163,32 +194,39 @@ class ServingEngine(AdapterManager):
                     retry_after = max(1.0, math.ceil(self._recent_request_s))
                     raise ServingOverloadedError(waiting, self.max_waiting_requests, retry_after)
                 if self.batching == "continuous":
-                    self._continuous.check_fits(resident, job.row)
-                    self._continuous.submit(request.model, job.row)
-                else:
-                    self._scheduler.submit(PendingRequest(request.model, job))
+                    for job in jobs:
+                        self._continuous.check_fits(resident, job.row)
+                for job in jobs:
+                    if self.batching == "continuous":
+                        self._continuous.submit(request.model, job.row)
+                    else:
+                        self._scheduler.submit(PendingRequest(request.model, job))
         except Exception:
-            job.released = True
-            self._release(request.adapter_id)
+            for job in jobs:
+                if not job.released:
+                    job.released = True
+                    self._release(request.adapter_id)
             raise
         return stream
 
     def generate_batch(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         """Run `requests` (same base model) as exactly one batch in the calling thread.
 
+        One result per choice: a request with n > 1 gives n results in a row (their `index` 0..n-1).
         A row that fails alone does not stop the others; the first such error is raised after the batch.
         """
         if len({r.model for r in requests}) != 1:
             raise ValueError("generate_batch needs a non-empty list of requests for one base model")
-        prepared: list[tuple[ResidentModel, _Job]] = []
+        prepared: list[tuple[ResidentModel, list[_Job]]] = []
         try:
             for request in requests:
                 prepared.append(self._prepare(request, None))
         except Exception:
-            for _, job in prepared:
-                self._release(job.adapter_id)
+            for _, jobs in prepared:
+                for job in jobs:
+                    self._release(job.adapter_id)
             raise
-        outcomes = self._run_jobs(prepared[0][0], [job for _, job in prepared])
+        outcomes = self._run_jobs(prepared[0][0], [job for _, jobs in prepared for job in jobs])
         results: list[GenerationResult] = []
         for outcome in outcomes:
             if isinstance(outcome, BaseException):

@@ -4,11 +4,47 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from functools import lru_cache
+from typing import Any
 
+from lorasp_core.data.tool_template import template_tool_problem
 from lorasp_core.serving.chat_template import render_chat_template
+from lorasp_core.serving.grammar import GrammarSpec, response_format_grammar, tool_call_grammar
 from lorasp_core.serving.resident import ResidentModel
-from lorasp_core.serving.types import GenerationChunk, GenerationRequest, TemplateBudget
+from lorasp_core.serving.types import (
+    GenerationChunk,
+    GenerationRequest,
+    TemplateBudget,
+    ToolsUnsupportedError,
+)
+
+
+def request_grammar(request: GenerationRequest) -> GrammarSpec | None:
+    """The grammar a request's rows decode under: forced tool calls first, else its response format."""
+    if request.renders_tools():
+        assert request.tools is not None
+        forced = tool_call_grammar(request.tools, request.tool_choice)
+        if forced is not None:
+            return forced
+    return response_format_grammar(request.response_format)
+
+
+@lru_cache(maxsize=256)
+def _template_tool_problem(template: str, variables: tuple[tuple[str, str], ...]) -> str | None:
+    # A generous fixed budget: this renders a tiny probe conversation, once per template.
+    budget = TemplateBudget()
+
+    def render(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> str:
+        return render_chat_template(template, messages, budget=budget, variables=dict(variables), tools=tools)
+
+    return template_tool_problem(render)
+
+
+def _check_tool_support(template: str, variables: Mapping[str, str]) -> None:
+    problem = _template_tool_problem(template, tuple(sorted(variables.items())))
+    if problem is not None:
+        raise ToolsUnsupportedError(problem)
 
 
 def render_prompt_ids(
@@ -26,8 +62,12 @@ def render_prompt_ids(
             raise ValueError(
                 "messages were given but neither the adapter nor the tokenizer has a chat template"
             )
+        variables = resident.template_variables
+        tools = request.tools if request.renders_tools() else None
+        if tools:
+            _check_tool_support(template, variables)
         text = render_chat_template(
-            template, request.messages, budget=budget, variables=resident.template_variables
+            template, request.messages, budget=budget, variables=variables, tools=tools
         )
         _check_length(resident, text)
         with resident.tokenizer_lock:
@@ -54,16 +94,18 @@ def _check_length(resident: ResidentModel, text: str) -> None:
 
 
 class GenerationStream(Iterator[GenerationChunk]):
-    """Chunks of one request, produced by the decoding thread and read by the caller.
+    """Chunks of one request (of all its `choices`, told apart by `chunk.index`), produced by the
+    decoding thread and read by the caller.
 
-    Iteration ends after the chunk that carries a finish_reason; an engine-side failure is re-raised
+    Iteration ends after every choice sent a chunk with a finish_reason; an engine-side failure is re-raised
     in the reader. `cancel()` (e.g. a disconnected SSE client) makes the decoder drop the row early.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, choices: int = 1) -> None:
         self._queue: queue.Queue[GenerationChunk | BaseException] = queue.Queue()
         self._cancelled = threading.Event()
         self._done = False
+        self._unfinished = choices  # the stream ends when every choice has finished
 
     # producer side
     def put(self, chunk: GenerationChunk) -> None:
@@ -91,7 +133,8 @@ class GenerationStream(Iterator[GenerationChunk]):
             self._done = True
             raise item
         if item.finish_reason is not None:
-            self._done = True
+            self._unfinished -= 1
+            self._done = self._unfinished <= 0
         return item
 
     def text(self) -> str:

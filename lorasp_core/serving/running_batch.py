@@ -22,6 +22,7 @@ from transformers.cache_utils import DynamicLayer
 from lorasp_core.serving import decode
 from lorasp_core.serving.decode import DecodeRow, _RowState
 from lorasp_core.serving.resident import ResidentModel, model_device
+from lorasp_core.serving.sampling import choose_token, row_sampler
 from lorasp_core.serving.text_stream import TextStream
 
 
@@ -86,6 +87,7 @@ class RunningBatch:
         self.resident = resident
         self.device = model_device(resident.model)
         self.eos_ids = decode.eos_token_ids(resident)
+        self.vocab_size = decode.vocab_size(resident)
         self.pad_id = decode.pad_token_id(resident)
         self.rows: list[LiveRow] = []
         self.cache: DynamicCache | None = None
@@ -113,35 +115,31 @@ class RunningBatch:
         return logits
 
     def _choose(self, rows: list[LiveRow], logits: torch.Tensor) -> tuple[list[int], list[int]]:
-        """Each row takes its token (a row that raises fails alone); (positions still running, tokens)."""
-        greedy = torch.argmax(logits, dim=-1).tolist()
+        """Each row takes its token (a row that raises fails alone); (positions still running, tokens).
+        The same per-row choice as the static loop (sampling.choose_token), so outputs match it."""
         keep: list[int] = []
         tokens: list[int] = []
         for position, live in enumerate(rows):
             row, state = live.row, live.state
             try:
-                if row.temperature <= 0:
-                    token = int(greedy[position])
-                else:
-                    token = decode.sample_token(logits[position], row.temperature, row.top_p, state.generator)
-                decode._advance(row, state, token, self.eos_ids)
+                assert state.sampler is not None
+                choice = choose_token(state.sampler, logits[position])
+                decode._advance(row, state, choice, self.eos_ids)
             except Exception as error:
                 decode._fail(row, state, error)
                 continue
             if state.finish_reason is None:
                 keep.append(position)
-                tokens.append(token)
+                tokens.append(choice.token_id)
         return keep, tokens
 
     def admit(self, rows: list[DecodeRow]) -> None:
         """Prefill `rows` together, give each its first token, and merge those still running."""
         newcomers: list[LiveRow] = []
         for row in rows:
-            state = _RowState(
-                TextStream(self.resident.tokenizer, row.stop, self.resident.tokenizer_lock), None
-            )
+            state = _RowState(TextStream(self.resident.tokenizer, row.stop, self.resident.tokenizer_lock))
             try:
-                state.generator = decode._generator(row)
+                state.sampler = row_sampler(row.sampling(), self.resident.tokenizer, self.vocab_size)
             except Exception as error:
                 decode._fail(row, state, error)
                 continue

@@ -9,6 +9,11 @@ from torch import nn
 
 FinishReason = Literal["stop", "length"]
 
+# OpenAI's bounds on the request features (the API checks them too, naming the field).
+MAX_CHOICES = 8
+MAX_TOP_LOGPROBS = 20
+MAX_PENALTY = 2.0
+
 # torch.Generator.manual_seed takes any 64-bit value, signed or unsigned (negatives wrap around).
 MIN_SEED, MAX_SEED = -(2**63), 2**64 - 1
 
@@ -130,13 +135,66 @@ class AdapterInfo:
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
 
+class GrammarError(ValueError):
+    """A response format or tool set that cannot be compiled to a grammar (unsupported schema keyword,
+    invalid schema). `field` names the request field at fault (`response_format` or `tools`)."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        self.field = field
+        self.problem = problem
+        super().__init__(f"{field}: {problem}")
+
+
+class ToolsUnsupportedError(ValueError):
+    """`tools` were given but the chat template in use does not render tool definitions and calls."""
+
+
+@dataclass(frozen=True)
+class ResponseFormat:
+    """OpenAI's `response_format`: free text, any JSON object, or JSON valid against `schema`."""
+
+    type: Literal["text", "json_object", "json_schema"] = "text"
+    schema: dict[str, Any] | None = None  # json_schema only
+    strict: bool = False  # json_schema: refuse a schema the grammar cannot enforce in full
+
+
+@dataclass(frozen=True)
+class ToolChoice:
+    """OpenAI's `tool_choice`: `function` forces the tool named `name`."""
+
+    mode: Literal["auto", "none", "required", "function"] = "auto"
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class TopLogprob:
+    token_id: int
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token's log-probability under the distribution it was sampled from (after
+    penalties and grammar mask, before temperature), and the `top_logprobs` most likely alternatives."""
+
+    token_id: int
+    token: str
+    logprob: float
+    bytes: list[int]
+    top_logprobs: list[TopLogprob] = field(default_factory=list)
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     """One chat or completion request; `model` is the base model name, `adapter_id=None` the bare base."""
 
     model: str
     adapter_id: str | None = None
-    messages: list[dict[str, str]] | None = None
+    # Template-ready messages: `content` may be None beside `tool_calls` (arguments as dicts), `tool`
+    # messages carry `tool_call_id` (the shapes lorasp_core.data.tool_calls produces).
+    messages: list[dict[str, Any]] | None = None
     prompt: str | None = None
     max_tokens: int = 128
     temperature: float = 0.0  # 0 means greedy
@@ -144,6 +202,19 @@ class GenerationRequest:
     stop: list[str] | None = None
     seed: int | None = None
     ignore_eos: bool = False  # keep generating to max_tokens (benchmarks), like vLLM's ignore_eos
+    n: int = 1  # choices; choice i > 0 samples with a seed derived from `seed` and i
+    logprobs: bool = False
+    top_logprobs: int = 0  # alternatives recorded per token (with logprobs)
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    response_format: ResponseFormat | None = None
+    tools: list[dict[str, Any]] | None = None  # OpenAI tool definitions, {"type": "function", ...}
+    tool_choice: ToolChoice | None = None  # None: "auto" when tools are given
+
+    def renders_tools(self) -> bool:
+        """Whether the tools go into the prompt and the answer is read for tool calls: tools were
+        given and tool_choice is not "none" (then the model answers as if it had none)."""
+        return bool(self.tools) and (self.tool_choice is None or self.tool_choice.mode != "none")
 
     def validate(self) -> None:
         if (self.messages is None) == (self.prompt is None):
@@ -158,6 +229,22 @@ class GenerationRequest:
             raise ValueError("stop strings must be non-empty")
         if self.seed is not None and not MIN_SEED <= self.seed <= MAX_SEED:
             raise ValueError(f"seed must be in [{MIN_SEED}, {MAX_SEED}], got {self.seed}")
+        if not 1 <= self.n <= MAX_CHOICES:
+            raise ValueError(f"n must be in [1, {MAX_CHOICES}], got {self.n}")
+        if not 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS:
+            raise ValueError(f"top_logprobs must be in [0, {MAX_TOP_LOGPROBS}], got {self.top_logprobs}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not -MAX_PENALTY <= getattr(self, name) <= MAX_PENALTY:
+                raise ValueError(f"{name} must be in [-{MAX_PENALTY}, {MAX_PENALTY}]")
+        if self.prompt is not None and self.tools:
+            raise ValueError("tools need messages, not a prompt")
+        choice = self.tool_choice
+        if choice is not None and choice.mode == "function":
+            names = [tool.get("function", {}).get("name") for tool in self.tools or []]
+            if choice.name not in names:
+                raise ValueError(f"tool_choice names {choice.name!r}, which is not among the tools")
+        if choice is not None and choice.mode in ("required", "function") and not self.tools:
+            raise ValueError(f"tool_choice {choice.mode!r} needs tools")
 
 
 @dataclass(frozen=True)
@@ -168,6 +255,8 @@ class GenerationChunk:
     token_count: int
     finish_reason: FinishReason | None = None
     prompt_tokens: int = 0
+    index: int = 0  # the choice (0..n-1) this chunk belongs to
+    logprobs: list[TokenLogprob] | None = None  # the tokens generated since the previous chunk
 
 
 @dataclass(frozen=True)
@@ -177,6 +266,8 @@ class GenerationResult:
     completion_tokens: int
     finish_reason: FinishReason
     token_ids: list[int] = field(default_factory=list)
+    index: int = 0
+    logprobs: list[TokenLogprob] | None = None
 
 
 @dataclass(frozen=True)

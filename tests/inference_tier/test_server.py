@@ -12,6 +12,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from api.inference_tier import wire
+from api.inference_tier.remote_stream import RemoteGenerationStream
 from api.inference_tier.server import InferenceProcess, create_inference_app
 from lorasp_core.adapters import apply_lorasp, save_adapter
 from lorasp_core.config import LoraSPConfig
@@ -91,6 +92,19 @@ def test_generation_streams_chunks_as_ndjson(client: TestClient) -> None:
     chunks = [wire.from_wire(GenerationChunk, event["chunk"]) for event in events]
     assert [chunk.token_count for chunk in chunks][-1] == 4
     assert chunks[-1].finish_reason == "length" and all(c.finish_reason is None for c in chunks[:-1])
+
+
+def test_n_choices_cross_the_tier_and_the_remote_stream_ends_after_the_last(client: TestClient) -> None:
+    body = {"model": TINY_LLAMA_NAME, "prompt": "ab", "max_tokens": 3, "ignore_eos": True, "n": 2}
+    body |= {"temperature": 1.0, "seed": 7, "logprobs": True, "top_logprobs": 2}
+    response = client.post("/generate", headers=AUTH, json=body)
+    broken: list[str] = []
+    stream = RemoteGenerationStream(response, "inference-test", lambda: broken.append("down"), choices=2)
+    chunks = list(stream)  # would raise "ended the stream before its last chunk" if it miscounted
+    assert not broken
+    finished = sorted(c.index for c in chunks if c.finish_reason is not None)
+    assert finished == [0, 1]
+    assert all(c.logprobs and len(c.logprobs[0].top_logprobs) == 2 for c in chunks if c.token_count)
 
 
 def test_a_bad_request_is_a_typed_400_before_streaming(client: TestClient) -> None:

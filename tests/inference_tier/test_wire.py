@@ -21,7 +21,9 @@ from lorasp_core.serving import (
     GenerationChunk,
     GenerationRequest,
     GenerationResult,
+    GrammarError,
     ServingOverloadedError,
+    ToolsUnsupportedError,
     UnknownAdapterError,
 )
 
@@ -119,6 +121,8 @@ def test_a_malformed_value_is_a_value_error() -> None:
         (ModelUnavailableError("base model 'm' is not registered"), 503),
         (ValueError("max_tokens must be >= 1, got 0"), 400),
         (ServingOverloadedError(4, 4, 2.0), 503),
+        (GrammarError("response_format", "unsupported keyword 'patternProperties'"), 400),
+        (ToolsUnsupportedError("the chat template does not render tools"), 400),
     ],
 )
 def test_engine_errors_come_back_as_their_own_types(error: Exception, status: int) -> None:

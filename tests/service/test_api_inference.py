@@ -208,7 +208,7 @@ def test_other_tenant_cannot_use_the_adapter(
         ({"temperature": 2.5}, "temperature"),
         ({"top_p": 0}, "top_p"),
         ({"stream": "yes"}, "stream"),
-        ({"n": 2}, "n"),
+        ({"n": 9}, "n"),
         ({"stop": [""]}, "stop"),
         ({"logit_bias": {"1": 2}}, "logit_bias"),
     ],

@@ -17,7 +17,7 @@ from serving_api_helpers import BERT, LLAMA
 
 from api.main import create_app
 from api.services.serving import build_serving_engine
-from lorasp_core.serving import decode as decode_module
+from lorasp_core.serving import sampling as sampling_module
 from lorasp_service.settings import Settings
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -56,14 +56,14 @@ def test_extreme_valid_seeds_are_served(client: TestClient, alice: dict[str, str
 def test_a_failing_row_fails_alone_in_a_shared_batch(
     api_settings: Settings, alice: dict[str, str], bob: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_sample = decode_module.sample_token
+    real_sample = sampling_module.sample_token
 
     def sample(logits: torch.Tensor, temperature: float, top_p: float, generator: Any) -> int:
         if temperature == POISON_TEMPERATURE:  # alice's request breaks inside the decode loop
             raise RuntimeError("poisoned row")
         return real_sample(logits, temperature, top_p, generator)
 
-    monkeypatch.setattr(decode_module, "sample_token", sample)
+    monkeypatch.setattr(sampling_module, "sample_token", sample)
     engine = build_serving_engine(api_settings)
     good = [chat_body(f"good {i}") for i in range(6)]
     app = create_app(api_settings, serving_engine=engine)

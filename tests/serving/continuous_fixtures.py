@@ -13,6 +13,7 @@ from serving_fixtures import TINY_LLAMA_NAME, make_tiny_tokenizer
 from lorasp_core.serving import GenerationChunk, GenerationResult, ServingEngine, decode
 from lorasp_core.serving.continuous import ContinuousScheduler
 from lorasp_core.serving.decode import DecodeRow, decode_batch
+from lorasp_core.serving.sampling import TokenChoice
 
 WAIT_S = 120  # a safety net against hanging, never a timing assertion
 
@@ -102,9 +103,9 @@ def record_tokens(monkeypatch: pytest.MonkeyPatch) -> TokenLog:
     log: TokenLog = {}
     real_advance = decode._advance
 
-    def advance(row: DecodeRow, state: decode._RowState, token: int, eos_ids: set[int]) -> None:
-        log.setdefault(id(row), []).append(token)
-        real_advance(row, state, token, eos_ids)
+    def advance(row: DecodeRow, state: decode._RowState, choice: TokenChoice, eos_ids: set[int]) -> None:
+        log.setdefault(id(row), []).append(choice.token_id)
+        real_advance(row, state, choice, eos_ids)
 
     monkeypatch.setattr(decode, "_advance", advance)
     return log

@@ -12,7 +12,7 @@ import torch
 from serving_fixtures import TINY_LLAMA_NAME, make_llama_adapter, make_tiny_tokenizer
 
 from lorasp_core.serving import GenerationChunk, GenerationRequest, GenerationResult, ServingEngine
-from lorasp_core.serving import decode as decode_module
+from lorasp_core.serving import sampling as sampling_module
 from lorasp_core.serving.decode import DecodeRow, decode_batch
 
 EngineFactory = Callable[..., ServingEngine]
@@ -78,14 +78,14 @@ def test_out_of_range_seed_is_refused_before_queueing(engine: ServingEngine) -> 
 def test_scheduled_batch_with_a_poisoned_request_serves_the_others(
     engine: ServingEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_sample = decode_module.sample_token
+    real_sample = sampling_module.sample_token
 
     def sample(logits: torch.Tensor, temperature: float, top_p: float, generator: object) -> int:
         if temperature == POISON_TEMPERATURE:
             raise RuntimeError("poisoned row")
         return real_sample(logits, temperature, top_p, generator)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(decode_module, "sample_token", sample)
+    monkeypatch.setattr(sampling_module, "sample_token", sample)
 
     def request(adapter_id: str | None, prompt: str, temperature: float = 0.0) -> GenerationRequest:
         return GenerationRequest(
