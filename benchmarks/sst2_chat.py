@@ -179,5 +179,7 @@ def run_chat(
             precision=trained.precision.to_dict() if trained.precision is not None else None,
             gradient_checkpointing=trained.gradient_checkpointing,
         )
+    start = time.perf_counter()
     result["dev_accuracy"] = generation_accuracy(model, tokenizer, eval_rows)
+    result["eval_seconds"] = time.perf_counter() - start
     return result

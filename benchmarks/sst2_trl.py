@@ -103,7 +103,11 @@ def run_trl_sft(
     assert isinstance(tokenized, Dataset) and trained is not None and optimizer is not None
     real_tokens = spec["epochs"] * sum(len(ids) for ids in tokenized["input_ids"])
     lora_params = [p for n, p in trained.named_parameters() if "lora_" in n]
+    start = time.perf_counter()
+    dev_accuracy = generation_accuracy(trained, tokenizer, eval_rows)
     return {
+        "dev_accuracy": dev_accuracy,
+        "eval_seconds": time.perf_counter() - start,
         "base_parameters": base_parameters,
         "trainable_parameters": sum(int(p.numel()) for p in trained.parameters() if p.requires_grad),
         "optimizer_state_bytes": adam_state_bytes(optimizer, lora_params),
@@ -111,5 +115,4 @@ def run_trl_sft(
         "tokens_per_second": real_tokens / seconds,
         "precision": {"precision": "bf16" if bf16 else "fp32", "base_dtype": "float32"},
         "gradient_checkpointing": False,
-        "dev_accuracy": generation_accuracy(trained, tokenizer, eval_rows),
     }
