@@ -39,6 +39,13 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def process_cpu_seconds() -> float:
+    """CPU time (user + system) this process has used: on a shared machine it moves far less with the
+    load than wall time, so divided by the thread count it estimates the wall time alone."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def machine_description() -> dict[str, Any]:
     import torch
 

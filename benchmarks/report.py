@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import machine_description
+from benchmarks.report_chat import chat_target_lines, compute_lines
 
 
 def _mean_sd(values: list[float]) -> tuple[float, float]:
@@ -94,9 +95,15 @@ def budget_lines(results: list[dict[str, Any]], args: dict[str, Any]) -> list[st
         lines += [
             f"Causal-LM budget: smollm2-135m-instruct, SST-2 rewritten as chat, {args['chat_train_size']} "
             f"training examples, {args['chat_epochs']} epoch(s), batch {args['chat_batch_size']}, "
-            f"r={args['r']}; dev accuracy by greedy generation (first sentiment word named). "
-            "chat-lorasp is fp32 with the LM head at labels only; -bf16 (bf16 autocast, bf16 base), "
-            "-fullhead (head at every position), -ckpt (gradient checkpointing) change one knob each. "
+            f"r={args['r']}, {args['eval_size'] or 'all'} dev sentences; dev accuracy by greedy generation "
+            "(first sentiment word named). chat-lorasp runs lorasp_core's defaults (precision auto: bf16 "
+            "autocast and a bf16 base where the CPU has fast bf16, else fp32; the LM head at labels only; "
+            "no checkpointing). chat-lorasp-fp32 turns every knob off (fp32, head at every position, no "
+            "checkpointing) and each of -bf16 (bf16 autocast, bf16 base), -labelhead (head at labels only), "
+            "-ckpt (gradient checkpointing), -int8 (int8 base) turns one on over it. trl-sft: TRL's "
+            "SFTTrainer + PEFT LoRA on the same examples, rate, rank and modules, padded batches, loss on "
+            "the completion only, bf16 autocast exactly where chat-lorasp's auto picks it, fp32 base, no "
+            "checkpointing; tokens/s counts the tokens each method's own tokenization trains on. "
             "chat-dpo: DPO (beta 0.1) from the base on pairs of the same sentences (chosen = the right "
             "word, rejected = the wrong one); chat-sft-dpo: the chat-lorasp run, then DPO with its adapter "
             "as reference.",
@@ -105,7 +112,12 @@ def budget_lines(results: list[dict[str, Any]], args: dict[str, Any]) -> list[st
     return lines
 
 
-def write_sst2_report(results: list[dict[str, Any]], args: dict[str, Any], path: Path) -> None:
+def write_sst2_report(
+    results: list[dict[str, Any]],
+    args: dict[str, Any],
+    path: Path,
+    matmul_peaks: dict[str, Any] | None = None,
+) -> None:
     best = summarise(results)
     machine = machine_description()
     out = [
@@ -134,7 +146,9 @@ def write_sst2_report(results: list[dict[str, Any]], args: dict[str, Any], path:
         "## Targets",
         "",
         *target_lines(best),
+        *chat_target_lines(best),
         "",
+        *compute_lines(results, matmul_peaks),
         "## Every run",
         "",
         "| method | seed | lr | dev accuracy | train s | peak RSS MB |",

@@ -1,25 +1,30 @@
-"""SST-2 benchmark: LoRA-SP vs our LoRA vs PEFT LoRA (plain / length-grouped) vs full fine-tuning.
+"""SST-2 benchmark: LoRA-SP vs our LoRA vs PEFT LoRA (plain / length-grouped) vs full fine-tuning,
+and the causal-LM (chat) run: LoRA-SP and its knobs vs TRL's SFTTrainer + PEFT vs the zero-shot base.
 
     python -m benchmarks.sst2 --data-dir ../shared/data/sst2 --out benchmarks/results/sst2.json
 
 Each run is its own process (so peak RSS is its own). `--out` gets a JSON list, one object per run;
-a markdown table with the machine described is written next to it.
+a markdown table with the machine described is written next to it. A run with chat methods first
+measures this CPU's fp32 and bf16 matmul peaks (benchmarks.matmul_peak, its own process too), and
+again after the last run, keeping the higher of each (the peak is what the hardware can do): the
+report reads each run's useful FLOP/s against the bf16 peak.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import peak_rss_mb, read_sst2_tsv, run_in_subprocess, sample_train
-from benchmarks.sst2_chat import LORASP_CHAT_KNOBS
+from benchmarks.common import peak_rss_mb, process_cpu_seconds, read_sst2_tsv, run_in_subprocess, sample_train
+from benchmarks.sst2_chat import LORASP_CHAT_KNOBS, missing_engine_settings
 
 ENCODER_METHODS = ("full", "peft-lora", "peft-lora-grouped", "lora", "lorasp")
 # chat-dpo: DPO from the base; chat-sft-dpo: DPO continuing the chat-lorasp adapter (SFT -> DPO)
-CHAT_METHODS = ("chat-base", *LORASP_CHAT_KNOBS, "chat-dpo", "chat-sft-dpo")
+CHAT_METHODS = ("chat-base", "trl-sft", *LORASP_CHAT_KNOBS, "chat-dpo", "chat-sft-dpo")
 DEFAULT_LRS = {
     "full": [5e-5],
     "peft-lora": [1e-3],
@@ -27,6 +32,7 @@ DEFAULT_LRS = {
     "lora": [1e-3],
     "lorasp": [2e-3],
     "chat-base": [0.0],
+    "trl-sft": [1e-3],  # chat-lorasp's rate: the same budget
     **{method: [1e-3] for method in LORASP_CHAT_KNOBS},
     "chat-dpo": [2e-4],  # the DPO stage's rate; chat-sft-dpo's SFT stage runs at chat-lorasp's
     "chat-sft-dpo": [2e-4],
@@ -56,7 +62,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--chat-train-size", type=int, default=2000)
     parser.add_argument("--chat-epochs", type=int, default=1)
     parser.add_argument("--chat-batch-size", type=int, default=8)
-    parser.add_argument("--eval-size", type=int, default=None, help="first N eval rows only (smoke runs)")
+    parser.add_argument("--eval-size", type=int, default=None, help="first N eval rows only (sizes a run)")
+    parser.add_argument("--chat-max-length", type=int, default=128)
+    parser.add_argument("--chat-model", default="smollm2-135m-instruct", help="causal LM of the chat methods")
+    parser.add_argument(
+        "--matmul-n", type=int, default=2048, help="matrix size of the matmul peak measurement"
+    )
     parser.add_argument(
         "--plain-lr-from-grouped",
         action=argparse.BooleanOptionalAction,
@@ -93,8 +104,9 @@ def make_spec(args: argparse.Namespace, method: str, seed: int, lr: float) -> di
         "train_size": args.chat_train_size if chat else args.train_size,
         "epochs": args.chat_epochs if chat else args.epochs,
         "batch_size": args.chat_batch_size if chat else args.batch_size,
-        "max_length": 128 if chat else args.max_length,
+        "max_length": args.chat_max_length if chat else args.max_length,
         "eval_size": args.eval_size,
+        "model": args.chat_model,
     }
 
 
@@ -103,13 +115,21 @@ def selected_methods(args: argparse.Namespace) -> list[str]:
     unknown = sorted(set(methods) - set(ENCODER_METHODS + CHAT_METHODS))
     if unknown:
         raise SystemExit(f"--methods: unknown {unknown}; choose from {ENCODER_METHODS + CHAT_METHODS}")
+    # before any run, not an hour into the sweep
+    unavailable = [reason for reason in map(missing_engine_settings, methods) if reason]
+    if unavailable:
+        raise SystemExit(f"--methods: {'; '.join(unavailable)}")
     return methods
 
 
 def run_one(spec: dict[str, Any]) -> dict[str, Any]:
     train_rows = sample_train(read_sst2_tsv(Path(spec["train_file"])), spec["train_size"])
     eval_rows = read_sst2_tsv(Path(spec["eval_file"]))[: spec["eval_size"]]
-    if spec["method"] in CHAT_METHODS:
+    if spec["method"] == "trl-sft":
+        from benchmarks.sst2_trl import run_trl_sft
+
+        measured = run_trl_sft(spec, train_rows, eval_rows)
+    elif spec["method"] in CHAT_METHODS:
         from benchmarks.sst2_chat import run_chat
 
         measured = run_chat(spec, train_rows, eval_rows)
@@ -123,6 +143,7 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
         "learning_rate": spec["learning_rate"],
         **measured,
         "peak_rss_mb": peak_rss_mb(),
+        "process_cpu_seconds": process_cpu_seconds(),  # the whole process: load, train, evaluate
     }
 
 
@@ -173,6 +194,23 @@ class Sweep:
                     self.run(method, seed, best[method])
 
 
+def measure_matmul_peaks(n: int) -> dict[str, Any]:
+    """This CPU's fp32/bf16 matmul GFLOP/s at the thread count the runs use, measured in its own process."""
+    import torch
+
+    command = [sys.executable, "-m", "benchmarks.matmul_peak", "--threads", str(torch.get_num_threads())]
+    completed = subprocess.run([*command, "--n", str(n)], capture_output=True, text=True, check=True)
+    peaks: dict[str, Any] = json.loads(completed.stdout.strip().splitlines()[-1])
+    print(f"matmul peaks: {peaks}", file=sys.stderr, flush=True)
+    return peaks
+
+
+def higher_peaks(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
+    peaks = {**first, **{k: max(first[k], second[k]) for k in ("fp32_gflops", "bf16_gflops")}}
+    peaks["bf16_over_fp32"] = round(peaks["bf16_gflops"] / peaks["fp32_gflops"], 2)
+    return peaks
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.run_one:
@@ -180,10 +218,16 @@ def main(argv: list[str] | None = None) -> None:
         return
     from benchmarks.report import write_sst2_report
 
+    methods = selected_methods(args)
+    chat = bool(set(methods) & set(CHAT_METHODS))
+    before = measure_matmul_peaks(args.matmul_n) if chat else None
     sweep = Sweep(args)
-    sweep.execute(selected_methods(args), [int(s) for s in args.seeds.split(",")])
+    sweep.execute(methods, [int(s) for s in args.seeds.split(",")])
+    peaks = higher_peaks(before, measure_matmul_peaks(args.matmul_n)) if before else None
     if args.out:
-        write_sst2_report(sweep.results, vars(args), args.out.with_suffix(".md"))
+        if peaks:
+            args.out.with_suffix(".matmul_peak.json").write_text(json.dumps(peaks, indent=2))
+        write_sst2_report(sweep.results, vars(args), args.out.with_suffix(".md"), matmul_peaks=peaks)
     print(json.dumps(sweep.results, indent=2))
 
 
