@@ -8,7 +8,6 @@ API process never loaded a model (the processes' logs say they did).
 from __future__ import annotations
 
 import io
-import os
 import secrets
 import signal
 import subprocess
@@ -27,6 +26,7 @@ from api.inference_tier.rendezvous import rendezvous_order, routing_key
 from lorasp_core.adapters import apply_lorasp, save_adapter
 from lorasp_core.config import LoraSPConfig
 from lorasp_core.models import tiny_random_llama
+from lorasp_service.process_group import spawn_logged, stop_group
 
 MODEL = "tiny-random-llama"
 RESIDENT_LOG = f"base model '{MODEL}' resident"
@@ -49,23 +49,6 @@ class Tier:
 
     def complete(self, adapter_id: str) -> httpx.Response:
         return self.api.post("/completions", json={"model": adapter_id, "prompt": "ab", "max_tokens": 3})
-
-
-def _spawn(command: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    with log_path.open("wb") as log:
-        return subprocess.Popen(
-            command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 @pytest.fixture(scope="module")
@@ -94,8 +77,10 @@ def tier(stack: Stack) -> Iterator[Tier]:
     for index, (port, url) in enumerate(zip(ports, urls, strict=True)):
         logs[url] = stack.logs / f"inference-{index}.log"
         command = [sys.executable, "-m", "lorasp_service.cli", "inference", "--port", str(port)]
-        processes[url] = _spawn(command + ["--name", f"inference-{index}"], env, logs[url])
-    server = _spawn([sys.executable, "-m", "lorasp_service.cli", "serve", "--no-worker"], api_env, serve_log)
+        processes[url] = spawn_logged(command + ["--name", f"inference-{index}"], env, logs[url], REPO_ROOT)
+    server = spawn_logged(
+        [sys.executable, "-m", "lorasp_service.cli", "serve", "--no-worker"], api_env, serve_log, REPO_ROOT
+    )
     base_url = f"http://127.0.0.1:{api_port}"
     api = httpx.Client(base_url=base_url + "/v1", headers=stack.headers, timeout=60)
     tier = Tier(api, urls, processes, logs, serve_log, secret)
@@ -115,7 +100,7 @@ def tier(stack: Stack) -> Iterator[Tier]:
     finally:
         api.close()
         for process in [server, *processes.values()]:
-            _stop(process)
+            stop_group(process)
 
 
 def adapter_archive(seed: int, scratch: Path) -> bytes:
