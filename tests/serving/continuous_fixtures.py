@@ -101,9 +101,12 @@ TokenLog = dict[int, list[int]]
 def record_tokens(monkeypatch: pytest.MonkeyPatch) -> TokenLog:
     """Every token each row takes (by id(row)), seen through the per-row step both loops share."""
     log: TokenLog = {}
+    seen: list[DecodeRow] = []  # kept alive: a freed row's id could be reused by a later row's
     real_advance = decode._advance
 
     def advance(row: DecodeRow, state: decode._RowState, choice: TokenChoice, eos_ids: set[int]) -> None:
+        if id(row) not in log:
+            seen.append(row)
         log.setdefault(id(row), []).append(choice.token_id)
         real_advance(row, state, choice, eos_ids)
 
