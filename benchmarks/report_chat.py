@@ -40,16 +40,20 @@ def chat_target_lines(best: dict[str, dict[str, Any]]) -> list[str]:
             f"{100 * trl['dev_accuracy']:.2f} ({-gap:+.2f} points; target >= {-ACCURACY_SLACK_POINTS:+.1f}): "
             + _verdict(gap <= ACCURACY_SLACK_POINTS, f"{abs(ACCURACY_SLACK_POINTS - gap):.2f} points")
         )
-        rss = sp["peak_rss_mb"] - trl["peak_rss_mb"]
+        rss = sp["train_peak_rss_mb"] - trl["train_peak_rss_mb"]
         lines.append(
-            f"- Peak RSS: chat-lorasp {sp['peak_rss_mb']:.0f} MB vs trl-sft {trl['peak_rss_mb']:.0f} MB "
-            f"({rss:+.0f} MB; target <= 0): " + _verdict(rss <= 0, f"{abs(rss):.0f} MB")
+            f"- Peak RSS while fine-tuning: chat-lorasp {sp['train_peak_rss_mb']:.0f} MB vs trl-sft "
+            f"{trl['train_peak_rss_mb']:.0f} MB ({rss:+.0f} MB; target <= 0): "
+            + _verdict(rss <= 0, f"{abs(rss):.0f} MB")
+            + f" (whole process, generation eval included: {sp['peak_rss_mb']:.0f} vs "
+            f"{trl['peak_rss_mb']:.0f} MB)"
         )
     int8, fp32 = best.get("chat-lorasp-int8"), best.get("chat-lorasp-fp32")
     if int8 and fp32:
-        ratio = int8["peak_rss_mb"] / fp32["peak_rss_mb"]
+        ratio = int8["train_peak_rss_mb"] / fp32["train_peak_rss_mb"]
         lines.append(
-            f"- int8 base peak RSS: {int8['peak_rss_mb']:.0f} MB vs fp32 {fp32['peak_rss_mb']:.0f} MB = "
+            f"- int8 base peak RSS while fine-tuning: {int8['train_peak_rss_mb']:.0f} MB vs fp32 "
+            f"{fp32['train_peak_rss_mb']:.0f} MB = "
             f"{ratio:.2f}x (target <= {INT8_RSS_TARGET}x): "
             + _verdict(ratio <= INT8_RSS_TARGET, f"{abs(INT8_RSS_TARGET - ratio):.2f}x")
         )

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import LabelledSentence
+from benchmarks.common import LabelledSentence, peak_rss_mb
 
 # chat-lorasp runs the engine's defaults (what a user gets: on a CPU with fast bf16, bf16 autocast with
 # a bf16 base, the LM head at labels only, no checkpointing). chat-lorasp-fp32 turns every knob off and
@@ -179,6 +179,7 @@ def run_chat(
             precision=trained.precision.to_dict() if trained.precision is not None else None,
             gradient_checkpointing=trained.gradient_checkpointing,
         )
+    result["train_peak_rss_mb"] = peak_rss_mb()  # before the eval: bf16 generation adds its own peak
     start = time.perf_counter()
     result["dev_accuracy"] = generation_accuracy(model, tokenizer, eval_rows)
     result["eval_seconds"] = time.perf_counter() - start

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import LabelledSentence
+from benchmarks.common import LabelledSentence, peak_rss_mb
 from benchmarks.sst2_chat import WORDS, as_messages, base_parameter_count, generation_accuracy
 from benchmarks.sst2_runs import adam_state_bytes
 
@@ -103,10 +103,12 @@ def run_trl_sft(
     assert isinstance(tokenized, Dataset) and trained is not None and optimizer is not None
     real_tokens = spec["epochs"] * sum(len(ids) for ids in tokenized["input_ids"])
     lora_params = [p for n, p in trained.named_parameters() if "lora_" in n]
+    train_peak = peak_rss_mb()  # before the eval, as for chat-lorasp
     start = time.perf_counter()
     dev_accuracy = generation_accuracy(trained, tokenizer, eval_rows)
     return {
         "dev_accuracy": dev_accuracy,
+        "train_peak_rss_mb": train_peak,
         "eval_seconds": time.perf_counter() - start,
         "base_parameters": base_parameters,
         "trainable_parameters": sum(int(p.numel()) for p in trained.parameters() if p.requires_grad),

@@ -43,12 +43,12 @@ def test_trl_sft_and_chat_lorasp_run_in_their_own_processes_and_report(tmp_path:
     assert trl["trainable_parameters"] == 2 * lorasp["trainable_parameters"] > 0
     assert trl["base_parameters"] == lorasp["base_parameters"] > 0
     for run in (trl, lorasp):
-        assert run["tokens_per_second"] > 0 and run["peak_rss_mb"] > 0
+        assert run["tokens_per_second"] > 0 and run["peak_rss_mb"] >= run["train_peak_rss_mb"] > 0
         assert 0.0 <= run["dev_accuracy"] <= 1.0
     assert trl["optimizer_state_bytes"] == 2 * 4 * trl["trainable_parameters"]  # AdamW's two fp32 moments
     report = (tmp_path / "chat.md").read_text()
     assert "- Real tokens/s: chat-lorasp" in report and "(target >= 1.5x)" in report
-    assert "- Peak RSS: chat-lorasp" in report and "of bf16 peak" in report
+    assert "- Peak RSS while fine-tuning: chat-lorasp" in report and "of bf16 peak" in report
     peaks = json.loads((tmp_path / "chat.matmul_peak.json").read_text())
     assert peaks["fp32_gflops"] > 0 and peaks["bf16_gflops"] > 0
 
@@ -58,7 +58,8 @@ def run(method: str, tokens_per_second: float, dev_accuracy: float, peak_rss_mb:
         "method": method,
         "tokens_per_second": tokens_per_second,
         "dev_accuracy": dev_accuracy,
-        "peak_rss_mb": peak_rss_mb,
+        "peak_rss_mb": peak_rss_mb + 500,  # the process peak: the generation eval comes after training
+        "train_peak_rss_mb": peak_rss_mb,
     }
 
 
@@ -72,6 +73,7 @@ def test_the_chat_targets_say_met_or_missed_and_by_how_much() -> None:
     speed, accuracy, rss, int8_rss, int8_accuracy = chat_target_lines(best)
     assert speed.endswith("1.60x (target >= 1.5x): met (by 0.10x)")
     assert accuracy.endswith("(-0.50 points; target >= -1.0): met (by 0.50 points)")
-    assert rss.endswith("(-200 MB; target <= 0): met (by 200 MB)")
+    assert "(-200 MB; target <= 0): met (by 200 MB)" in rss  # judged on the fine-tuning peaks
+    assert rss.endswith("(whole process, generation eval included: 1500 vs 1700 MB)")
     assert int8_rss.endswith("= 0.70x (target <= 0.6x): MISSED (by 0.10x)")
     assert int8_accuracy.endswith("(-2.00 points; target >= -1.5): MISSED (by 0.50 points)")
