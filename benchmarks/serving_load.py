@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from benchmarks.common import machine_description
-from benchmarks.serving import PROMPTS, make_adapters, percentile
+from benchmarks.serving import make_adapters, percentile, requests_for
 from benchmarks.serving_load_report import write_serving_load_report
 from lorasp_core.models import LoadedModel, load_base_model
 from lorasp_core.serving import BatchingMode, GenerationRequest, ServingEngine
@@ -114,19 +114,6 @@ def poisson_run(
         "latency_p50_s": percentile(latency, 0.5),
         "latency_p99_s": percentile(latency, 0.99),
     }
-
-
-def requests_for(model: str, adapter_ids: list[str], count: int, max_tokens: int) -> list[GenerationRequest]:
-    return [
-        GenerationRequest(
-            model=model,
-            adapter_id=adapter_ids[i % len(adapter_ids)],
-            prompt=PROMPTS[i % len(PROMPTS)],
-            max_tokens=max_tokens,
-            ignore_eos=True,  # every request generates max_tokens: the load is what the rate says
-        )
-        for i in range(count)
-    ]
 
 
 def run_config(

@@ -148,3 +148,20 @@ def data_parallel_ranks(
         failed = False
     finally:
         stop_children(children, kill=failed)
+
+
+def live_rank_pids(job_id: str) -> list[int]:
+    """The job's child ranks still alive on this machine (their command line names the rank module and
+    the job; zombies are dead): what an operator, or a test, checks after a cancel or a failure."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if RANK_MODULE.encode() in command and job_id.encode() in command and state != "Z":
+            pids.append(int(entry.name))
+    return pids

@@ -10,23 +10,9 @@ from pathlib import Path
 import pytest
 from e2e_stack import Stack, chat_rows, events_of, saved_checkpoint_steps, wait_for_end, wait_until
 
+from lorasp_service.rank_processes import live_rank_pids
+
 pytestmark = pytest.mark.services
-
-
-def rank_pids(job_id: str) -> list[int]:
-    """Live child ranks of the job (their command line names it; zombies are dead)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            command = (entry / "cmdline").read_bytes().split(b"\0")
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if b"lorasp_service.training_rank" in command and job_id.encode() in command and state != "Z":
-            pids.append(int(entry.name))
-    return pids
 
 
 def test_a_two_process_job_survives_its_worker_crashing_and_resumes_with_two_ranks(
@@ -38,10 +24,10 @@ def test_a_two_process_job_survives_its_worker_crashing_and_resumes_with_two_ran
         job = stack.create_job(client, file_id, n_epochs=12, batch_size=4, processes=2)
         assert job["method"]["lorasp"]["hyperparameters"]["processes"] == 2
         wait_until(lambda: saved_checkpoint_steps(client, job["id"]), 120, f"a checkpoint of {job['id']}")
-        assert len(rank_pids(job["id"])) == 1  # rank 1 beside rank 0 (the pool process)
+        assert len(live_rank_pids(job["id"])) == 1  # rank 1 beside rank 0 (the pool process)
 
         stack.kill_workers(signal.SIGKILL)  # the worker's process group: pool process and its rank
-        wait_until(lambda: not rank_pids(job["id"]), 30, "the crashed worker's rank to be gone")
+        wait_until(lambda: not live_rank_pids(job["id"]), 30, "the crashed worker's rank to be gone")
         stack.start_worker(LORASP_BROKER_VISIBILITY_TIMEOUT_SECONDS="6")
 
         done = wait_for_end(client, job["id"], 240)
@@ -50,4 +36,4 @@ def test_a_two_process_job_survives_its_worker_crashing_and_resumes_with_two_ran
         assert resumed, "no event says the job resumed"
     assert stack.job_row(job["id"])["attempts"] == 2
     assert stack.count("adapters", job["id"]) == 1
-    assert rank_pids(job["id"]) == []
+    assert live_rank_pids(job["id"]) == []

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +19,7 @@ from sqlalchemy.orm import Session
 from lorasp_core.train_config import ProgressEvent
 from lorasp_service import jobs, rank_processes, training_progress
 from lorasp_service.orm import Job
+from lorasp_service.rank_processes import live_rank_pids
 from lorasp_service.settings import Settings
 from lorasp_service.training import run_claimed_job
 from lorasp_service.training_progress import JobProgressCallback
@@ -39,22 +39,6 @@ def created_job(client: TestClient, headers: dict[str, str], file_id: str, **kno
     return str(created.json()["id"])
 
 
-def rank_pids(job_id: str) -> list[int]:
-    """The running child ranks of the job (their command line names it)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            command = (entry / "cmdline").read_bytes().split(b"\0")
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if b"lorasp_service.training_rank" in command and job_id.encode() in command and state != "Z":
-            pids.append(int(entry.name))
-    return pids
-
-
 def on_step_1(monkeypatch: pytest.MonkeyPatch, action: Any) -> list[int]:
     """Runs `action(job_id)` when rank 0 reports step 1; returns the child ranks seen then."""
     seen: list[int] = []
@@ -63,7 +47,7 @@ def on_step_1(monkeypatch: pytest.MonkeyPatch, action: Any) -> list[int]:
     def on_progress(self: JobProgressCallback, event: ProgressEvent) -> None:
         original(self, event)
         if event.step == 1:
-            seen.extend(rank_pids(self.job_id))
+            seen.extend(live_rank_pids(self.job_id))
             action(self.job_id, seen)
 
     monkeypatch.setattr(JobProgressCallback, "on_progress", on_progress)
@@ -105,7 +89,7 @@ def test_a_two_process_job_succeeds_and_leaves_no_rank_behind(
     claim = jobs.claim_job(api_settings, job_id, WORKER)
     assert run_claimed_job(api_settings, job_id, WORKER, claim) == jobs.JobStatus.SUCCEEDED
     assert len(seen) == 1  # rank 1 ran beside rank 0 (this process)
-    assert rank_pids(job_id) == []
+    assert live_rank_pids(job_id) == []
     shown = client.get(f"{JOBS}/{job_id}", headers=alice).json()
     assert shown["method"]["lorasp"]["hyperparameters"]["processes"] == 2
     assert shown["trained_tokens"] > 0
@@ -128,7 +112,7 @@ def test_cancel_stops_every_rank(
     claim = jobs.claim_job(api_settings, job_id, WORKER)
     assert run_claimed_job(api_settings, job_id, WORKER, claim) == jobs.JobStatus.CANCELLED
     assert len(seen) == 1
-    assert rank_pids(job_id) == []  # rank 1 saw rank 0's cancel and exited; nothing was killed
+    assert live_rank_pids(job_id) == []  # rank 1 saw rank 0's cancel and exited; nothing was killed
     shown = client.get(f"{JOBS}/{job_id}", headers=alice).json()
     assert shown["status"] == "cancelled"
 
@@ -143,14 +127,14 @@ def test_a_killed_rank_fails_the_job_and_leaves_no_rank_behind(
     def kill(job_id: str, pids: list[int]) -> None:
         for pid in pids:
             os.kill(pid, signal.SIGKILL)
-        while rank_pids(job_id):  # dead (a zombie until rank 0 reaps it)
+        while live_rank_pids(job_id):  # dead (a zombie until rank 0 reaps it)
             time.sleep(0.05)
 
     seen = on_step_1(monkeypatch, kill)
     job_id = created_job(client, alice, chat_file["id"], processes=2, batch_size=2, n_epochs=3)
     claim = jobs.claim_job(api_settings, job_id, WORKER)
     assert run_claimed_job(api_settings, job_id, WORKER, claim) == jobs.JobStatus.FAILED
-    assert len(seen) == 1 and rank_pids(job_id) == []
+    assert len(seen) == 1 and live_rank_pids(job_id) == []
     error = client.get(f"{JOBS}/{job_id}", headers=alice).json()["error"]
     assert error["code"] == "training_error"
 
