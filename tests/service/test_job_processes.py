@@ -39,6 +39,15 @@ def created_job(client: TestClient, headers: dict[str, str], file_id: str, **kno
     return str(created.json()["id"])
 
 
+def run_two_rank_job(
+    client: TestClient, headers: dict[str, str], file_id: str, settings: Settings, n_epochs: int
+) -> tuple[str, jobs.JobStatus]:
+    """Create a 2-process job (global batch 2), claim it and run it here as the worker would."""
+    job_id = created_job(client, headers, file_id, processes=2, batch_size=2, n_epochs=n_epochs)
+    claim = jobs.claim_job(settings, job_id, WORKER)
+    return job_id, run_claimed_job(settings, job_id, WORKER, claim)
+
+
 def on_step_1(monkeypatch: pytest.MonkeyPatch, action: Any) -> list[int]:
     """Runs `action(job_id)` when rank 0 reports step 1; returns the child ranks seen then."""
     seen: list[int] = []
@@ -85,9 +94,8 @@ def test_a_two_process_job_succeeds_and_leaves_no_rank_behind(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     seen = on_step_1(monkeypatch, lambda job_id, pids: None)
-    job_id = created_job(client, alice, chat_file["id"], processes=2, batch_size=2, n_epochs=1)
-    claim = jobs.claim_job(api_settings, job_id, WORKER)
-    assert run_claimed_job(api_settings, job_id, WORKER, claim) == jobs.JobStatus.SUCCEEDED
+    job_id, status = run_two_rank_job(client, alice, chat_file["id"], api_settings, n_epochs=1)
+    assert status == jobs.JobStatus.SUCCEEDED
     assert len(seen) == 1  # rank 1 ran beside rank 0 (this process)
     assert live_rank_pids(job_id) == []
     shown = client.get(f"{JOBS}/{job_id}", headers=alice).json()
@@ -108,9 +116,8 @@ def test_cancel_stops_every_rank(
         assert client.post(f"{JOBS}/{job_id}/cancel", headers=alice).status_code == 200
 
     seen = on_step_1(monkeypatch, cancel)
-    job_id = created_job(client, alice, chat_file["id"], processes=2, batch_size=2, n_epochs=3)
-    claim = jobs.claim_job(api_settings, job_id, WORKER)
-    assert run_claimed_job(api_settings, job_id, WORKER, claim) == jobs.JobStatus.CANCELLED
+    job_id, status = run_two_rank_job(client, alice, chat_file["id"], api_settings, n_epochs=3)
+    assert status == jobs.JobStatus.CANCELLED
     assert len(seen) == 1
     assert live_rank_pids(job_id) == []  # rank 1 saw rank 0's cancel and exited; nothing was killed
     shown = client.get(f"{JOBS}/{job_id}", headers=alice).json()
@@ -131,9 +138,8 @@ def test_a_killed_rank_fails_the_job_and_leaves_no_rank_behind(
             time.sleep(0.05)
 
     seen = on_step_1(monkeypatch, kill)
-    job_id = created_job(client, alice, chat_file["id"], processes=2, batch_size=2, n_epochs=3)
-    claim = jobs.claim_job(api_settings, job_id, WORKER)
-    assert run_claimed_job(api_settings, job_id, WORKER, claim) == jobs.JobStatus.FAILED
+    job_id, status = run_two_rank_job(client, alice, chat_file["id"], api_settings, n_epochs=3)
+    assert status == jobs.JobStatus.FAILED
     assert len(seen) == 1 and live_rank_pids(job_id) == []
     error = client.get(f"{JOBS}/{job_id}", headers=alice).json()["error"]
     assert error["code"] == "training_error"
@@ -147,9 +153,8 @@ def test_a_rank_that_fails_to_start_fails_the_job_at_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(rank_processes, "RANK_MODULE", "lorasp_service.no_such_module")  # exits 1
-    job_id = created_job(client, alice, chat_file["id"], processes=2, batch_size=2, n_epochs=1)
-    claim = jobs.claim_job(api_settings, job_id, WORKER)
-    assert run_claimed_job(api_settings, job_id, WORKER, claim) == jobs.JobStatus.FAILED
+    job_id, status = run_two_rank_job(client, alice, chat_file["id"], api_settings, n_epochs=1)
+    assert status == jobs.JobStatus.FAILED
     error = client.get(f"{JOBS}/{job_id}", headers=alice).json()["error"]
     assert error["code"] == "training_error"
     assert "rank 1 exited with status 1 before training" in error["message"]
