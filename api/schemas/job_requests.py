@@ -107,28 +107,27 @@ def _bool_or_auto(value: Any) -> bool | str:
     raise ValueError("expected true, false or 'auto'")
 
 
-def _mixed_precision(value: Any) -> str:
-    if isinstance(value, str) and value in MIXED_PRECISIONS:
-        return value
-    raise ValueError(f"expected one of {', '.join(repr(name) for name in MIXED_PRECISIONS)}")
+def _one_of(names: tuple[str, ...]) -> Callable[[Any], str]:
+    """A strict validator of a string option: exactly one of `names` (no coercion), else the choices."""
+
+    def check(value: Any) -> str:
+        if isinstance(value, str) and value in names:
+            return value
+        raise ValueError(f"expected one of {', '.join(repr(name) for name in names)}")
+
+    return check
 
 
 MixedPrecisionOption = Annotated[
     MixedPrecision,
-    PlainValidator(_mixed_precision, json_schema_input_type=MixedPrecision),
+    PlainValidator(_one_of(MIXED_PRECISIONS), json_schema_input_type=MixedPrecision),
     Field(description="Autocast precision; 'auto' picks bf16 where the worker's hardware runs it fast"),
 ]
 
 
-def _base_quantization(value: Any) -> str:
-    if isinstance(value, str) and value in BASE_QUANTIZATIONS:
-        return value
-    raise ValueError(f"expected one of {', '.join(repr(name) for name in BASE_QUANTIZATIONS)}")
-
-
 BaseQuantizationOption = Annotated[
     BaseQuantization,
-    PlainValidator(_base_quantization, json_schema_input_type=BaseQuantization),
+    PlainValidator(_one_of(BASE_QUANTIZATIONS), json_schema_input_type=BaseQuantization),
     Field(
         description="How the frozen base's linear weights are held: 'none', 'int8' (weight-only, CPU and "
         "GPU) or 'nf4' (CUDA workers with bitsandbytes); the adapter is served on the same base"
