@@ -21,7 +21,7 @@ from lorasp_core.serving.classification import base_label_names, classify_rows
 from lorasp_core.serving.continuous import ContinuousScheduler
 from lorasp_core.serving.decode import DecodeRow, decode_batch, vocab_size
 from lorasp_core.serving.generation import GenerationStream, render_prompt_ids, request_grammar
-from lorasp_core.serving.grammar import compile_grammar
+from lorasp_core.serving.grammar import GrammarSpec, compile_grammar
 from lorasp_core.serving.manager import AdapterManager
 from lorasp_core.serving.resident import ResidentModel
 from lorasp_core.serving.sampling import derived_seed
@@ -126,7 +126,7 @@ class ServingEngine(AdapterManager):
                 self._release(request.adapter_id)
             raise
         jobs = [
-            self._job(request, stream, prompt_ids, entry.slot if entry else 0, index)
+            self._job(request, stream, prompt_ids, entry.slot if entry else 0, index, grammar)
             for index in range(request.n)
         ]
         return resident, jobs
@@ -138,6 +138,7 @@ class ServingEngine(AdapterManager):
         prompt_ids: list[int],
         slot: int,
         index: int,
+        grammar: GrammarSpec | None,
     ) -> _Job:
         row = DecodeRow(
             prompt_ids=prompt_ids,
@@ -152,7 +153,7 @@ class ServingEngine(AdapterManager):
             frequency_penalty=request.frequency_penalty,
             logprobs=request.logprobs,
             top_logprobs=request.top_logprobs if request.logprobs else 0,
-            grammar=request_grammar(request),
+            grammar=grammar,  # built once per request in _prepare
             index=index,
             cancelled=(lambda: stream.cancelled) if stream else None,
         )
