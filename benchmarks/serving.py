@@ -28,6 +28,7 @@ from lorasp_core.adapters import apply_lorasp, save_adapter
 from lorasp_core.config import LoraSPConfig
 from lorasp_core.models import load_base_model
 from lorasp_core.serving import GenerationRequest, ServingEngine
+from lorasp_core.serving.openmp_threads import run_in_short_lived_thread
 
 PROMPTS = [
     "Explain why the sky is blue in one sentence.",
@@ -38,7 +39,15 @@ PROMPTS = [
 
 
 def make_adapters(model_name: str, directory: Path, count: int, rank: int) -> list[Path]:
-    """`count` LoRA-SP adapters with random trainable B entries (so they differ), saved in PEFT format."""
+    """`count` LoRA-SP adapters with random trainable B entries (so they differ), saved in PEFT format.
+
+    Built on a thread that ends with it: the benchmark's own thread keeps no OpenMP team that would slow
+    the engine's decoding thread (lorasp_core/serving/openmp_threads.py), as an API process keeps none.
+    """
+    return run_in_short_lived_thread(lambda: _make_adapters(model_name, directory, count, rank))
+
+
+def _make_adapters(model_name: str, directory: Path, count: int, rank: int) -> list[Path]:
     paths = []
     for index in range(count):
         model = apply_lorasp(

@@ -1,11 +1,12 @@
 """Continuous batching (as vLLM's scheduler does it): new requests join the running decode batch of their
 base model at a step boundary, and rows leave as soon as they finish.
 
-One thread loops: admit what fits from the wait queue (first come, first served per base model: the
-first request that does not fit holds back the later ones of its model, so a large request is never
-starved), prefill the newcomers and merge them into their model's batch, then run one decode step of
-every running batch. Bounds: rows per batch, and KV-cache bytes per batch counted for the worst case
-(every row running to max_tokens), so a running batch never outgrows its budget.
+One thread loops: run the work other threads handed it (`call`), admit what fits from the wait queue
+(first come, first served per base model: the first request that does not fit holds back the later ones
+of its model, so a large request is never starved), prefill the newcomers and merge them into their
+model's batch, then run one decode step of every running batch. Bounds: rows per batch, and KV-cache
+bytes per batch counted for the worst case (every row running to max_tokens), so a running batch never
+outgrows its budget.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 
 from lorasp_core.serving import decode
 from lorasp_core.serving.decode import DecodeRow, _RowState
@@ -24,6 +27,8 @@ from lorasp_core.serving.running_batch import RunningBatch, kv_bytes_per_token, 
 from lorasp_core.serving.text_stream import TextStream
 
 logger = logging.getLogger("lorasp_core.serving")
+
+T = TypeVar("T")
 
 
 class EngineClosedError(RuntimeError):
@@ -48,6 +53,7 @@ class ContinuousScheduler:
         self.max_rows = max_rows
         self.max_kv_bytes = max_kv_bytes
         self._waiting: deque[WaitingRow] = deque()
+        self._calls: deque[tuple[Callable[[], object], Future[object]]] = deque()
         self._batches: dict[str, RunningBatch] = {}
         self._per_token: dict[str, int] = {}
         self._wake = threading.Condition()
@@ -82,6 +88,39 @@ class ContinuousScheduler:
             self._waiting.append(WaitingRow(model, row))
             self._ensure_thread()
             self._wake.notify()
+
+    def call(self, work: Callable[[], T]) -> T:
+        """Run `work` on the scheduler's thread at the next step boundary and return its result.
+
+        Why: torch's CPU kernels run on an OpenMP team per calling thread, and while a second team is
+        alive (even idle) GNU OpenMP throttles its spin-waits, so every parallel op of every team wakes
+        its workers by futex: ~1.5x slower forwards on a 2-core machine (benchmarks/results/serving.md).
+        Forwards outside the running batch (a one-off batch, a classification) therefore run here too,
+        so one thread does all of an engine's decoding. Runs even while paused; inline on the thread.
+        """
+        if threading.current_thread() is self._thread:
+            return work()
+        future: Future[object] = Future()
+        with self._wake:
+            if self._closing:
+                raise EngineClosedError("the serving engine is closed")
+            self._calls.append((work, future))
+            self._ensure_thread()
+            self._wake.notify()
+        result: T = future.result()  # type: ignore[assignment]  # the future holds work()'s own value
+        return result
+
+    def _run_calls(self) -> None:
+        while True:
+            with self._wake:
+                if not self._calls:
+                    return
+                work, future = self._calls.popleft()
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(work())
+                except BaseException as error:  # handed to the caller, who raises it
+                    future.set_exception(error)
 
     def pending(self) -> int:
         return len(self._waiting)
@@ -145,10 +184,18 @@ class ContinuousScheduler:
     def _loop(self) -> None:
         while True:
             with self._wake:
-                while not self._closing and (self._paused or (not self._waiting and not self._batches)):
+                while (
+                    not self._closing
+                    and not self._calls
+                    and (self._paused or (not self._waiting and not self._batches))
+                ):
                     self._wake.wait()
                 if self._closing:
                     break
+            self._run_calls()
+            with self._wake:
+                if self._paused:
+                    continue
                 admissions = self._admissible()
             for model, rows in admissions.items():
                 self._admit(model, rows)
@@ -188,8 +235,11 @@ class ContinuousScheduler:
         self._batches.clear()
         with self._wake:
             waiting, self._waiting = list(self._waiting), deque()
+            calls, self._calls = list(self._calls), deque()
         for item in waiting:
             _fail_row(item.row, error)
+        for _, future in calls:
+            future.set_exception(EngineClosedError("the serving engine closed before this work ran"))
         self._publish()
 
 

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import TypeVar
 
 from lorasp_core.serving.cache import CacheEntry
 from lorasp_core.serving.classification import base_label_names, classify_rows
@@ -39,6 +40,8 @@ from lorasp_core.serving.types import (
 )
 
 logger = logging.getLogger("lorasp_core.serving")
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -211,7 +214,9 @@ class ServingEngine(AdapterManager):
         return stream
 
     def generate_batch(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
-        """Run `requests` (same base model) as exactly one batch in the calling thread.
+        """Run `requests` (same base model) as exactly one batch, on the decoding thread (continuous
+        batching: between two steps of the running batches; see ContinuousScheduler.call), else in the
+        calling thread.
 
         One result per choice: a request with n > 1 gives n results in a row (their `index` 0..n-1).
         A row that fails alone does not stop the others; the first such error is raised after the batch.
@@ -227,13 +232,20 @@ class ServingEngine(AdapterManager):
                 for job in jobs:
                     self._release(job.adapter_id)
             raise
-        outcomes = self._run_jobs(prepared[0][0], [job for _, jobs in prepared for job in jobs])
+        resident, all_jobs = prepared[0][0], [job for _, jobs in prepared for job in jobs]
+        outcomes = self._on_decoding_thread(lambda: self._run_jobs(resident, all_jobs))
         results: list[GenerationResult] = []
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
             results.append(outcome)
         return results
+
+    def _on_decoding_thread(self, work: Callable[[], T]) -> T:
+        """Forwards outside the running batches go to the thread that decodes them (one OpenMP team)."""
+        if self.batching == "continuous":
+            return self._continuous.call(work)
+        return work()
 
     def _run_scheduled_batch(self, model: str, pending: list[PendingRequest]) -> None:
         jobs: list[_Job] = [p.payload for p in pending]
@@ -321,7 +333,8 @@ class ServingEngine(AdapterManager):
                 entry = entries[adapter_id]
                 slots.append(entry.slot if entry is not None else 0)
                 labels.append(entry.label_names or base_labels if entry is not None else base_labels)
-            return classify_rows(resident, [text for _, text in items], slots, labels)
+            texts = [text for _, text in items]
+            return self._on_decoding_thread(lambda: classify_rows(resident, texts, slots, labels))
         finally:
             latency_ms = (time.perf_counter() - started) * 1e3
             for adapter_id in acquired:

@@ -21,6 +21,7 @@ from lorasp_core.serving.adapter_files import ParsedAdapter, read_peft_adapter
 from lorasp_core.serving.cache import AdapterCache, AdapterCacheCounters, CacheEntry
 from lorasp_core.serving.chat_template import check_chat_template
 from lorasp_core.serving.classification import adapter_label_names
+from lorasp_core.serving.openmp_threads import run_in_short_lived_thread
 from lorasp_core.serving.resident import ResidentModel
 from lorasp_core.serving.types import (
     AdapterInfo,
@@ -77,7 +78,9 @@ class AdapterManager:
                 resident = self._residents.get(name)
             if resident is None:
                 started = time.perf_counter()
-                resident = ResidentModel(name, self._base_loader(name), self._cache.max_adapters + 1)
+                resident = run_in_short_lived_thread(
+                    lambda: ResidentModel(name, self._base_loader(name), self._cache.max_adapters + 1)
+                )
                 with self._lock:
                     self._residents[name] = resident
                 logger.info("base model %r resident (%.0f ms)", name, (time.perf_counter() - started) * 1e3)
@@ -106,7 +109,10 @@ class AdapterManager:
     def _check(
         self, adapter_id: str, path: Path | str, base_model: str
     ) -> tuple[ParsedAdapter, ResidentModel, tuple[str, ...] | None]:
-        parsed = read_peft_adapter(adapter_id, path, max_rank=self.max_rank)
+        # Reading converts tensors (parallel ops): off this thread, like every torch op (openmp_threads).
+        parsed = run_in_short_lived_thread(
+            lambda: read_peft_adapter(adapter_id, path, max_rank=self.max_rank)
+        )
         resident = self.base_model(base_model)
         resident.validate(parsed)
         return parsed, resident, adapter_label_names(resident, parsed)
@@ -154,7 +160,7 @@ class AdapterManager:
             for victim in victims:
                 self._evict(victim, reason=_LRU_EVICTION)
             slot = resident.take_slot()
-            resident.install(slot, parsed)
+            run_in_short_lived_thread(lambda: resident.install(slot, parsed))
             load_ms = (time.perf_counter() - started) * 1e3
             self._cache.add(
                 CacheEntry(
@@ -188,7 +194,8 @@ class AdapterManager:
 
     def _evict(self, adapter_id: str, *, reason: str) -> None:
         entry = self._cache.remove(adapter_id, evicted=reason == _LRU_EVICTION)
-        self._residents[entry.base_model].release_slot(entry.slot)
+        resident = self._residents[entry.base_model]
+        run_in_short_lived_thread(lambda: resident.release_slot(entry.slot))
         stats = self._cache.stats.get(adapter_id)
         logger.info(
             "adapter %r evicted (%s): slot %d freed, %d bytes; hits=%d requests=%d",
