@@ -24,6 +24,8 @@ class RemoteGenerationStream(GenerationStream):
         self._lines: Iterator[str] = response.iter_lines()
         self._on_broken = on_broken
         self.process = process  # the inference process answering (its URL)
+        # its own name (`lorasp inference --name`), which the API forwards to the client
+        self.process_name: str | None = response.headers.get(wire.PROCESS_HEADER)
 
     def _end(self) -> None:
         self._done = True

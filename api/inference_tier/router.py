@@ -134,7 +134,9 @@ class InferenceRouter:
                 response.close()
                 raise _error_of(response)
             return url, response
-        raise wire.InferenceUnavailableError(f"no inference process answered ({', '.join(self.urls)})")
+        raise wire.InferenceUnavailableError(
+            f"no inference process answered ({', '.join(self.urls)})", retry_after_s=max(1.0, self._backoff)
+        )
 
     def _json(self, key: str, method: str, path: str, body: Any = None) -> Any:
         return self._send(key, method, path, body)[1].json()

@@ -147,7 +147,7 @@ def create_inference_app(settings: Settings, process: InferenceProcess) -> FastA
     def generate(body: dict[str, Any]) -> StreamingResponse:
         request = wire.from_wire(GenerationRequest, body)
         stream = process.with_adapter(request.adapter_id, lambda: engine.generate(request))
-        headers = {"x-lorasp-inference-process": process.name}
+        headers = {wire.PROCESS_HEADER: process.name}
         return StreamingResponse(_ndjson(stream), media_type=wire.NDJSON_MEDIA_TYPE, headers=headers)
 
     @app.post("/classify")

@@ -33,6 +33,8 @@ T = TypeVar("T")
 # One NDJSON line per event of a generation stream: {"chunk": {...}} or {"error": {...}}.
 CHUNK_KEY, ERROR_KEY = "chunk", "error"
 NDJSON_MEDIA_TYPE = "application/x-ndjson"
+# The inference process names itself on every /generate answer; the API forwards it to its client.
+PROCESS_HEADER = "x-lorasp-inference-process"
 
 
 _ADAPTERS: dict[Any, TypeAdapter[Any]] = {}  # building one compiles a validator: once per type
@@ -61,11 +63,17 @@ class InferenceProcessError(RuntimeError):
 
 
 class InferenceUnavailableError(RuntimeError):
-    """No inference process could be reached (every one is down or refused the connection)."""
+    """No inference process could be reached (every one is down or refused the connection).
+    `retry_after_s`: when one may be back (the router's backoff), told to the client as Retry-After."""
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class InferenceStreamBrokenError(RuntimeError):
-    """The connection to the inference process was lost after the answer started streaming."""
+    """The connection to the inference process was lost after the answer started streaming (the
+    process died or was cut off mid-answer): the API answers 502, or ends an SSE stream with an error."""
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 from fastapi.responses import StreamingResponse
 
 from api.deps import CurrentTenant, EngineDep, SessionDep, SettingsDep, StorageDep
@@ -18,6 +18,7 @@ from api.rate_limits import ChargedChatBody, ChargedClassificationBody, ChargedC
 from api.schemas.inference import SSE_RESPONSES, ChatCompletion, ClassificationList, TextCompletion
 from api.services import completions as completions_service
 from api.services import inference as inference_service
+from api.services.inference import AnswerT, Served
 
 router = APIRouter(
     tags=["inference"],
@@ -34,8 +35,13 @@ router = APIRouter(
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-def _sse_response(events: AsyncIterator[str]) -> StreamingResponse:
-    return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
+def _answer(served: Served[AnswerT], response: Response) -> AnswerT | StreamingResponse:
+    """The body (with the served headers, e.g. which inference process answered) or the SSE stream."""
+    if isinstance(served.answer, AsyncIterator):
+        headers = {**SSE_HEADERS, **served.headers}
+        return StreamingResponse(served.answer, media_type="text/event-stream", headers=headers)
+    response.headers.update(served.headers)
+    return served.answer
 
 
 @router.post("/chat/completions", response_model=ChatCompletion, responses=SSE_RESPONSES)
@@ -46,9 +52,10 @@ def create_chat_completion(
     engine: EngineDep,
     tenant: CurrentTenant,
     body: ChargedChatBody,
+    response: Response,
 ) -> ChatCompletion | StreamingResponse:
-    result = completions_service.chat_completion(session, settings, storage, engine, tenant, body)
-    return result if isinstance(result, ChatCompletion) else _sse_response(result)
+    served = completions_service.chat_completion(session, settings, storage, engine, tenant, body)
+    return _answer(served, response)
 
 
 @router.post("/completions", response_model=TextCompletion, responses=SSE_RESPONSES)
@@ -59,9 +66,10 @@ def create_completion(
     engine: EngineDep,
     tenant: CurrentTenant,
     body: ChargedCompletionBody,
+    response: Response,
 ) -> TextCompletion | StreamingResponse:
-    result = completions_service.text_completion(session, settings, storage, engine, tenant, body)
-    return result if isinstance(result, TextCompletion) else _sse_response(result)
+    served = completions_service.text_completion(session, settings, storage, engine, tenant, body)
+    return _answer(served, response)
 
 
 @router.post("/classifications", response_model=ClassificationList)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -35,9 +35,11 @@ from api.schemas.inference_features import (
 )
 from api.services.inference import (
     ChoiceText,
+    Served,
     collect,
     new_completion_id,
     resolve_target,
+    served_headers,
     sse_stream,
     start_generation,
 )
@@ -107,7 +109,7 @@ def chat_completion(
     engine: ServingBackend,
     tenant: Tenant,
     request: ChatCompletionRequest,
-) -> ChatCompletion | AsyncIterator[str]:
+) -> Served[ChatCompletion]:
     target = resolve_target(session, settings, storage, engine, tenant, request.model, task="causal-lm")
     started = time.perf_counter()
     tools = [tool.as_engine_tool() for tool in request.tools] if request.tools else None
@@ -134,7 +136,7 @@ def chat_completion(
         head = [
             _chunk(envelope, i, {"role": "assistant", "content": ""}, None, None) for i in range(request.n)
         ]
-        return sse_stream(
+        events = sse_stream(
             stream,
             target,
             "chat.completion",
@@ -143,12 +145,14 @@ def chat_completion(
             usage_payload=_usage_payload(envelope, request.include_usage),
             started=started,
         )
+        return Served(events, served_headers(stream))
     result = collect(stream, started)
     result.log("chat.completion", target, streamed=False)
     choices = [_chat_choice(i, choice, tool_names, logprobs) for i, choice in enumerate(result.ordered())]
-    return ChatCompletion(
+    completion = ChatCompletion(
         id=completion_id, created=created, model=target.model, usage=result.usage(), choices=choices
     )
+    return Served(completion, served_headers(stream))
 
 
 def _chunk(
@@ -202,7 +206,7 @@ def text_completion(
     engine: ServingBackend,
     tenant: Tenant,
     request: CompletionRequest,
-) -> TextCompletion | AsyncIterator[str]:
+) -> Served[TextCompletion]:
     target = resolve_target(session, settings, storage, engine, tenant, request.model, task="causal-lm")
     started = time.perf_counter()
     stream = start_generation(
@@ -237,7 +241,7 @@ def text_completion(
 
     if request.stream:
         usage = _usage_payload(envelope, request.include_usage)
-        return sse_stream(
+        events = sse_stream(
             stream,
             target,
             "text_completion",
@@ -246,6 +250,7 @@ def text_completion(
             usage_payload=usage,
             started=started,
         )
+        return Served(events, served_headers(stream))
     result = collect(stream, started)
     result.log("text_completion", target, streamed=False)
     choices = [
@@ -257,6 +262,7 @@ def text_completion(
         )
         for i, c in enumerate(result.ordered())
     ]
-    return TextCompletion(
+    completion = TextCompletion(
         id=completion_id, created=created, model=target.model, usage=result.usage(), choices=choices
     )
+    return Served(completion, served_headers(stream))

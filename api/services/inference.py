@@ -15,7 +15,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy.orm import Session
 from starlette.concurrency import iterate_in_threadpool
@@ -23,6 +23,8 @@ from starlette.concurrency import iterate_in_threadpool
 from api import metrics
 from api.errors import APIError, ErrorDetail
 from api.inference_tier.backend import ServingBackend
+from api.inference_tier.remote_stream import RemoteGenerationStream
+from api.inference_tier.wire import PROCESS_HEADER
 from api.schemas.inference import Classification, ClassificationList, ClassificationRequest, Usage
 from api.services import serving
 from api.services.catalog import offered_base_model
@@ -39,6 +41,7 @@ from lorasp_service.settings import Settings
 from lorasp_service.storage import BlobStorage
 
 logger = logging.getLogger("api.inference")
+AnswerT = TypeVar("AnswerT")
 
 _ENDPOINT_FOR_TASK = {
     "causal-lm": "/v1/chat/completions or /v1/completions",
@@ -179,11 +182,28 @@ class Collected:
 
 def collect(stream: GenerationStream, started: float) -> Collected:
     """Read a stream to its end (blocking: call from a threadpool thread, as sync routes run).
-    `started`: when the request went to the engine (time to first token counts from there)."""
+    `started`: when the request went to the engine (time to first token counts from there). A failure
+    mid-answer (e.g. the inference process lost: 502) is the client-facing error of engine_errors."""
     result = Collected(started=started)
-    for chunk in stream:
-        result.add(chunk)
+    with serving.engine_errors(None):
+        for chunk in stream:
+            result.add(chunk)
     return result
+
+
+def served_headers(stream: GenerationStream) -> dict[str, str]:
+    """Response headers telling which inference process answered (none for the in-process engine)."""
+    if isinstance(stream, RemoteGenerationStream) and stream.process_name:
+        return {PROCESS_HEADER: stream.process_name}
+    return {}
+
+
+@dataclass(frozen=True)
+class Served(Generic[AnswerT]):
+    """A completion's answer (a body, or SSE events) and the headers to send with it."""
+
+    answer: AnswerT | AsyncIterator[str]
+    headers: dict[str, str]
 
 
 def new_completion_id(prefix: str) -> str:
@@ -193,6 +213,8 @@ def new_completion_id(prefix: str) -> str:
 def _sse(payload: dict[str, Any]) -> str:
     return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
+
+_STREAM_FAILED = ErrorDetail(message="The server had an error while generating.", type="server_error")
 
 # Builds the SSE payloads for one engine chunk (content, then finish) in an endpoint's chunk format.
 ChunkPayloads = Callable[[GenerationChunk], list[dict[str, Any]]]
@@ -222,9 +244,11 @@ async def sse_stream(
             yield _sse(usage_payload(collected.usage()))
         yield "data: [DONE]\n\n"
         collected.log(kind, target, streamed=True)
-    except Exception:
-        logger.exception("%s stream on %r failed", kind, target.model)
-        detail = ErrorDetail(message="The server had an error while generating.", type="server_error")
+    except Exception as error:
+        mapped = serving.api_error(error, None)  # a typed failure says what it is, as a non-streamed one
+        if mapped is None:
+            logger.exception("%s stream on %r failed", kind, target.model)
+        detail = mapped.detail if mapped is not None else _STREAM_FAILED
         yield _sse({"error": detail.model_dump()})
     finally:
         stream.cancel()  # no-op once finished; frees the row when the client disconnected mid-stream

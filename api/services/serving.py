@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from api.errors import APIError, not_found
 from api.inference_tier.backend import ServingBackend
-from api.inference_tier.wire import InferenceUnavailableError
+from api.inference_tier.wire import InferenceStreamBrokenError, InferenceUnavailableError
 from lorasp_core.models import LoadedModel, ModelUnavailableError
 from lorasp_core.quantization import BASE_QUANTIZATIONS, quantizing_base_loader, resident_name
 from lorasp_core.serving import (
@@ -110,45 +110,67 @@ def engine_errors(param: str | None) -> Iterator[None]:
     """Engine failures as client-facing errors; a corrupt or mismatched adapter never becomes a 500."""
     try:
         yield
-    except AdapterLoadError as error:
+    except Exception as error:
+        mapped = api_error(error, param)
+        if mapped is None:
+            raise
+        raise mapped from error
+
+
+def api_error(error: Exception, param: str | None) -> APIError | None:
+    """The client-facing error of an engine / inference-tier failure; None: not one of theirs. The one
+    mapping both a non-streamed answer (engine_errors) and an SSE stream's error event use."""
+    if isinstance(error, AdapterLoadError):
         if error.problem == "adapter directory does not exist":
-            raise APIError(
+            return APIError(
                 404,
                 f"The files of adapter '{error.adapter_id}' are missing from storage.",
                 param=param,
                 code="adapter_files_missing",
-            ) from error
-        raise APIError(400, load_error_message(error), param=param, code="invalid_adapter") from error
-    except AdapterQuotaError as error:
+            )
+        return APIError(400, load_error_message(error), param=param, code="invalid_adapter")
+    if isinstance(error, AdapterQuotaError):
         # The quota is always the requesting tenant's own (adapters are loaded for their owner only).
-        raise APIError(
+        return APIError(
             429,
             f"Your tenant's quota of {error.limit} {error.kind} adapters is full"
             + (" (each is pinned or serving)" if error.kind == "resident" else "")
             + f"; unpin or unload one of your adapters (LORASP_SERVING_MAX_{error.kind.upper()}_PER_TENANT).",
             param=param,
             code="adapter_quota_exceeded",
-        ) from error
-    except AdapterCacheFullError as error:
-        raise APIError(
+        )
+    if isinstance(error, AdapterCacheFullError):
+        return APIError(
             503,
             f"No adapter slot is free: every resident adapter is pinned or serving ({error}). "
             "Unload or unpin an adapter, or retry later.",
             param=param,
             code="adapter_cache_full",
             type="server_error",
-        ) from error
-    except ModelUnavailableError as error:
-        raise APIError(503, str(error), param=param, code="model_unavailable", type="server_error") from error
-    except InferenceUnavailableError as error:
+        )
+    if isinstance(error, ModelUnavailableError):
+        return APIError(503, str(error), param=param, code="model_unavailable", type="server_error")
+    if isinstance(error, InferenceUnavailableError):
         logger.error("%s", error)
-        raise APIError(
+        unavailable = APIError(
             503,
             "No inference process is reachable right now; retry later.",
             code="inference_unavailable",
             type="server_error",
-        ) from error
-    except ServingOverloadedError as error:
+        )
+        unavailable.headers["Retry-After"] = str(max(1, math.ceil(error.retry_after_s)))
+        return unavailable
+    if isinstance(error, InferenceStreamBrokenError):
+        # The process died (or its connection was cut) after it began answering: a bad gateway, not
+        # our crash. The router has marked it down, so a retry goes to another process.
+        logger.error("%s", error)
+        return APIError(
+            502,
+            "The inference process serving this request was lost mid-answer; retry the request.",
+            code="inference_process_lost",
+            type="server_error",
+        )
+    if isinstance(error, ServingOverloadedError):
         overloaded = APIError(
             503,
             f"The server is overloaded: {error}. Please retry after {math.ceil(error.retry_after_s)} seconds "
@@ -157,14 +179,15 @@ def engine_errors(param: str | None) -> Iterator[None]:
             type="server_error",
         )
         overloaded.headers["Retry-After"] = str(max(1, math.ceil(error.retry_after_s)))
-        raise overloaded from error
-    except ChatTemplateError as error:
-        raise APIError(
+        return overloaded
+    if isinstance(error, ChatTemplateError):
+        return APIError(
             400,
             f"The model's chat template cannot be used: {error.problem}.",
             param=param,
             code="invalid_chat_template",
-        ) from error
+        )
+    return None
 
 
 def tenant_adapter(session: Session, tenant: Tenant, adapter_id: str, *, param: str) -> Adapter:
