@@ -178,6 +178,7 @@ class ChatCompletionRequest(_SamplingRequest):
     response_format: ResponseFormatField
     tools: ToolsField
     tool_choice: ToolChoiceField = None
+    parallel_tool_calls: StrictBool | None = None  # false: at most one tool call per choice
 
     @field_validator("top_logprobs")
     @classmethod

@@ -1,8 +1,8 @@
 """/v1/chat/completions and /v1/completions: OpenAI's request features mapped onto the engine, and its
 chunks onto OpenAI's response and stream shapes (`n` choices, logprobs, tool calls).
 
-With tools in the prompt the answer may be tool calls, which only parse once complete: a streamed
-choice then holds its text back and sends content or `tool_calls` when it finishes.
+With tools in the prompt the answer may be tool calls: a streamed choice sends each call as soon as its
+block closes (lorasp_core.serving.ToolCallReader, the same reading as a whole answer's).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -43,7 +44,13 @@ from api.services.inference import (
     sse_stream,
     start_generation,
 )
-from lorasp_core.serving import GenerationChunk, TokenLogprob, parse_tool_calls
+from lorasp_core.serving import (
+    GenerationChunk,
+    ParsedToolCall,
+    TokenLogprob,
+    ToolCallReader,
+    parse_tool_calls,
+)
 from lorasp_service.orm import Tenant
 from lorasp_service.settings import Settings
 from lorasp_service.storage import BlobStorage
@@ -74,24 +81,34 @@ def _sampling(request: CompletionRequest | ChatCompletionRequest) -> dict[str, A
     }
 
 
-def _tool_message(text: str, tool_names: set[str]) -> tuple[AssistantMessage, bool]:
+@dataclass(frozen=True)
+class ToolReading:
+    """How a choice's text is read back for tool calls: the offered names, and one call at most when the
+    request said parallel_tool_calls: false."""
+
+    names: set[str]
+    single_call: bool
+
+
+def _tool_message(text: str, tools: ToolReading) -> tuple[AssistantMessage, bool]:
     """The assistant message of a finished answer with tools in the prompt; the bool: it called some."""
-    answer = parse_tool_calls(text, tool_names)
+    answer = parse_tool_calls(text, tools.names, single_call=tools.single_call)
     if not answer.tool_calls:
         return AssistantMessage(content=text), False
-    calls = [
-        ToolCall(
-            id=f"call_{secrets.token_hex(12)}", function=FunctionCall(name=c.name, arguments=c.arguments)
-        )
-        for c in answer.tool_calls
-    ]
+    calls = [_tool_call(c) for c in answer.tool_calls]
     return AssistantMessage(content=answer.content, tool_calls=calls), True
 
 
-def _chat_choice(index: int, choice: ChoiceText, tool_names: set[str] | None, logprobs: bool) -> ChatChoice:
+def _tool_call(call: ParsedToolCall) -> ToolCall:
+    return ToolCall(
+        id=f"call_{secrets.token_hex(12)}", function=FunctionCall(name=call.name, arguments=call.arguments)
+    )
+
+
+def _chat_choice(index: int, choice: ChoiceText, tools: ToolReading | None, logprobs: bool) -> ChatChoice:
     called = False
-    if tool_names is not None:
-        message, called = _tool_message(choice.text, tool_names)
+    if tools is not None:
+        message, called = _tool_message(choice.text, tools)
     else:
         message = AssistantMessage(content=choice.text)
     return ChatChoice(
@@ -124,11 +141,14 @@ def chat_completion(
         response_format=engine_response_format(request.response_format),
         tools=tools,
         tool_choice=engine_tool_choice(request.tool_choice),
+        parallel_tool_calls=request.parallel_tool_calls is not False,
         **_sampling(request),
     )
-    tool_names = None
+    tool_reading = None
     if request.tools and request.tool_choice != "none":
-        tool_names = {tool.function.name for tool in request.tools}
+        tool_reading = ToolReading(
+            {tool.function.name for tool in request.tools}, single_call=request.parallel_tool_calls is False
+        )
     logprobs = bool(request.logprobs)
     completion_id, created = new_completion_id("chatcmpl"), int(time.time())
     if request.stream:
@@ -141,14 +161,14 @@ def chat_completion(
             target,
             "chat.completion",
             head=head,
-            payloads=_ChatPayloads(envelope, tool_names, logprobs),
+            payloads=_ChatPayloads(envelope, tool_reading, logprobs),
             usage_payload=_usage_payload(envelope, request.include_usage),
             started=started,
         )
         return Served(events, served_headers(stream))
     result = collect(stream, started)
     result.log("chat.completion", target, streamed=False)
-    choices = [_chat_choice(i, choice, tool_names, logprobs) for i, choice in enumerate(result.ordered())]
+    choices = [_chat_choice(i, choice, tool_reading, logprobs) for i, choice in enumerate(result.ordered())]
     completion = ChatCompletion(
         id=completion_id, created=created, model=target.model, usage=result.usage(), choices=choices
     )
@@ -168,35 +188,44 @@ def _chunk(
 
 
 class _ChatPayloads:
-    """The SSE payloads of each engine chunk; with tools, a choice's text is held until it finishes."""
+    """The SSE payloads of each engine chunk. With tools, each choice's text goes through a
+    ToolCallReader: content streams as it comes (held back only where a call may begin), and each call
+    is one `tool_calls` delta as soon as its block closes, so the stream adds up to the whole answer."""
 
-    def __init__(self, envelope: dict[str, Any], tool_names: set[str] | None, logprobs: bool) -> None:
+    def __init__(self, envelope: dict[str, Any], tool_reading: ToolReading | None, logprobs: bool) -> None:
         self.envelope = envelope
-        self.tool_names = tool_names
+        self.tool_reading = tool_reading
         self.logprobs = logprobs
-        self.held: dict[int, ChoiceText] = {}
+        self.readers: dict[int, ToolCallReader] = {}
 
     def __call__(self, chunk: GenerationChunk) -> list[dict[str, Any]]:
         index, finish = chunk.index, chunk.finish_reason
         logprobs = (chunk.logprobs or []) if self.logprobs else None
-        if self.tool_names is None:
+        if self.tool_reading is None:
             out = [_chunk(self.envelope, index, {"content": chunk.text_delta}, None, logprobs)]
             out = out if chunk.text_delta or logprobs else []
             return out + ([_chunk(self.envelope, index, {}, finish, None)] if finish else [])
-        held = self.held.setdefault(index, ChoiceText())
-        held.text += chunk.text_delta
-        held.logprobs.extend(logprobs or [])
-        if finish is None:
-            return []
-        message, called = _tool_message(held.text, self.tool_names)
-        delta: dict[str, Any] = {"content": message.content}
-        if message.tool_calls:
-            delta["tool_calls"] = [
-                {"index": i, **call.model_dump()} for i, call in enumerate(message.tool_calls)
-            ]
-        shown = held.logprobs if self.logprobs else None
-        last = _chunk(self.envelope, index, {}, "tool_calls" if called else finish, None)
-        return [_chunk(self.envelope, index, delta, None, shown), last]
+        reader = self.readers.get(index)
+        if reader is None:
+            reader = ToolCallReader(self.tool_reading.names, single_call=self.tool_reading.single_call)
+            self.readers[index] = reader
+        pieces = reader.feed(chunk.text_delta) + (reader.finish() if finish else [])
+        out, content = [], ""
+        for piece in pieces:
+            if isinstance(piece, str):
+                content += piece
+                continue
+            call = _tool_call(piece).model_dump()
+            out.append(
+                _chunk(
+                    self.envelope, index, {"tool_calls": [{"index": reader.calls - 1, **call}]}, None, None
+                )
+            )
+        if content or logprobs:
+            out.insert(0, _chunk(self.envelope, index, {"content": content}, None, logprobs))
+        if finish:
+            out.append(_chunk(self.envelope, index, {}, "tool_calls" if reader.calls else finish, None))
+        return out
 
 
 def text_completion(

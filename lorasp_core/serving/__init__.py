@@ -8,7 +8,7 @@ from lorasp_core.serving.engine import ServingEngine
 from lorasp_core.serving.generation import GenerationStream
 from lorasp_core.serving.manager import AdapterManager
 from lorasp_core.serving.multi_lora import MultiAdapterLinear, RowDispatchModule, SlotSelection
-from lorasp_core.serving.tool_output import ParsedToolCall, ToolAnswer, parse_tool_calls
+from lorasp_core.serving.tool_output import ParsedToolCall, ToolAnswer, ToolCallReader, parse_tool_calls
 from lorasp_core.serving.types import (
     AdapterCacheFullError,
     AdapterInfo,
@@ -52,6 +52,7 @@ __all__ = [
     "GenerationStream",
     "GrammarError",
     "ParsedToolCall",
+    "ToolCallReader",
     "ResponseFormat",
     "TokenLogprob",
     "ToolAnswer",

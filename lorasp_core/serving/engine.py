@@ -24,6 +24,7 @@ from lorasp_core.serving.decode import DecodeRow, decode_batch, vocab_size
 from lorasp_core.serving.generation import GenerationStream, render_prompt_ids, request_grammar
 from lorasp_core.serving.grammar import GrammarSpec, compile_grammar
 from lorasp_core.serving.manager import AdapterManager
+from lorasp_core.serving.openmp_threads import run_in_short_lived_thread
 from lorasp_core.serving.resident import ResidentModel
 from lorasp_core.serving.sampling import derived_seed
 from lorasp_core.serving.scheduler import BatchScheduler, PendingRequest
@@ -215,8 +216,8 @@ class ServingEngine(AdapterManager):
 
     def generate_batch(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         """Run `requests` (same base model) as exactly one batch, on the decoding thread (continuous
-        batching: between two steps of the running batches; see ContinuousScheduler.call), else in the
-        calling thread.
+        batching: between two steps of the running batches; see ContinuousScheduler.call), else on a
+        thread that ends with it (openmp_threads).
 
         One result per choice: a request with n > 1 gives n results in a row (their `index` 0..n-1).
         A row that fails alone does not stop the others; the first such error is raised after the batch.
@@ -242,10 +243,11 @@ class ServingEngine(AdapterManager):
         return results
 
     def _on_decoding_thread(self, work: Callable[[], T]) -> T:
-        """Forwards outside the running batches go to the thread that decodes them (one OpenMP team)."""
+        """Forwards outside the running batches go to the thread that decodes them (one OpenMP team);
+        static batching has no step boundary to run them at: a thread that ends with them instead."""
         if self.batching == "continuous":
             return self._continuous.call(work)
-        return work()
+        return run_in_short_lived_thread(work)
 
     def _run_scheduled_batch(self, model: str, pending: list[PendingRequest]) -> None:
         jobs: list[_Job] = [p.payload for p in pending]

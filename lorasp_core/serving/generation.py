@@ -24,7 +24,7 @@ def request_grammar(request: GenerationRequest) -> GrammarSpec | None:
     """The grammar a request's rows decode under: forced tool calls first, else its response format."""
     if request.renders_tools():
         assert request.tools is not None
-        forced = tool_call_grammar(request.tools, request.tool_choice)
+        forced = tool_call_grammar(request.tools, request.tool_choice, parallel=request.parallel_tool_calls)
         if forced is not None:
             return forced
     return response_format_grammar(request.response_format)

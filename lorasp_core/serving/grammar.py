@@ -60,9 +60,12 @@ def response_format_grammar(response_format: ResponseFormat | None) -> GrammarSp
     return GrammarSpec("start: " + _json_rule(response_format.schema, lenient=not response_format.strict))
 
 
-def tool_call_grammar(tools: list[dict[str, Any]], choice: ToolChoice | None) -> GrammarSpec | None:
-    """For `required` (one or more calls of any tool) or a named function (exactly one call of it):
-    the template's tool-call blocks, each `{"name": ..., "arguments": <its parameters>}`. None otherwise."""
+def tool_call_grammar(
+    tools: list[dict[str, Any]], choice: ToolChoice | None, *, parallel: bool = True
+) -> GrammarSpec | None:
+    """For `required` (one or more calls of any tool; exactly one when not `parallel`) or a named function
+    (exactly one call of it): the template's tool-call blocks, each `{"name": ..., "arguments": <its
+    parameters>}`. None otherwise."""
     if choice is None or choice.mode not in ("required", "function"):
         return None
     functions = [tool["function"] for tool in tools]
@@ -84,7 +87,7 @@ def tool_call_grammar(tools: list[dict[str, Any]], choice: ToolChoice | None) ->
     call = (
         f"call: {json.dumps(TOOL_CALL_OPEN)} {_json_rule(schema, lenient=True)} {json.dumps(TOOL_CALL_CLOSE)}"
     )
-    start = "start: call" if choice.mode == "function" else 'start: call ("\\n" call)*'
+    start = "start: call" if choice.mode == "function" or not parallel else 'start: call ("\\n" call)*'
     return GrammarSpec(f"{start}\n{call}", field="tools")
 
 

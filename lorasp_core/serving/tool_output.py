@@ -9,14 +9,13 @@ tool, stays in the content as text: the caller sees what the model wrote instead
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from lorasp_core.data.formats import DatasetProblem
 from lorasp_core.data.tool_calls import check_function_call
 
-_BLOCK = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
+_OPEN, _CLOSE = "<tool_call>", "</tool_call>"  # the tags a template wraps each call in
 
 
 @dataclass(frozen=True)
@@ -49,18 +48,92 @@ def _call(block: str, tool_names: Collection[str]) -> ParsedToolCall | None:
     return ParsedToolCall(name, json.dumps(parsed_arguments, ensure_ascii=False))
 
 
-def parse_tool_calls(text: str, tool_names: Collection[str]) -> ToolAnswer:
-    """The calls in `text` (in order) and the rest of it as content."""
-    calls: list[ParsedToolCall] = []
-    kept: list[str] = []
-    position = 0
-    for match in _BLOCK.finditer(text):
-        call = _call(match.group(1), tool_names)
-        if call is None:
-            continue
-        calls.append(call)
-        kept.append(text[position : match.start()])
-        position = match.end()
-    kept.append(text[position:])
-    content = "".join(kept).strip() if calls else text
+class ToolCallReader:
+    """Reads tool calls out of text as it streams: `feed` each delta, then `finish`; each returns pieces
+    in order, content text (str) or a ParsedToolCall as soon as its block closes.
+
+    Text is held back only while it may still become part of a call: a possible prefix of `<tool_call>`,
+    an open block, and whitespace next to it. Whitespace touching a call is dropped, and content on both
+    sides of calls is joined by one space. `single_call` (OpenAI's parallel_tool_calls=false): after the
+    first call nothing more is read, as if the model had stopped there.
+    """
+
+    def __init__(self, tool_names: Collection[str], *, single_call: bool = False) -> None:
+        self.tool_names = tool_names
+        self.single_call = single_call
+        self.pending = ""  # text not decided yet
+        self.calls = 0
+        self.sent_content = False
+        self.after_call = False  # the text since the last call is whitespace only so far
+        self.done = False
+
+    def feed(self, text: str) -> list[str | ParsedToolCall]:
+        if self.done:
+            return []
+        self.pending += text
+        out: list[str | ParsedToolCall] = []
+        while True:
+            if self.after_call:
+                self.pending = self.pending.lstrip()
+                if not self.pending:
+                    return out
+            start = self.pending.find(_OPEN)
+            if start == -1:
+                self._content(out, self.pending[: len(self.pending) - _held(self.pending)])
+                return out
+            end = self.pending.find(_CLOSE, start)
+            if end == -1:
+                self._content(out, self.pending[:start].rstrip())
+                return out
+            stop = end + len(_CLOSE)
+            call = _call(self.pending[start + len(_OPEN) : end].strip(), self.tool_names)
+            if call is None:  # not a call of an offered tool: it stays content
+                self._content(out, self.pending[:stop])
+                continue
+            rest = self.pending[stop:]
+            self._content(out, self.pending[:start].rstrip())
+            out.append(call)
+            self.calls += 1
+            self.pending, self.after_call = rest, True
+            if self.single_call:
+                self.done, self.pending = True, ""
+                return out
+
+    def finish(self) -> list[str | ParsedToolCall]:
+        """The text still held (an unclosed block or a partial tag stays content)."""
+        out: list[str | ParsedToolCall] = []
+        if not self.done:
+            self._content(out, self.pending.lstrip() if self.after_call else self.pending)
+        self.done = True
+        return out
+
+    def _content(self, out: list[str | ParsedToolCall], text: str) -> None:
+        """Emit the first len(text) characters of the pending text as content."""
+        if not text:
+            return
+        self.pending = self.pending[len(text) :]
+        if self.after_call and self.sent_content:
+            text = " " + text
+        self.after_call, self.sent_content = False, True
+        out.append(text)
+
+
+def _held(text: str) -> int:
+    """Characters at the end of `text` that may still begin a call: a proper prefix of the opening tag,
+    and the whitespace before it."""
+    for k in range(min(len(_OPEN) - 1, len(text)), 0, -1):
+        if text.endswith(_OPEN[:k]):
+            break
+    else:
+        k = 0
+    return len(text) - len(text[: len(text) - k].rstrip())
+
+
+def parse_tool_calls(text: str, tool_names: Collection[str], *, single_call: bool = False) -> ToolAnswer:
+    """The calls in a finished text (in order) and the rest of it as content: the streamed reading of
+    the same text, so a streamed answer and a whole one agree."""
+    reader = ToolCallReader(tool_names, single_call=single_call)
+    pieces = reader.feed(text) + reader.finish()
+    calls = [piece for piece in pieces if isinstance(piece, ParsedToolCall)]
+    content = "".join(piece for piece in pieces if isinstance(piece, str))
     return ToolAnswer(content or None, calls)

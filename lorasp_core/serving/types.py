@@ -210,6 +210,7 @@ class GenerationRequest:
     response_format: ResponseFormat | None = None
     tools: list[dict[str, Any]] | None = None  # OpenAI tool definitions, {"type": "function", ...}
     tool_choice: ToolChoice | None = None  # None: "auto" when tools are given
+    parallel_tool_calls: bool = True  # False: at most one tool call per choice (OpenAI's field)
 
     def renders_tools(self) -> bool:
         """Whether the tools go into the prompt and the answer is read for tool calls: tools were

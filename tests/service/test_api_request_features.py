@@ -296,6 +296,59 @@ def test_required_and_named_tool_choice_come_back_as_tool_calls(
     _check_call(calls[0])
 
 
+def _streamed_answer(client: openai.OpenAI, **request: Any) -> tuple[str | None, list[tuple[str, str]], str]:
+    """(content, [(name, arguments)], finish_reason) added up from a streamed answer."""
+    content, calls, finish = "", [], ""
+    for chunk in client.chat.completions.create(stream=True, **request):
+        for choice in chunk.choices:
+            content += choice.delta.content or ""
+            for call in choice.delta.tool_calls or []:
+                assert call.index == len(calls) and call.id and call.function
+                calls.append((call.function.name, call.function.arguments))
+            finish = choice.finish_reason or finish
+    return content or None, calls, finish
+
+
+@pytest.mark.parametrize("tool_choice", ["required", "auto"])
+def test_a_streamed_tool_answer_adds_up_to_the_whole_answer(
+    client_for: openai.OpenAI, tool_model: str, tool_choice: str
+) -> None:
+    request: dict[str, Any] = {
+        "model": tool_model,
+        "messages": MESSAGES,
+        "tools": TOOLS,
+        "tool_choice": tool_choice,
+        "max_tokens": 120,
+        "temperature": 1.0,
+        "seed": 11,
+    }
+    whole = client_for.chat.completions.create(**request).choices[0]
+    calls = [(c.function.name, c.function.arguments) for c in whole.message.tool_calls or []]
+    assert _streamed_answer(client_for, **request) == (whole.message.content, calls, whole.finish_reason)
+    if tool_choice == "required":
+        assert calls and whole.finish_reason == "tool_calls"
+
+
+def test_parallel_tool_calls_false_gives_one_call_per_choice(
+    client_for: openai.OpenAI, tool_model: str
+) -> None:
+    answer = client_for.chat.completions.create(
+        model=tool_model,
+        messages=MESSAGES,
+        tools=TOOLS,
+        tool_choice="required",
+        parallel_tool_calls=False,
+        max_tokens=160,
+        temperature=1.0,
+        seed=3,
+        n=3,
+    )
+    for choice in answer.choices:
+        assert choice.finish_reason == "tool_calls" and choice.message.tool_calls
+        (call,) = choice.message.tool_calls  # the grammar allows exactly one call
+        _check_call(call)
+
+
 def test_a_conversation_with_tool_turns_is_rendered(client_for: openai.OpenAI, tool_model: str) -> None:
     call = {"id": "call_1", "type": "function", "function": {"name": "get_time", "arguments": "{}"}}
     messages: list[Any] = [
@@ -332,6 +385,7 @@ BAD_CHAT_BODIES: list[tuple[dict[str, Any], str]] = [
     ({"tool_choice": "required"}, "tool_choice"),
     ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice"),
     ({"tools": [{"type": "function", "function": {"name": "bad name"}}]}, "tools.0.function.name"),
+    ({"tools": TOOLS, "parallel_tool_calls": "no"}, "parallel_tool_calls"),
 ]
 
 
