@@ -9,6 +9,12 @@ in-process ServingEngine; each request is a thread that submits at its arrival t
 stream. Reported per run: throughput (requests/s and generated tokens/s over the run), p50/p99 time to
 first token and end-to-end latency. Target (issue 11): at the rate where static batching saturates,
 continuous batching at least halves p99 latency at equal or better throughput.
+
+Output lengths: every request generates exactly `--max-tokens` tokens by default (ignore_eos), the case
+least favourable to continuous batching (a static batch never waits for a longer row). `--range-ratio R`
+draws each request's length uniformly from [L(1-R), L(1+R)] (seeded, the same for every engine), as
+vLLM's `benchmark_serving --random-range-ratio` does: the mean stays L, rows of a batch end at
+different steps, as real answers do.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +70,15 @@ def arrival_times(rate: float, count: int, seed: int) -> list[float]:
         now += rng.expovariate(rate)
         times.append(now)
     return times
+
+
+def output_lengths(mean: int, range_ratio: float, count: int, seed: int) -> list[int]:
+    """Each request's generated tokens: `mean` for all, or uniform in [mean(1-R), mean(1+R)] (at least 1)."""
+    if not 0.0 <= range_ratio < 1.0:
+        raise ValueError(f"--range-ratio must be in [0, 1), got {range_ratio}")
+    low, high = max(1, round(mean * (1 - range_ratio))), round(mean * (1 + range_ratio))
+    rng = random.Random(seed + 1)  # its own stream: the arrivals stay those of a fixed-length run
+    return [rng.randint(low, high) for _ in range(count)]
 
 
 def base_loader(dtype: str) -> Callable[[str], LoadedModel]:
@@ -134,6 +149,8 @@ def run_config(
         engine.generate_batch(requests_for(model, adapter_ids[:1], 1, 4))  # warm-up
         for rate in rates:
             requests = requests_for(model, adapter_ids, args.requests, args.max_tokens)
+            lengths = output_lengths(args.max_tokens, args.range_ratio, args.requests, args.seed)
+            requests = [replace(r, max_tokens=n) for r, n in zip(requests, lengths, strict=True)]
             figures = poisson_run(engine, requests, arrival_times(rate, args.requests, args.seed))
             results.append({"config": asdict(config), "rate": rate, **figures})
             print(json.dumps(results[-1]), flush=True)
@@ -152,7 +169,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--adapters", type=int, default=8)
     parser.add_argument("--rates", default="0.5,1,2,4", help="arrival rates, requests/s, comma-separated")
     parser.add_argument("--requests", type=int, default=32, help="requests per rate")
-    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--max-tokens", type=int, default=32, help="generated tokens per request (the mean)")
+    parser.add_argument(
+        "--range-ratio",
+        type=float,
+        default=0.0,
+        help="spread of output lengths, as vLLM's --random-range-ratio",
+    )
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--batch-window-ms", type=float, default=50.0)
     parser.add_argument("--configs", default=",".join(c.name for c in CONFIGS))
@@ -171,6 +194,7 @@ def main(argv: list[str] | None = None) -> None:
         "adapters": args.adapters,
         "requests_per_rate": args.requests,
         "max_tokens": args.max_tokens,
+        "range_ratio": args.range_ratio,
         "torch_threads": torch.get_num_threads(),
         "machine": machine_description(),
         "runs": runs,

@@ -48,6 +48,32 @@ def target_lines(runs: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _lengths(results: dict[str, Any]) -> str:
+    mean, ratio = results["max_tokens"], results.get("range_ratio", 0.0)
+    if not ratio:
+        return f"{mean} generated tokens each"
+    low, high = max(1, round(mean * (1 - ratio))), round(mean * (1 + ratio))
+    return (
+        f"generated tokens uniform in [{low}, {high}] per request (mean {mean}; vLLM's random range "
+        f"ratio {ratio:g})"
+    )
+
+
+def ratio_lines(runs: list[dict[str, Any]]) -> list[str]:
+    """Continuous vs static at every rate both ran: p99 latency and throughput ratios."""
+    by = {(r["config"]["name"], r["rate"]): r for r in runs}
+    lines = []
+    for (name, rate), static in sorted(by.items(), key=lambda item: item[0][1]):
+        continuous = by.get(("continuous-fp32", rate))
+        if name != "static-fp32" or continuous is None:
+            continue
+        lines.append(
+            f"- {rate:g} req/s: continuous p99 {continuous['latency_p99_s'] / static['latency_p99_s']:.2f}x "
+            f"static, throughput {continuous['requests_per_s'] / static['requests_per_s']:.2f}x."
+        )
+    return lines
+
+
 def write_serving_load_report(results: dict[str, Any], path: Path, command: str) -> None:
     machine = results["machine"]
     runs = results["runs"]
@@ -59,7 +85,7 @@ def write_serving_load_report(results: dict[str, Any], path: Path, command: str)
         "",
         f"Model {results['model']}, {results['adapters']} LoRA-SP adapters (r=8), "
         f"{results['requests_per_rate']} requests per rate arriving as a Poisson process (same seeded "
-        f"arrivals for every engine), {results['max_tokens']} generated tokens each (ignore_eos), greedy.",
+        f"arrivals for every engine), {_lengths(results)} (ignore_eos), greedy.",
         "",
         "| engine | rate (req/s) | done | req/s | tokens/s | TTFT p50 (s) | TTFT p99 (s) | "
         "latency p50 (s) | latency p99 (s) |",
@@ -69,6 +95,10 @@ def write_serving_load_report(results: dict[str, Any], path: Path, command: str)
         "## Targets",
         "",
         *target_lines(runs),
+        "",
+        "At every rate (fp32):",
+        "",
+        *ratio_lines(runs),
         "",
         f"Command: `{command}`.",
     ]
