@@ -41,6 +41,27 @@ def _max_text_chars(model: nn.Module, tokenizer: Any) -> int | None:
     return int(context) * max(longest, 1) * 4
 
 
+def _contiguous_strides(shape: torch.Size) -> tuple[int, ...]:
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= size
+    return tuple(reversed(strides))
+
+
+def _give_head_default_strides(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    """Forward pre-hook of the output head: a prefill hands it the last position's hidden states as a
+    slice, (B, 1, d) with the strides of (B, T, d). With frozen (requires_grad False) weights, torch's
+    matmul does not fold such a 3-D input into one mm but runs a bmm on a copy of the expanded weight:
+    ~70 ms per row for a 49152 x 576 bf16 head on this CPU instead of ~3 ms. A copy of B x d is cheap."""
+    hidden = args[0] if args else None
+    if not isinstance(hidden, torch.Tensor) or hidden.dim() < 3:
+        return None
+    if hidden.stride() == _contiguous_strides(hidden.shape):
+        return None
+    return (hidden.clone(memory_format=torch.contiguous_format), *args[1:])
+
+
 class ResidentModel:
     """A base model kept in memory once, shared by every adapter trained on it.
 
@@ -57,6 +78,10 @@ class ResidentModel:
         self.model.eval()
         for parameter in self.model.parameters():
             parameter.requires_grad_(False)
+        get_head = getattr(self.model, "get_output_embeddings", None)
+        head = get_head() if callable(get_head) else None
+        if isinstance(head, nn.Module):
+            head.register_forward_pre_hook(_give_head_default_strides)
         self.num_slots = num_slots
         self.selection = SlotSelection()
         self.wrappers: dict[str, MultiAdapterLinear] = {}
