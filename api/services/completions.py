@@ -209,18 +209,16 @@ class _ChatPayloads:
         if reader is None:
             reader = ToolCallReader(self.tool_reading.names, single_call=self.tool_reading.single_call)
             self.readers[index] = reader
+        calls_before = reader.calls  # one chunk may close several blocks: each call its own index
         pieces = reader.feed(chunk.text_delta) + (reader.finish() if finish else [])
         out, content = [], ""
         for piece in pieces:
             if isinstance(piece, str):
                 content += piece
                 continue
-            call = _tool_call(piece).model_dump()
-            out.append(
-                _chunk(
-                    self.envelope, index, {"tool_calls": [{"index": reader.calls - 1, **call}]}, None, None
-                )
-            )
+            call = {"index": calls_before, **_tool_call(piece).model_dump()}
+            calls_before += 1
+            out.append(_chunk(self.envelope, index, {"tool_calls": [call]}, None, None))
         if content or logprobs:
             out.insert(0, _chunk(self.envelope, index, {"content": content}, None, logprobs))
         if finish:
