@@ -111,11 +111,11 @@ class ContinuousScheduler:
         return result
 
     def _run_calls(self) -> None:
-        while True:
-            with self._wake:
-                if not self._calls:
-                    return
-                work, future = self._calls.popleft()
+        """Run the work queued by now; work queued meanwhile waits for the next step boundary, so a
+        steady flow of calls (classifications) never starves the running decode batches."""
+        with self._wake:
+            calls, self._calls = list(self._calls), deque()
+        for work, future in calls:
             if future.set_running_or_notify_cancel():
                 try:
                     future.set_result(work())
