@@ -234,7 +234,7 @@ class ServingEngine(AdapterManager):
                     self._release(job.adapter_id)
             raise
         resident, all_jobs = prepared[0][0], [job for _, jobs in prepared for job in jobs]
-        outcomes = self._on_decoding_thread(lambda: self._run_jobs(resident, all_jobs))
+        outcomes = self._on_decoding_thread(resident, lambda: self._run_jobs(resident, all_jobs))
         results: list[GenerationResult] = []
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
@@ -242,9 +242,12 @@ class ServingEngine(AdapterManager):
             results.append(outcome)
         return results
 
-    def _on_decoding_thread(self, work: Callable[[], T]) -> T:
+    def _on_decoding_thread(self, resident: ResidentModel, work: Callable[[], T]) -> T:
         """Forwards outside the running batches go to the thread that decodes them (one OpenMP team);
-        static batching has no step boundary to run them at: a thread that ends with them instead."""
+        static batching has no step boundary to run them at: a thread that ends with them instead. A
+        caller inside `active_slots` holds the model's lock, which that thread would wait for: inline."""
+        if resident.held_here():
+            return work()
         if self.batching == "continuous":
             return self._continuous.call(work)
         return run_in_short_lived_thread(work)
@@ -336,7 +339,7 @@ class ServingEngine(AdapterManager):
                 slots.append(entry.slot if entry is not None else 0)
                 labels.append(entry.label_names or base_labels if entry is not None else base_labels)
             texts = [text for _, text in items]
-            return self._on_decoding_thread(lambda: classify_rows(resident, texts, slots, labels))
+            return self._on_decoding_thread(resident, lambda: classify_rows(resident, texts, slots, labels))
         finally:
             latency_ms = (time.perf_counter() - started) * 1e3
             for adapter_id in acquired:

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
@@ -31,6 +32,8 @@ from lorasp_core.serving.types import (
     TemplateBudget,
     UnknownAdapterError,
 )
+
+T = TypeVar("T")
 
 logger = logging.getLogger("lorasp_core.serving")
 
@@ -85,6 +88,12 @@ class AdapterManager:
                     self._residents[name] = resident
                 logger.info("base model %r resident (%.0f ms)", name, (time.perf_counter() - started) * 1e3)
         return resident
+
+    @staticmethod
+    def _torch_work(resident: ResidentModel, work: Callable[[], T]) -> T:
+        """Torch work on `resident` off the calling thread (openmp_threads), unless the caller holds the
+        model's lock (inside `active_slots`): the other thread would wait for it, the caller for that one."""
+        return work() if resident.held_here() else run_in_short_lived_thread(work)
 
     # adapters ---------------------------------------------------------------------------------------
     def check_adapter(
@@ -160,7 +169,7 @@ class AdapterManager:
             for victim in victims:
                 self._evict(victim, reason=_LRU_EVICTION)
             slot = resident.take_slot()
-            run_in_short_lived_thread(lambda: resident.install(slot, parsed))
+            self._torch_work(resident, lambda: resident.install(slot, parsed))
             load_ms = (time.perf_counter() - started) * 1e3
             self._cache.add(
                 CacheEntry(
@@ -195,7 +204,7 @@ class AdapterManager:
     def _evict(self, adapter_id: str, *, reason: str) -> None:
         entry = self._cache.remove(adapter_id, evicted=reason == _LRU_EVICTION)
         resident = self._residents[entry.base_model]
-        run_in_short_lived_thread(lambda: resident.release_slot(entry.slot))
+        self._torch_work(resident, lambda: resident.release_slot(entry.slot))
         stats = self._cache.stats.get(adapter_id)
         logger.info(
             "adapter %r evicted (%s): slot %d freed, %d bytes; hits=%d requests=%d",

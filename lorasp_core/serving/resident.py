@@ -229,6 +229,12 @@ class ResidentModel:
             if slot not in self.free_slots:
                 self.free_slots.append(slot)
 
+    def held_here(self) -> bool:
+        """The calling thread holds this model's lock (it is inside `active_slots`): work that takes the
+        lock must then run on this thread, not be handed to another that would wait for it forever."""
+        # RLock's own check (threading.Condition relies on it); typeshed does not list it.
+        return bool(self.lock._is_owned())  # type: ignore[attr-defined]
+
     @contextmanager
     def active_slots(self, row_slots: torch.Tensor | None) -> Iterator[None]:
         """Route each batch row through its slot for the forwards inside the block (holds the lock)."""

@@ -5,15 +5,20 @@ thread, loads on a thread that ends with them, so no long-lived request thread k
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 from serving_fixtures import TINY_LLAMA_NAME, make_llama_adapter
 
 from lorasp_core.serving import GenerationRequest, ServingEngine, decode
 from lorasp_core.serving.continuous import EngineClosedError
 from lorasp_core.serving.openmp_threads import run_in_short_lived_thread
+from lorasp_core.serving.resident import ResidentModel
+from lorasp_core.serving.running_batch import RunningBatch
 
 EngineFactory = Callable[..., ServingEngine]
 
@@ -74,13 +79,53 @@ def test_no_work_is_taken_after_close(make_engine: EngineFactory) -> None:
         engine.generate_batch([GenerationRequest(model=TINY_LLAMA_NAME, prompt="hi", max_tokens=2)])
 
 
-def test_loads_leave_no_thread_behind(make_engine: EngineFactory, adapter_dir: Path) -> None:
+def test_loads_run_on_a_thread_that_ends(
+    make_engine: EngineFactory, adapter_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The base model's load, an adapter's install and its slot's release run on short-lived threads."""
+    names: list[tuple[str, str]] = []
+    for method in ("__init__", "install", "release_slot"):
+        real = getattr(ResidentModel, method)
+
+        def recording(self: ResidentModel, *args: object, _real: Any = real, _name: str = method) -> object:
+            names.append((_name, threading.current_thread().name))
+            return _real(self, *args)
+
+        monkeypatch.setattr(ResidentModel, method, recording)
     engine = make_engine(max_adapters=2)
     make_llama_adapter(adapter_dir / "a", seed=4)
     before = {t.ident for t in threading.enumerate()}
     engine.load_adapter("a", adapter_dir / "a", TINY_LLAMA_NAME)  # loads the base model too
     engine.unload_adapter("a")
+    assert names == [
+        ("__init__", "lorasp-torch-work"),
+        ("install", "lorasp-torch-work"),
+        ("release_slot", "lorasp-torch-work"),
+    ]
     assert {t.ident for t in threading.enumerate()} <= before
+
+
+def test_engine_calls_inside_active_slots_run_inline(make_engine: EngineFactory, adapter_dir: Path) -> None:
+    """Inside `active_slots` the caller holds the model's lock: a load, a one-off batch or a
+    classification handed to another thread would wait for it forever."""
+    engine = make_engine(max_adapters=2)
+    make_llama_adapter(adapter_dir / "b", seed=5)
+    request = GenerationRequest(model=TINY_LLAMA_NAME, prompt="hi", max_tokens=2)
+    engine.generate_batch([request])  # the base model is resident
+    results: list[object] = []
+
+    def inside() -> None:
+        with engine.active_slots(TINY_LLAMA_NAME, torch.tensor([0])):
+            results.append(engine.load_adapter("b", adapter_dir / "b", TINY_LLAMA_NAME).slot)
+            results.append(engine.generate_batch([request])[0].completion_tokens)
+            engine.unload_adapter("b")
+            results.append("unloaded")
+
+    thread = threading.Thread(target=inside, daemon=True)
+    thread.start()
+    thread.join(timeout=60)
+    assert not thread.is_alive(), "an engine call inside active_slots deadlocked"
+    assert results[1:] == [2, "unloaded"]
 
 
 def test_short_lived_thread_returns_and_raises() -> None:
@@ -88,3 +133,43 @@ def test_short_lived_thread_returns_and_raises() -> None:
     assert run_in_short_lived_thread(lambda: threading.current_thread() is not caller)
     with pytest.raises(KeyError):
         run_in_short_lived_thread(lambda: {}["missing"])
+
+
+def test_a_steady_flow_of_calls_does_not_starve_the_running_batch(
+    make_engine: EngineFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each call queues the next before it returns, so the queue is never empty at a boundary: the
+    running batch must still take a step between any two of them."""
+    engine = make_engine(max_adapters=1)
+    scheduler = engine._continuous
+    steps = [0]
+    real_step = RunningBatch.step
+
+    def counting_step(batch: RunningBatch) -> None:
+        steps[0] += 1
+        real_step(batch)
+
+    monkeypatch.setattr(RunningBatch, "step", counting_step)
+    long = GenerationRequest(model=TINY_LLAMA_NAME, prompt="hello", max_tokens=400, ignore_eos=True)
+    stream = engine.generate(long)
+    next(iter(stream))  # the row is running
+    seen: list[int] = []
+    queued: list[threading.Thread] = []
+
+    def link(remaining: int) -> None:
+        seen.append(steps[0])
+        if remaining == 0:
+            return
+        before = len(scheduler._calls)
+        thread = threading.Thread(target=scheduler.call, args=(lambda: link(remaining - 1),))
+        thread.start()
+        queued.append(thread)
+        while len(scheduler._calls) == before:  # the next link is queued before this one returns
+            time.sleep(0.001)
+
+    scheduler.call(lambda: link(12))
+    for thread in queued:
+        thread.join(timeout=30)
+    stream.cancel()
+    assert len(seen) == 13
+    assert all(b > a for a, b in zip(seen, seen[1:], strict=False)), seen
