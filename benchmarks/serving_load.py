@@ -50,6 +50,7 @@ class EngineConfig:
 CONFIGS = (
     EngineConfig("static-fp32", "static", "float32"),
     EngineConfig("continuous-fp32", "continuous", "float32"),
+    EngineConfig("static-bf16", "static", "bfloat16"),
     EngineConfig("continuous-bf16", "continuous", "bfloat16"),
 )
 

@@ -59,13 +59,13 @@ def _lengths(results: dict[str, Any]) -> str:
     )
 
 
-def ratio_lines(runs: list[dict[str, Any]]) -> list[str]:
-    """Continuous vs static at every rate both ran: p99 latency and throughput ratios."""
+def ratio_lines(runs: list[dict[str, Any]], dtype: str) -> list[str]:
+    """Continuous vs static in one dtype at every rate both ran: p99 latency and throughput ratios."""
     by = {(r["config"]["name"], r["rate"]): r for r in runs}
     lines = []
     for (name, rate), static in sorted(by.items(), key=lambda item: item[0][1]):
-        continuous = by.get(("continuous-fp32", rate))
-        if name != "static-fp32" or continuous is None:
+        continuous = by.get((f"continuous-{dtype}", rate))
+        if name != f"static-{dtype}" or continuous is None:
             continue
         lines.append(
             f"- {rate:g} req/s: continuous p99 {continuous['latency_p99_s'] / static['latency_p99_s']:.2f}x "
@@ -98,7 +98,11 @@ def write_serving_load_report(results: dict[str, Any], path: Path, command: str)
         "",
         "At every rate (fp32):",
         "",
-        *ratio_lines(runs),
+        *ratio_lines(runs, "fp32"),
+        "",
+        "At every rate (bf16):",
+        "",
+        *(ratio_lines(runs, "bf16") or ["- not run."]),
         "",
         f"Command: `{command}`.",
     ]
