@@ -70,7 +70,8 @@ def run_dtype(dtype: str, model: str, paths: list[Path], rows: list[int], tokens
         for adapter_id, path in zip(adapter_ids, paths, strict=True):
             engine.load_adapter(adapter_id, path, model)
         engine.generate_batch(requests_for(model, adapter_ids[:1], 1, 4))  # warm-up
-        steps = {k: step_ms(engine, requests_for(model, adapter_ids, k, tokens)) for k in rows}
+        # keyed by str(k), as the JSON file and the report read them
+        steps = {str(k): step_ms(engine, requests_for(model, adapter_ids, k, tokens)) for k in rows}
         prompt = requests_for(model, adapter_ids, 1, 1)[0]
         prompt_tokens = engine.generate_batch([replace(prompt, max_tokens=1)])[0].prompt_tokens
         return {
@@ -131,7 +132,6 @@ def main(argv: list[str] | None = None) -> None:
         paths = make_adapters(model, Path(tmp), 8, 8)
         runs = [run_dtype(dtype, model, paths, rows, args.tokens) for dtype in args.dtypes.split(",")]
     results = {"model": model, "adapters": 8, "rows": rows, "machine": machine_description(), "runs": runs}
-    results = json.loads(json.dumps(results))  # the rows' keys as JSON has them (strings)
     command = "python -m benchmarks.decode_steps " + " ".join(argv if argv is not None else sys.argv[1:])
     text = report(results, command)
     print(text)

@@ -35,7 +35,7 @@ import torch
 
 from benchmarks.common import machine_description
 from benchmarks.serving import make_adapters, percentile, requests_for
-from benchmarks.serving_load_report import write_serving_load_report
+from benchmarks.serving_load_report import length_range, write_serving_load_report
 from lorasp_core.models import LoadedModel, load_base_model
 from lorasp_core.serving import BatchingMode, GenerationRequest, ServingEngine
 
@@ -77,7 +77,7 @@ def output_lengths(mean: int, range_ratio: float, count: int, seed: int) -> list
     """Each request's generated tokens: `mean` for all, or uniform in [mean(1-R), mean(1+R)] (at least 1)."""
     if not 0.0 <= range_ratio < 1.0:
         raise ValueError(f"--range-ratio must be in [0, 1), got {range_ratio}")
-    low, high = max(1, round(mean * (1 - range_ratio))), round(mean * (1 + range_ratio))
+    low, high = length_range(mean, range_ratio)
     rng = random.Random(seed + 1)  # its own stream: the arrivals stay those of a fixed-length run
     return [rng.randint(low, high) for _ in range(count)]
 
@@ -148,10 +148,14 @@ def run_config(
         for adapter_id, path in zip(adapter_ids, paths, strict=True):
             engine.load_adapter(adapter_id, path, model)
         engine.generate_batch(requests_for(model, adapter_ids[:1], 1, 4))  # warm-up
+        lengths = output_lengths(args.max_tokens, args.range_ratio, args.requests, args.seed)
+        requests = [
+            replace(request, max_tokens=length)
+            for request, length in zip(
+                requests_for(model, adapter_ids, args.requests, args.max_tokens), lengths, strict=True
+            )
+        ]
         for rate in rates:
-            requests = requests_for(model, adapter_ids, args.requests, args.max_tokens)
-            lengths = output_lengths(args.max_tokens, args.range_ratio, args.requests, args.seed)
-            requests = [replace(r, max_tokens=n) for r, n in zip(requests, lengths, strict=True)]
             figures = poisson_run(engine, requests, arrival_times(rate, args.requests, args.seed))
             results.append({"config": asdict(config), "rate": rate, **figures})
             print(json.dumps(results[-1]), flush=True)

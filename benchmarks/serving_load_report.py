@@ -48,11 +48,16 @@ def target_lines(runs: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def length_range(mean: int, range_ratio: float) -> tuple[int, int]:
+    """The output lengths a run draws from: [mean(1-R), mean(1+R)], at least 1 (vLLM's random range)."""
+    return max(1, round(mean * (1 - range_ratio))), round(mean * (1 + range_ratio))
+
+
 def _lengths(results: dict[str, Any]) -> str:
     mean, ratio = results["max_tokens"], results.get("range_ratio", 0.0)
     if not ratio:
         return f"{mean} generated tokens each"
-    low, high = max(1, round(mean * (1 - ratio))), round(mean * (1 + ratio))
+    low, high = length_range(mean, ratio)
     return (
         f"generated tokens uniform in [{low}, {high}] per request (mean {mean}; vLLM's random range "
         f"ratio {ratio:g})"

@@ -24,7 +24,6 @@ from lorasp_core.serving.decode import DecodeRow, decode_batch, vocab_size
 from lorasp_core.serving.generation import GenerationStream, render_prompt_ids, request_grammar
 from lorasp_core.serving.grammar import GrammarSpec, compile_grammar
 from lorasp_core.serving.manager import AdapterManager
-from lorasp_core.serving.openmp_threads import run_in_short_lived_thread
 from lorasp_core.serving.resident import ResidentModel
 from lorasp_core.serving.sampling import derived_seed
 from lorasp_core.serving.scheduler import BatchScheduler, PendingRequest
@@ -246,11 +245,9 @@ class ServingEngine(AdapterManager):
         """Forwards outside the running batches go to the thread that decodes them (one OpenMP team);
         static batching has no step boundary to run them at: a thread that ends with them instead. A
         caller inside `active_slots` holds the model's lock, which that thread would wait for: inline."""
-        if resident.held_here():
-            return work()
-        if self.batching == "continuous":
+        if self.batching == "continuous" and not resident.held_here():
             return self._continuous.call(work)
-        return run_in_short_lived_thread(work)
+        return self._torch_work(resident, work)
 
     def _run_scheduled_batch(self, model: str, pending: list[PendingRequest]) -> None:
         jobs: list[_Job] = [p.payload for p in pending]
